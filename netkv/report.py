@@ -1,0 +1,83 @@
+"""Plots of a run directory: TTFT CDFs, per-policy bars, transfer time by tier (PNG, matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .results import RunDir
+
+
+def make_plots(run_dir: str | Path) -> list[Path]:
+    """Draw the standard plots of a run into RUN_DIR/plots and return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = RunDir(Path(run_dir))
+    try:
+        doc = run.read_summary()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run_dir}: no summary.json (not a run directory, or the run wrote nothing)") from None
+    policies = list(doc["policies"])
+    rows = {p: [r for r in run.read_requests(p) if r["status"] == "completed"] for p in policies}
+    out = run.root / "plots"
+    out.mkdir(exist_ok=True)
+    paths = []
+    tag = " (partial run)" if doc.get("partial") else ""
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for p in policies:
+        a = np.sort([r["ttft_s"] for r in rows[p]])
+        if len(a):
+            ax.plot(a, np.arange(1, len(a) + 1) / len(a), label=p)
+    ax.set_xlabel("TTFT (s, real-cluster units)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"TTFT CDF{tag}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "ttft_cdf.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    s = doc["policies"]
+    metrics = [
+        ("mean TTFT (s)", lambda x: x.get("ttft_s", {}).get("mean")),
+        ("p99 TTFT (s)", lambda x: x.get("ttft_s", {}).get("p99")),
+        ("mean KV transfer (s)", lambda x: x.get("transfer_s", {}).get("mean")),
+        ("SLO attainment (%)", lambda x: 100 * x["slo_attainment"] if "slo_attainment" in x else None),
+    ]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8))
+    for ax, (title, fn) in zip(axes, metrics):
+        vals = [fn(s[p]) or 0.0 for p in policies]
+        ax.bar(range(len(policies)), vals, color=[f"C{i}" for i in range(len(policies))])
+        ax.set_xticks(range(len(policies)), policies, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"per-policy summary{tag}")
+    fig.tight_layout()
+    paths.append(out / "policy_bars.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / max(len(policies), 1)
+    for i, p in enumerate(policies):
+        means = []
+        for t in range(4):
+            a = [r["transfer_s"] for r in rows[p] if r["tier"] == t and r["transfer_s"] is not None]
+            means.append(np.mean(a) if a else 0.0)
+        ax.bar(np.arange(4) + i * width, means, width, label=p)
+    ax.set_xticks(np.arange(4) + 0.4 - width / 2, ["same server", "same edge", "same pod", "cross pod"])
+    ax.set_ylabel("mean KV transfer time (s)")
+    ax.set_title(f"KV transfer time by tier{tag}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / "transfer_by_tier.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

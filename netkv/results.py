@@ -1,0 +1,243 @@
+"""Per-request records, per-policy summaries, the printed table, and the run-directory layout.
+
+A run directory holds experiment.toml (a copy), meta.json, and per policy <policy>/requests.jsonl and
+<policy>/summary.json; summary.json at the top lists every policy's summary. The simulator and the
+emulator write the same files with the same columns (REQUEST_COLUMNS), all in real-cluster units.
+Files are written to a temporary name and renamed, so a file that exists is complete; a run that
+stopped early says `"partial": true` in meta.json and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REQUEST_COLUMNS = (
+    "id", "status", "fail_reason", "policy", "arrival_s", "input_tokens", "output_tokens",
+    "prefill", "decode", "tier", "prefill_hit_blocks", "decode_hit_blocks", "blocks_sent",
+    "bytes_sent", "queue_s", "prefill_s", "transfer_s", "decode_wait_s", "ttft_s",
+    "tbt_mean_s", "tbt_p99_s", "tbt_top10_s", "e2e_s", "decision_us", "est_transfer_s",
+    "telemetry_age_s", "oracle", "t_prefill_start", "t_prefill_end", "t_transfer_end",
+    "t_first_token", "t_done",
+)
+
+
+@dataclass
+class RequestRecord:
+    """Timeline and outcome of one request (absolute times in seconds from the window start)."""
+
+    id: int
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    policy: str = ""
+    status: str = "pending"  # completed | failed | pending
+    fail_reason: str | None = None
+    prefill: str | None = None
+    decode: str | None = None
+    tier: int | None = None
+    prefill_hit_blocks: int = 0
+    decode_hit_blocks: int = 0
+    blocks_sent: int = 0
+    bytes_sent: float = 0.0
+    decision_us: float | None = None
+    est_transfer_s: float | None = None
+    telemetry_age_s: float | None = None
+    oracle: str | None = None
+    t_prefill_start: float | None = None
+    t_prefill_end: float | None = None
+    t_transfer_end: float | None = None
+    t_admit: float | None = None
+    t_first_token: float | None = None
+    t_done: float | None = None
+    gaps: np.ndarray | None = field(default=None, repr=False)  # inter-token gaps, seconds
+
+    def to_row(self) -> dict:
+        def d(a, b):
+            return None if a is None or b is None else b - a
+
+        g = self.gaps if self.gaps is not None and len(self.gaps) else None
+        row = {
+            "id": self.id, "status": self.status, "fail_reason": self.fail_reason,
+            "policy": self.policy, "arrival_s": self.arrival_s,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "prefill": self.prefill, "decode": self.decode, "tier": self.tier,
+            "prefill_hit_blocks": self.prefill_hit_blocks, "decode_hit_blocks": self.decode_hit_blocks,
+            "blocks_sent": self.blocks_sent, "bytes_sent": self.bytes_sent,
+            "queue_s": d(self.arrival_s, self.t_prefill_start),
+            "prefill_s": d(self.t_prefill_start, self.t_prefill_end),
+            "transfer_s": d(self.t_prefill_end, self.t_transfer_end),
+            "decode_wait_s": d(self.t_transfer_end, self.t_admit),
+            "ttft_s": d(self.arrival_s, self.t_first_token),
+            "tbt_mean_s": float(g.mean()) if g is not None else (0.0 if self.t_done is not None else None),
+            "tbt_p99_s": float(np.percentile(g, 99)) if g is not None else (0.0 if self.t_done is not None else None),
+            "tbt_top10_s": top10_mean(g) if g is not None else (0.0 if self.t_done is not None else None),
+            "e2e_s": d(self.arrival_s, self.t_done),
+            "decision_us": self.decision_us, "est_transfer_s": self.est_transfer_s,
+            "telemetry_age_s": self.telemetry_age_s, "oracle": self.oracle,
+            "t_prefill_start": self.t_prefill_start, "t_prefill_end": self.t_prefill_end,
+            "t_transfer_end": self.t_transfer_end, "t_first_token": self.t_first_token,
+            "t_done": self.t_done,
+        }
+        return {k: _clean(v) for k, v in row.items()}
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    return v
+
+
+def top10_mean(gaps: np.ndarray) -> float:
+    """Mooncake's TBT: the mean of the largest 10% of a request's inter-token gaps (at least one)."""
+    n = max(1, int(math.ceil(0.1 * len(gaps))))
+    return float(np.sort(gaps)[-n:].mean())
+
+
+def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
+    """Summary statistics of one policy's request rows."""
+    done = [r for r in rows if r["status"] == "completed"]
+    out = {"requests": len(rows), "completed": len(done), "failed": sum(r["status"] == "failed" for r in rows)}
+    if not done:
+        return out
+
+    def stats(key, scale=1.0):
+        a = np.array([r[key] for r in done if r[key] is not None], dtype=float) * scale
+        if len(a) == 0:
+            return {}
+        return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+                "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99))}
+
+    ok = [r for r in done if r["ttft_s"] <= slo_ttft_s and r["tbt_top10_s"] <= slo_tbt_s]
+    span = max(r["t_done"] for r in done) - min(r["arrival_s"] for r in rows)
+    tiers = [r["tier"] for r in done if r["tier"] is not None]
+    out.update({
+        "ttft_s": stats("ttft_s"),
+        "tbt_mean_s": stats("tbt_mean_s"),
+        "tbt_p99_s": stats("tbt_p99_s"),
+        "tbt_top10_s": stats("tbt_top10_s"),
+        "transfer_s": stats("transfer_s"),
+        "queue_s": stats("queue_s"),
+        "decode_wait_s": stats("decode_wait_s"),
+        "e2e_s": stats("e2e_s"),
+        "decision_us": stats("decision_us"),
+        "slo": {"ttft_s": slo_ttft_s, "tbt_s": slo_tbt_s},
+        # attainment over all requests: a failed request misses its SLO
+        "slo_attainment": len(ok) / len(rows),
+        "throughput_rps": len(done) / span if span > 0 else None,
+        "output_tokens_per_s": sum(r["output_tokens"] for r in done) / span if span > 0 else None,
+        "gbytes_sent": sum(r["bytes_sent"] for r in done) / 1e9,
+        "tier_share": {str(t): tiers.count(t) / len(tiers) for t in range(4)} if tiers else {},
+    })
+    ages = [r["telemetry_age_s"] for r in done if r["telemetry_age_s"] is not None]
+    if ages:
+        out["telemetry_age_s"] = {"mean": float(np.mean(ages)), "max": float(np.max(ages))}
+    return out
+
+
+TABLE_COLS = (
+    ("policy", "{}", None),
+    ("done", "{}", None),
+    ("TTFT mean", "{:.3f}", ("ttft_s", "mean")),
+    ("p50", "{:.3f}", ("ttft_s", "p50")),
+    ("p90", "{:.3f}", ("ttft_s", "p90")),
+    ("p99", "{:.3f}", ("ttft_s", "p99")),
+    ("xfer mean", "{:.4f}", ("transfer_s", "mean")),
+    ("TBT mean ms", "{:.1f}", ("tbt_mean_s", "mean", 1e3)),
+    ("TBT p99 ms", "{:.1f}", ("tbt_p99_s", "p99", 1e3)),
+    ("TBT top10 ms", "{:.1f}", ("tbt_top10_s", "mean", 1e3)),
+    ("SLO %", "{:.1f}", ("slo_attainment", None, 100)),
+    ("cross-pod %", "{:.0f}", ("tier_share", "3", 100)),
+    ("dec us p50", "{:.1f}", ("decision_us", "p50")),
+)
+
+
+def format_table(summaries: dict[str, dict]) -> str:
+    """A fixed-width table of the per-policy summaries (times in seconds unless marked)."""
+    header = [c[0] for c in TABLE_COLS]
+    lines = []
+    for pol, s in summaries.items():
+        row = []
+        for name, fmt, path in TABLE_COLS:
+            if name == "policy":
+                row.append(pol)
+            elif name == "done":
+                row.append(f"{s.get('completed', 0)}/{s.get('requests', 0)}")
+            else:
+                key, sub, *scale = path
+                v = s.get(key)
+                if sub is not None:
+                    v = v.get(sub) if isinstance(v, dict) else None
+                if v is None:
+                    row.append("-")
+                else:
+                    row.append(fmt.format(v * (scale[0] if scale else 1)))
+        lines.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)] if lines else [len(h) for h in header]
+    fmt_row = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, lines)])
+
+
+# ------------------------------------------------------------------------------------------------
+# run directory
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Layout and atomic writers of one run's output directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def create(cls, base: Path, name: str, stamp: str, experiment_path: Path | None) -> RunDir:
+        root = Path(base) / f"{name}-{stamp}"
+        n = 1
+        while root.exists():
+            n += 1
+            root = Path(base) / f"{name}-{stamp}-{n}"
+        root.mkdir(parents=True)
+        if experiment_path is not None:
+            shutil.copyfile(experiment_path, root / "experiment.toml")
+        return cls(root)
+
+    def policy_dir(self, policy: str) -> Path:
+        d = self.root / policy
+        d.mkdir(exist_ok=True)
+        return d
+
+    def write_requests(self, policy: str, rows: list[dict]) -> Path:
+        p = self.policy_dir(policy) / "requests.jsonl"
+        atomic_write(p, "".join(json.dumps(r) + "\n" for r in rows))
+        return p
+
+    def write_policy_summary(self, policy: str, summary: dict) -> None:
+        atomic_write(self.policy_dir(policy) / "summary.json", json.dumps(summary, indent=1))
+
+    def write_meta(self, meta: dict) -> None:
+        atomic_write(self.root / "meta.json", json.dumps(meta, indent=1, default=str))
+
+    def write_summary(self, summaries: dict[str, dict], partial: bool) -> None:
+        doc = {"partial": partial, "policies": summaries}
+        atomic_write(self.root / "summary.json", json.dumps(doc, indent=1))
+        atomic_write(self.root / "summary.txt", format_table(summaries) + "\n")
+
+    def read_summary(self) -> dict:
+        return json.loads((self.root / "summary.json").read_text())
+
+    def read_requests(self, policy: str) -> list[dict]:
+        with open(self.root / policy / "requests.jsonl") as fh:
+            return [json.loads(x) for x in fh if x.strip()]

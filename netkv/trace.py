@@ -1,0 +1,148 @@
+"""Mooncake trace replay: JSONL loader with validation, windowing and rate scaling.
+
+Each line is one request: {"timestamp": ms, "input_length": tokens, "output_length": tokens,
+"hash_ids": [prefix-block ids]}, one block per 512 tokens. Errors name the file and the line.
+
+Handling (documented and tested):
+- a missing field, a wrong type, a negative or zero length, or len(hash_ids) != ceil(input/512)
+  is an error: TraceError("FILE:LINE: ...").
+- unsorted timestamps are an error by default; `sort=True` sorts stably instead (the order of equal
+  timestamps is kept).
+- blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+BLOCK_TOKENS = 512
+
+
+class TraceError(ValueError):
+    """A trace file is malformed; the message starts with FILE:LINE."""
+
+
+@dataclass(slots=True)
+class Request:
+    """One trace request after windowing and rate scaling (arrival in real-cluster seconds)."""
+
+    id: int
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    hash_ids: tuple[int, ...]
+    line: int = 0  # line in the trace file
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.hash_ids)
+
+
+def _open(path: Path):
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _int_field(obj: dict, key: str, where: str, minimum: int) -> int:
+    if key not in obj:
+        raise TraceError(f"{where}: missing field '{key}'")
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer() and key == "timestamp":
+            v = int(v)
+        else:
+            raise TraceError(f"{where}: field '{key}' must be an integer, got {v!r}")
+    if v < minimum:
+        raise TraceError(f"{where}: field '{key}' must be >= {minimum}, got {v}")
+    return v
+
+
+def parse_line(text: str, where: str) -> tuple[int, int, int, tuple[int, ...]]:
+    """Validate one JSON line; returns (timestamp_ms, input, output, hash_ids)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{where}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise TraceError(f"{where}: expected a JSON object")
+    ts = _int_field(obj, "timestamp", where, 0)
+    inp = _int_field(obj, "input_length", where, 1)
+    out = _int_field(obj, "output_length", where, 1)
+    if "hash_ids" not in obj:
+        raise TraceError(f"{where}: missing field 'hash_ids'")
+    ids = obj["hash_ids"]
+    if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
+        raise TraceError(f"{where}: field 'hash_ids' must be a list of integers")
+    want = math.ceil(inp / BLOCK_TOKENS)
+    if len(ids) != want:
+        raise TraceError(
+            f"{where}: len(hash_ids) = {len(ids)} but ceil(input_length / {BLOCK_TOKENS}) = {want}"
+        )
+    return ts, inp, out, tuple(ids)
+
+
+def load_trace(
+    path: str | Path,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    requests: int | None = None,
+    rate_multiplier: float = 1.0,
+    sort: bool = False,
+) -> list[Request]:
+    """Load a window of a Mooncake trace.
+
+    The window starts at `start_s` (trace time) and keeps requests for `duration_s` trace seconds
+    and/or the first `requests` of them (both limits apply when both are given). Arrivals are
+    re-based to 0 and divided by `rate_multiplier` (2.0 replays twice as fast).
+    """
+    path = Path(path)
+    if rate_multiplier <= 0:
+        raise ValueError("rate_multiplier must be > 0")
+    rows: list[tuple[int, int, int, int, tuple[int, ...]]] = []
+    last_ts = -1
+    try:
+        fh = _open(path)
+    except OSError as e:
+        raise TraceError(f"{path}: cannot open trace: {e.strerror}") from None
+    start_ms = start_s * 1000.0
+    end_ms = math.inf if duration_s is None else start_ms + duration_s * 1000.0
+    with fh:
+        for lineno, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            where = f"{path}:{lineno}"
+            ts, inp, out, ids = parse_line(text, where)
+            if ts < last_ts and not sort:
+                raise TraceError(
+                    f"{where}: timestamp {ts} is earlier than the previous line's {last_ts} "
+                    "(traces must be sorted; pass sort=True to sort them)"
+                )
+            last_ts = max(last_ts, ts)
+            rows.append((ts, lineno, inp, out, ids))
+            # early exit once past the window (only valid for sorted input)
+            if not sort and ts >= end_ms:
+                break
+    if sort:
+        rows.sort(key=lambda r: (r[0], r[1]))
+    selected = [r for r in rows if start_ms <= r[0] < end_ms]
+    if requests is not None:
+        selected = selected[:requests]
+    if not selected:
+        raise TraceError(f"{path}: the window (start {start_s} s, duration {duration_s}, requests {requests}) holds no requests")
+    t0 = selected[0][0]
+    return [
+        Request(i, (ts - t0) / 1000.0 / rate_multiplier, inp, out, ids, line)
+        for i, (ts, line, inp, out, ids) in enumerate(selected)
+    ]
+
+
+def window_from_config(exp) -> list[Request]:
+    """Load the trace window an experiment file asks for."""
+    t = exp.trace
+    return load_trace(exp.resolve(t.path), t.start_s, t.duration_s, t.requests, t.rate_multiplier)

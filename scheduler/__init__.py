@@ -1,0 +1,1 @@
+"""Scheduler: policies over one interface, the cluster view, network cost oracles, decisions."""

@@ -1,0 +1,75 @@
+"""The policy interface: given a request, the cluster view and an oracle, return a decode instance."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from ...trace import BLOCK_TOKENS
+
+
+class Query:
+    """One decision's inputs, with the per-candidate prefix hits computed once and shared."""
+
+    def __init__(self, req, prefill_slot: int, view):
+        self.req = req
+        self.prefill_slot = prefill_slot
+        self.view = view
+
+    @property
+    def prefill_host(self) -> int:
+        return int(self.view.prefill_hosts[self.prefill_slot])
+
+    @cached_property
+    def hits(self) -> np.ndarray:
+        """Prefix blocks each decode instance already holds."""
+        return self.view.decode_hits(self.req.hash_ids)
+
+    @cached_property
+    def missing_blocks(self) -> np.ndarray:
+        return self.req.n_blocks - self.hits
+
+    @cached_property
+    def missing_bytes(self) -> np.ndarray:
+        """KV bytes each candidate lacks (the last block may be partial)."""
+        tokens = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0)
+        return tokens * float(self.view.compute.model.kv_bytes_per_token)
+
+
+class Policy:
+    """Base class. Subclasses set `name`, optional `defaults`, and implement `choose`."""
+
+    name: str = ""
+    defaults: dict = {}
+
+    def __init__(self, params: dict, seed: int = 0):
+        self.validate_params(params)
+        self.params = {**self.defaults, **params}
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def validate_params(cls, params: dict) -> None:
+        for k, v in params.items():
+            if k not in cls.defaults:
+                known = ", ".join(cls.defaults) or "none"
+                raise ValueError(f"unknown parameter '{k}' (known: {known})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"parameter '{k}' must be a number, got {v!r}")
+
+    def choose(self, q: Query, oracle) -> int:
+        """Return the decode slot for the query (only slots with view.decode_alive set)."""
+        raise NotImplementedError
+
+    def argmin(self, cost: np.ndarray, alive: np.ndarray) -> int:
+        """Index of the smallest cost among live slots; exact ties broken at random (seeded)."""
+        c = np.where(alive, cost, np.inf)
+        best = c.min()
+        if not np.isfinite(best):
+            # every live candidate is unreachable or none is alive: fall back to any live slot
+            live = np.flatnonzero(alive)
+            if len(live) == 0:
+                raise RuntimeError("no live decode instance")
+            return int(live[self.rng.integers(len(live))])
+        ties = np.flatnonzero(c == best)
+        return int(ties[0] if len(ties) == 1 else ties[self.rng.integers(len(ties))])

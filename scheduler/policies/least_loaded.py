@@ -1,0 +1,15 @@
+"""least_loaded: the decode instance with the fewest sequences (running + waiting + inbound)."""
+
+from .base import Policy
+from .registry import register
+
+
+@register
+class LeastLoaded(Policy):
+    name = "least_loaded"
+
+    def choose(self, q, oracle):
+        v = q.view
+        # sequences first; among equals, the lighter KV use (fraction < 1 keeps the order of loads)
+        cost = v.decode_load() + 0.999 * v.kv_used / max(v.compute.kv_blocks, 1)
+        return self.argmin(cost, v.decode_alive)

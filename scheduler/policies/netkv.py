@@ -1,0 +1,23 @@
+"""netkv: greedy O(|D|) scan minimising transfer + wait + first decode step (NetKV, arXiv 2606.03910).
+
+For every live decode candidate d: the oracle's time to move the KV bytes d lacks from the chosen
+prefill instance to d, plus d's expected wait before the sequence joins its batch, plus d's
+iteration time with the sequence in it. All terms are numpy arrays over candidates.
+"""
+
+from .base import Policy
+from .registry import register
+
+
+@register
+class NetKV(Policy):
+    name = "netkv"
+    defaults = {"transfer_weight": 1.0, "wait_weight": 1.0}
+
+    def choose(self, q, oracle):
+        v = q.view
+        transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes)
+        wait = v.est_wait_s(q.req.n_blocks)
+        cost = (self.params["transfer_weight"] * transfer + self.params["wait_weight"] * wait
+                + v.first_step_s(q.req.input_tokens))
+        return self.argmin(cost, v.decode_alive)

@@ -1,0 +1,23 @@
+"""round_robin: cycle through decode instances, skipping dead ones."""
+
+from .base import Policy
+from .registry import register
+
+
+@register
+class RoundRobin(Policy):
+    name = "round_robin"
+
+    def __init__(self, params, seed=0):
+        super().__init__(params, seed)
+        self.next = 0
+
+    def choose(self, q, oracle):
+        alive = q.view.decode_alive
+        n = len(alive)
+        for i in range(n):
+            slot = (self.next + i) % n
+            if alive[slot]:
+                self.next = slot + 1
+                return slot
+        raise RuntimeError("no live decode instance")

@@ -1,0 +1,1 @@
+"""Flow-level simulator of the testbed's experiments (same topology, routing, models, policies)."""

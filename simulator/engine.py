@@ -1,0 +1,383 @@
+"""Discrete-event, flow-level simulation of one experiment under one policy.
+
+Same topology, routing function, compute model, prefix caches and policies as the emulated testbed.
+- Prefill instances: FCFS, one request at a time; latency from the tokens their LRU prefix cache lacks.
+- KV transfers and background flows are flows on their routed paths; rates are max-min fair and are
+  recomputed whenever a flow starts or ends.
+- The controller is modelled by sampling the per-link byte counters every poll interval and
+  publishing each sample `publish_delay_s` later; the counter oracle reads the latest published one.
+- Decode instances run continuous batching. Iterations are folded: between two changes of a batch
+  (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
+  arithmetic series and one event covers all steps up to the next change; per-token gaps are kept
+  as (first, increment, count) runs and expanded when the request finishes.
+Deterministic for a given seed: ties in time are broken by event sequence number.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+import numpy as np
+
+from ..cluster import background_pairs, build_topology, placement
+from ..compute import compute_from_config
+from ..kvcache import PrefixCache
+from ..results import RequestRecord
+from ..scheduler.core import Scheduler
+from ..scheduler.oracle import CounterOracle, Snapshot, StaticOracle
+from ..scheduler.view import ClusterView
+from ..topology import Routing
+from ..trace import BLOCK_TOKENS, window_from_config
+from .network import FlowNetwork
+
+ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF = range(7)
+
+
+class _Req:
+    __slots__ = ("req", "rec", "dec", "need", "remaining", "ctx", "tokens", "runs", "est_prefill", "flow")
+
+    def __init__(self, req, rec):
+        self.req = req
+        self.rec = rec
+        self.dec = None
+        self.need = 0
+        self.remaining = req.output_tokens
+        self.ctx = req.input_tokens
+        self.tokens = 0
+        self.runs: list[tuple[float, float, int]] = []
+        self.est_prefill = 0.0
+        self.flow = None
+
+
+class _Prefill:
+    __slots__ = ("slot", "host", "queue", "current", "busy_until", "queued_est", "cache")
+
+    def __init__(self, slot, host, cache):
+        self.slot, self.host, self.cache = slot, host, cache
+        self.queue: deque[_Req] = deque()
+        self.current: _Req | None = None
+        self.busy_until = 0.0
+        self.queued_est = 0.0
+
+
+class _Decode:
+    __slots__ = ("slot", "host", "batch", "waitq", "t0", "s0", "dl", "planned", "version", "cache")
+
+    def __init__(self, slot, host, cache):
+        self.slot, self.host, self.cache = slot, host, cache
+        self.batch: list[_Req] = []
+        self.waitq: deque[_Req] = deque()
+        self.t0 = self.s0 = self.dl = 0.0
+        self.planned = 0
+        self.version = 0
+
+
+def _steps_time(s0: float, dl: float, m: int) -> float:
+    """Duration of m iterations whose times are s0, s0 + dl, s0 + 2 dl, ..."""
+    return m * s0 + dl * m * (m - 1) / 2.0
+
+
+class Simulation:
+    """One policy over one trace window on the modelled cluster."""
+
+    def __init__(self, exp, policy: str, requests=None, *, topo=None, compute=None, progress=None):
+        self.exp = exp
+        self.policy = policy
+        self.topo = topo or build_topology(exp)
+        self.routing = Routing(self.topo, exp.topology.routing)
+        self.compute = compute or compute_from_config(exp)
+        self.requests = requests if requests is not None else window_from_config(exp)
+        pre, dec = placement(exp, self.topo)
+        self.view = ClusterView(pre, dec, self.compute)
+        self.net = FlowNetwork(self.topo.capacity_bps)
+        self.now = 0.0
+        te = exp.telemetry
+        self._poll = te.poll_interval_s
+        self._delay = te.publish_delay_s
+        self._snaps: deque[tuple[float, Snapshot]] = deque()
+        self._snap: Snapshot | None = None
+        self._last_counters = np.zeros(self.topo.n_links)
+        if te.oracle == "counters":
+            self.oracle = CounterOracle(self.topo, self.routing, self._published, lambda: self.now,
+                                        te.floor_fraction, te.count_committed)
+        else:
+            self.oracle = StaticOracle(self.topo, self.routing)
+        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view,
+                               self.oracle, self.topo)
+        self.prefills = [
+            _Prefill(i, int(h), PrefixCache(self.compute.prefill_cache_blocks, i, self.view.prefill_index))
+            for i, h in enumerate(pre)
+        ]
+        self.decodes = [
+            _Decode(i, int(h), PrefixCache(self.compute.kv_blocks, i, self.view.decode_index))
+            for i, h in enumerate(dec)
+        ]
+        self.bg = [background_pairs(self.topo, b) for b in exp.background]
+        self._bg_flows: list[list[int]] = [[] for _ in self.bg]
+        self._heap: list = []
+        self._seq = 0
+        self._progress = progress
+        self.finished = 0
+        self.events = 0
+
+    # ---- event queue -------------------------------------------------------------------------
+    def _push(self, t, kind, a=None, b=None):
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, a, b))
+
+    def run(self) -> list[RequestRecord]:
+        reqs = [_Req(r, RequestRecord(r.id, r.arrival_s, r.input_tokens, r.output_tokens, policy=self.policy))
+                for r in self.requests]
+        self._reqs = reqs
+        for i, r in enumerate(reqs):
+            self._push(r.req.arrival_s, ARRIVAL, i)
+        if isinstance(self.oracle, CounterOracle):
+            self._push(0.0, POLL)
+        for i, b in enumerate(self.exp.background):
+            self._push(b.start_s, BG_ON, i)
+        handlers = {
+            ARRIVAL: self._arrival, PREFILL_DONE: self._prefill_done, NET: self._net_event,
+            DECODE: self._decode_event, POLL: self._poll_event, BG_ON: self._bg_on, BG_OFF: self._bg_off,
+        }
+        n = len(reqs)
+        bar = None
+        if self._progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc=f"simulate {self.policy}", unit="req", leave=False)
+        self._bar = bar
+        try:
+            while self._heap and self.finished < n:
+                t, _, kind, a, b = heapq.heappop(self._heap)
+                self.now = t
+                self.events += 1
+                handlers[kind](a, b)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.finished < n:
+            raise RuntimeError(f"simulation stalled with {n - self.finished} unfinished requests")
+        return [r.rec for r in reqs]
+
+    # ---- arrivals and prefill ----------------------------------------------------------------
+    def _arrival(self, i, _):
+        r = self._reqs[i]
+        v = self.view
+        now = self.now
+        for p in self.prefills:
+            v.prefill_backlog_s[p.slot] = max(p.busy_until - now, 0.0) + p.queued_est
+        d = self.sched.decide(r.req)
+        r.dec = d
+        rec = r.rec
+        rec.prefill = self.topo.hosts[d.prefill_host].name
+        rec.decode = self.topo.hosts[d.decode_host].name
+        rec.tier = d.tier
+        rec.decision_us = d.decision_us
+        rec.est_transfer_s = d.est_transfer_s
+        rec.telemetry_age_s = d.telemetry_age_s
+        rec.oracle = self.oracle.name
+        rec.decode_hit_blocks = d.decode_hit_blocks
+        rec.blocks_sent = d.blocks_to_send
+        rec.bytes_sent = d.bytes_to_send
+        r.need = self.compute.blocks_for(r.req.input_tokens + r.req.output_tokens)
+        dd = self.decodes[d.decode_slot]
+        dd.cache.touch(r.req.hash_ids[: d.decode_hit_blocks])
+        v.inbound[d.decode_slot] += 1
+        v.kv_pending[d.decode_slot] += r.need
+        if isinstance(self.oracle, CounterOracle):
+            self.oracle.commit(r.req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s)
+        p = self.prefills[d.prefill_slot]
+        r.est_prefill = self.compute.prefill_s(r.req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
+        p.queued_est += r.est_prefill
+        p.queue.append(r)
+        v.prefill_queued[p.slot] += 1
+        if p.current is None:
+            self._start_prefill(p)
+
+    def _start_prefill(self, p: _Prefill):
+        r = p.queue.popleft()
+        self.view.prefill_queued[p.slot] -= 1
+        p.queued_est -= r.est_prefill
+        hits = p.cache.match(r.req.hash_ids)
+        p.cache.touch(r.req.hash_ids[:hits])
+        dur = self.compute.prefill_s(r.req.input_tokens - hits * BLOCK_TOKENS)
+        r.rec.prefill_hit_blocks = hits
+        r.rec.t_prefill_start = self.now
+        p.current = r
+        p.busy_until = self.now + dur
+        self._push(p.busy_until, PREFILL_DONE, p.slot)
+
+    def _prefill_done(self, slot, _):
+        p = self.prefills[slot]
+        r = p.current
+        p.current = None
+        r.rec.t_prefill_end = self.now
+        p.cache.insert(r.req.hash_ids)
+        if r.dec.bytes_to_send > 0:
+            links = self.routing.path(r.dec.prefill_host, r.dec.decode_host)
+            r.flow = self.net.add(self.now, links, r.dec.bytes_to_send, tag=r)
+            if isinstance(self.oracle, CounterOracle):
+                self.oracle.started(r.req.id, self.now)
+            self._schedule_net()
+        else:
+            self._kv_arrived(r)
+        if p.queue:
+            self._start_prefill(p)
+
+    # ---- network -----------------------------------------------------------------------------
+    def _schedule_net(self):
+        nxt = self.net.next_completion()
+        if nxt is not None:
+            self._push(max(nxt[0], self.now), NET, self.net.version)
+
+    def _net_event(self, version, _):
+        if version != self.net.version:
+            return
+        self.net.advance(self.now)
+        done = [f for f in self.net.flows.values()
+                if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)]
+        self.net.remove_many(f.id for f in done)
+        for f in done:
+            r = f.tag
+            if isinstance(self.oracle, CounterOracle):
+                self.oracle.release(r.req.id)
+            self._kv_arrived(r)
+        self._schedule_net()
+
+    def _poll_event(self, _a, _b):
+        self.net.advance(self.now)
+        rates = (self.net.counters - self._last_counters) / self._poll
+        self._last_counters = self.net.counters.copy()
+        version = (self._snaps[-1][1].version if self._snaps else (self._snap.version if self._snap else 0)) + 1
+        self._snaps.append((self.now + self._delay, Snapshot(self.now, rates, version=version)))
+        self._push(self.now + self._poll, POLL)
+
+    def _published(self) -> Snapshot | None:
+        while self._snaps and self._snaps[0][0] <= self.now:
+            self._snap = self._snaps.popleft()[1]
+        return self._snap
+
+    def _bg_on(self, i, _):
+        cfg = self.exp.background[i]
+        demand = math.inf if cfg.rate_gbps is None else cfg.rate_gbps * 1e9 / 8
+        for s, d in self.bg[i]:
+            f = self.net.add(self.now, self.routing.path(s, d), math.inf, demand, tag=("bg", i))
+            self._bg_flows[i].append(f.id)
+        if math.isfinite(cfg.on_s):
+            self._push(self.now + cfg.on_s, BG_OFF, i)
+        self._schedule_net()
+
+    def _bg_off(self, i, _):
+        self.net.advance(self.now)
+        self.net.remove_many(self._bg_flows[i])
+        self._bg_flows[i] = []
+        self._push(self.now + self.exp.background[i].off_s, BG_ON, i)
+        self._schedule_net()
+
+    # ---- decode ------------------------------------------------------------------------------
+    def _room(self, D: _Decode, r: _Req) -> bool:
+        c = self.compute
+        if not D.batch:
+            return True  # an idle instance takes any request, even one larger than its KV budget
+        return len(D.batch) < c.max_batch and self.view.kv_used[D.slot] + r.need <= c.kv_blocks
+
+    def _kv_arrived(self, r: _Req):
+        now = self.now
+        r.rec.t_transfer_end = now
+        D = self.decodes[r.dec.decode_slot]
+        v = self.view
+        v.inbound[D.slot] -= 1
+        D.cache.insert(r.req.hash_ids)
+        D.waitq.append(r)
+        v.queued[D.slot] += 1
+        if not D.batch:
+            self._admit(D)
+            self._start_segment(D)
+        elif D.waitq[0] is r and self._room(D, r):
+            # join at the next iteration boundary after now
+            x = now - D.t0
+            if D.dl > 0:
+                a, b = D.dl / 2.0, D.s0 - D.dl / 2.0
+                m = max(1, math.ceil((-b + math.sqrt(b * b + 4 * a * x)) / (2 * a)))
+            else:
+                m = max(1, math.ceil(x / D.s0))
+            while m > 1 and D.t0 + _steps_time(D.s0, D.dl, m - 1) >= now:
+                m -= 1
+            while D.t0 + _steps_time(D.s0, D.dl, m) < now:
+                m += 1
+            if m < D.planned:
+                D.planned = m
+                D.version += 1
+                self._push(D.t0 + _steps_time(D.s0, D.dl, m), DECODE, D.slot, D.version)
+
+    def _decode_event(self, slot, version):
+        D = self.decodes[slot]
+        if version != D.version:
+            return
+        self._advance(D, D.planned)
+        self._admit(D)
+        self._start_segment(D)
+
+    def _advance(self, D: _Decode, m: int):
+        """All sequences of the batch produce m tokens (iterations since D.t0)."""
+        v = self.view
+        s0, dl = D.s0, D.dl
+        finished = []
+        for r in D.batch:
+            if r.tokens == 0:
+                r.rec.t_first_token = D.t0 + s0
+                if m > 1:
+                    r.runs.append((s0 + dl, dl, m - 1))
+            else:
+                r.runs.append((s0, dl, m))
+            r.tokens += m
+            r.remaining -= m
+            r.ctx += m
+            if r.remaining <= 0:
+                finished.append(r)
+        B = len(D.batch)
+        v.ctx_total[D.slot] += m * B
+        v.remaining[D.slot] -= m * B
+        for r in finished:
+            D.batch.remove(r)
+            v.active[D.slot] -= 1
+            v.kv_used[D.slot] -= r.need
+            v.ctx_total[D.slot] -= r.ctx
+            rec = r.rec
+            rec.t_done = self.now
+            rec.status = "completed"
+            if r.runs:
+                rec.gaps = np.concatenate([f + dl_ * np.arange(n) for f, dl_, n in r.runs])
+            r.runs = []
+            self.finished += 1
+            if self._bar is not None:
+                self._bar.update(1)
+        if finished:
+            D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
+
+    def _admit(self, D: _Decode):
+        v = self.view
+        while D.waitq and self._room(D, D.waitq[0]):
+            r = D.waitq.popleft()
+            v.queued[D.slot] -= 1
+            D.batch.append(r)
+            r.rec.t_admit = self.now
+            v.active[D.slot] += 1
+            v.kv_used[D.slot] += r.need
+            v.kv_pending[D.slot] -= r.need
+            v.ctx_total[D.slot] += r.ctx
+            v.remaining[D.slot] += r.remaining
+        D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
+
+    def _start_segment(self, D: _Decode):
+        D.version += 1
+        if not D.batch:
+            return
+        B = len(D.batch)
+        D.t0 = self.now
+        D.s0 = self.compute.step_s(B, float(self.view.ctx_total[D.slot]))
+        D.dl = self.compute.step_c * B
+        D.planned = min(r.remaining for r in D.batch)
+        self._push(self.now + _steps_time(D.s0, D.dl, D.planned), DECODE, D.slot, D.version)
