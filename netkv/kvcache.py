@@ -13,41 +13,72 @@ import numpy as np
 
 
 class BlockIndex:
-    """hash_id -> set of instance slots holding it; answers prefix hits for all slots at once."""
+    """hash_id -> bitmask of instance slots holding it; answers prefix hits for all slots at once."""
 
     def __init__(self, n_slots: int):
         self.n = n_slots
-        self.holders: dict[int, set[int]] = {}
+        self._nbytes = (n_slots + 7) // 8
+        self.holders: dict[int, int] = {}
+        self._full = (1 << n_slots) - 1
+        self._memo: dict[int, np.ndarray] = {}
 
     def add(self, slot: int, block: int) -> None:
-        self.holders.setdefault(block, set()).add(slot)
+        self.holders[block] = self.holders.get(block, 0) | (1 << slot)
 
     def remove(self, slot: int, block: int) -> None:
-        s = self.holders.get(block)
-        if s is not None:
-            s.discard(slot)
-            if not s:
+        m = self.holders.get(block)
+        if m is not None:
+            m &= ~(1 << slot)
+            if m:
+                self.holders[block] = m
+            else:
                 del self.holders[block]
 
     def clear_slot(self, slot: int, blocks) -> None:
         for b in blocks:
             self.remove(slot, b)
 
+    def holds(self, block: int) -> np.ndarray:
+        """Boolean mask of the slots holding one block."""
+        return self._bits(self.holders.get(block, 0)).astype(bool)
+
     def prefix_hits(self, hash_ids: Sequence[int]) -> np.ndarray:
-        """Longest cached prefix (in blocks) of `hash_ids` for every slot."""
-        hits = np.zeros(self.n, dtype=np.int64)
-        alive = None
-        for b in hash_ids:
-            holders = self.holders.get(b)
-            if not holders:
-                break
-            mask = np.zeros(self.n, dtype=bool)
-            mask[np.fromiter(holders, dtype=np.int64, count=len(holders))] = True
-            alive = mask if alive is None else (alive & mask)
-            if not alive.any():
-                break
-            hits += alive
+        """Longest cached prefix (in blocks) of `hash_ids` for every slot.
+
+        Walks the blocks with Python int bitmasks of the slots still matching; a slot's hit count is
+        the position where it drops out. Only the (few) positions where the set changes cost numpy
+        work, and the bit->array conversion of a mask is memoised.
+        """
+        alive = self._full
+        get = self.holders.get
+        drops = []
+        for j, b in enumerate(hash_ids):
+            nxt = alive & get(b, 0)
+            if nxt != alive:
+                if j:
+                    drops.append((j, alive & ~nxt))
+                alive = nxt
+                if not alive:
+                    break
+        if alive and hash_ids:
+            drops.append((len(hash_ids), alive))
+        if not drops:
+            return np.zeros(self.n, dtype=np.int64)
+        j, m = drops[0]
+        hits = self._bits(m) * j
+        for j, m in drops[1:]:
+            hits += self._bits(m) * j
         return hits
+
+    def _bits(self, mask: int) -> np.ndarray:
+        arr = self._memo.get(mask)
+        if arr is None:
+            raw = np.frombuffer(mask.to_bytes(self._nbytes, "little"), dtype=np.uint8)
+            arr = np.unpackbits(raw, bitorder="little")[: self.n].astype(np.int64)
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[mask] = arr
+        return arr
 
 
 class PrefixCache:

@@ -47,6 +47,7 @@ class RequestRecord:
     blocks_sent: int = 0
     bytes_sent: float = 0.0
     decision_us: float | None = None
+    prefill_choice_us: float | None = None
     est_transfer_s: float | None = None
     telemetry_age_s: float | None = None
     oracle: str | None = None
@@ -79,7 +80,8 @@ class RequestRecord:
             "tbt_p99_s": float(np.percentile(g, 99)) if g is not None else (0.0 if self.t_done is not None else None),
             "tbt_top10_s": top10_mean(g) if g is not None else (0.0 if self.t_done is not None else None),
             "e2e_s": d(self.arrival_s, self.t_done),
-            "decision_us": self.decision_us, "est_transfer_s": self.est_transfer_s,
+            "decision_us": self.decision_us, "prefill_choice_us": self.prefill_choice_us,
+            "est_transfer_s": self.est_transfer_s,
             "telemetry_age_s": self.telemetry_age_s, "oracle": self.oracle,
             "t_prefill_start": self.t_prefill_start, "t_prefill_end": self.t_prefill_end,
             "t_transfer_end": self.t_transfer_end, "t_first_token": self.t_first_token,

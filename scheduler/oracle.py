@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..topology import FatTree, Routing
+from ..topology import FatTree, NoPathError, Routing
 
 
 class Oracle(Protocol):
@@ -39,35 +39,58 @@ class Snapshot:
     version: int = 0
 
 
-class _PathCache:
-    """LRU of routed path rows keyed by (src, destinations, routing state)."""
+class _RowCache:
+    """Bottleneck bandwidth of the routed paths from one source to a fixed array of destinations.
 
-    def __init__(self, routing: Routing, size: int = 512):
+    Rows are keyed by (src, destination array) and recomputed when the routing state or the
+    bandwidth array (identified by `bw_key`) changes; an LRU bounds memory for large clusters.
+    """
+
+    def __init__(self, routing: Routing, size: int = 256):
         self.routing = routing
         self.size = size
         self._c: OrderedDict = OrderedDict()
 
-    def row(self, src: int, dsts: np.ndarray) -> np.ndarray:
-        key = (src, id(dsts), len(dsts), frozenset(self.routing.down))
-        hit = self._c.get(key)
-        if hit is not None and hit[0] is dsts:
+    def bottleneck(self, src: int, dsts: np.ndarray, bw_ext: np.ndarray, bw_key) -> np.ndarray:
+        key = (src, id(dsts), len(dsts))
+        ent = self._c.get(key)
+        route_key = self.routing.version
+        if ent is None or ent[0] is not dsts or ent[1] != route_key:
+            ent = [dsts, route_key, self.routing.path_row(src, dsts), None, None]
+            self._c[key] = ent
+            if len(self._c) > self.size:
+                self._c.popitem(last=False)
+        else:
             self._c.move_to_end(key)
-            return hit[1]
-        paths = self.routing.path_row(src, dsts)
-        self._c[key] = (dsts, paths)
-        if len(self._c) > self.size:
-            self._c.popitem(last=False)
-        return paths
+        if ent[3] != bw_key:
+            paths = ent[2]
+            b = bw_ext[paths].min(axis=1)
+            b[paths[:, -1] < 0] = 0.0  # unreachable
+            ent[3], ent[4] = bw_key, (b, bool((b <= 0).any()))
+        return ent[4]
 
 
-def _row_seconds(paths: np.ndarray, bw_ext: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """bytes / bottleneck over each path row; bw_ext[-1] is +inf padding for -1 entries."""
-    bottleneck = bw_ext[paths].min(axis=1)
-    unreachable = paths[:, -1] < 0
+def _row_seconds(bottleneck: tuple[np.ndarray, bool], nbytes: np.ndarray) -> np.ndarray:
+    """nbytes / bottleneck; no bytes cost nothing, bytes over a dead path cost infinity."""
+    b, has_dead = bottleneck
+    if not has_dead:
+        return nbytes / b
     with np.errstate(divide="ignore", invalid="ignore"):
-        sec = np.where(nbytes > 0, nbytes / bottleneck, 0.0)
-    sec[unreachable] = math.inf
+        sec = nbytes / b
+    sec[np.isnan(sec)] = 0.0  # 0 bytes over a dead path
     return sec
+
+
+def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: np.ndarray) -> float:
+    """Scalar version of the row computation for one routed pair."""
+    if nbytes <= 0:
+        return 0.0
+    try:
+        links = routing.path(src, dst)
+    except NoPathError:
+        return math.inf
+    bottleneck = min(bw_ext[lid] for lid in links)
+    return nbytes / bottleneck if bottleneck > 0 else math.inf
 
 
 class StaticOracle:
@@ -79,14 +102,13 @@ class StaticOracle:
         self.topo = topo
         self.routing = routing
         self._bw = np.append(topo.capacity_bps, math.inf)
-        self._paths = _PathCache(routing)
+        self._rows = _RowCache(routing)
 
     def cost_row(self, src, dsts, nbytes):
-        return _row_seconds(self._paths.row(src, dsts), self._bw, np.asarray(nbytes, dtype=float)), None
+        return _row_seconds(self._rows.bottleneck(src, dsts, self._bw, 0), nbytes), None
 
     def cost(self, src, dst, nbytes):
-        sec, age = self.cost_row(src, np.array([dst]), np.array([float(nbytes)]))
-        return float(sec[0]), age
+        return _path_seconds(self.routing, src, dst, nbytes, self._bw), None
 
 
 @dataclass
@@ -112,7 +134,7 @@ class CounterOracle:
         self.count_committed = count_committed
         self.committed: dict[object, _Committed] = {}
         self._static = StaticOracle(topo, routing)
-        self._paths = _PathCache(routing)
+        self._rows = _RowCache(routing)
         self._version = 0  # bumped whenever the committed set changes
         self._cache_key = None
         self._cache_bw = None
@@ -143,28 +165,38 @@ class CounterOracle:
         cap = self.topo.capacity_bps
         bw = cap - snap.rates
         if self.committed:
-            unseen = np.zeros_like(bw)
+            links, rates = [], []
             for c in self.committed.values():
                 if c.started_at is None or c.started_at > snap.sampled_at:
-                    np.add.at(unseen, c.links, c.rate)
-            bw = bw - unseen
+                    links.append(c.links)
+                    rates.append(np.full(len(c.links), c.rate))
+            if links:
+                bw = bw - np.bincount(np.concatenate(links), np.concatenate(rates), minlength=len(cap))
         bw = np.maximum(bw, self.floor)
         if snap.down:
             bw[list(snap.down)] = 0.0
         return bw
 
-    def cost_row(self, src, dsts, nbytes):
+    def _current(self) -> tuple[Snapshot | None, np.ndarray | None]:
+        """The latest published snapshot and its residual bandwidth (+inf padded), cached."""
         snap = self.source()
         if snap is None:
-            sec, _ = self._static.cost_row(src, dsts, nbytes)
-            return sec, None
+            return None, None
         key = (id(snap), snap.version, self._version)
         if self._cache_key != key:
             self._cache_bw = np.append(self.residual(snap), math.inf)
             self._cache_key = key
-        sec = _row_seconds(self._paths.row(src, dsts), self._cache_bw, np.asarray(nbytes, dtype=float))
+        return snap, self._cache_bw
+
+    def cost_row(self, src, dsts, nbytes):
+        snap, bw = self._current()
+        if snap is None:
+            return self._static.cost_row(src, dsts, nbytes)
+        sec = _row_seconds(self._rows.bottleneck(src, dsts, bw, self._cache_key), nbytes)
         return sec, max(0.0, self.clock() - snap.sampled_at)
 
     def cost(self, src, dst, nbytes):
-        sec, age = self.cost_row(src, np.array([dst]), np.array([float(nbytes)]))
-        return float(sec[0]), age
+        snap, bw = self._current()
+        if snap is None:
+            return self._static.cost(src, dst, nbytes)
+        return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.sampled_at)

@@ -175,6 +175,7 @@ class Simulation:
         rec.decode = self.topo.hosts[d.decode_host].name
         rec.tier = d.tier
         rec.decision_us = d.decision_us
+        rec.prefill_choice_us = d.prefill_choice_us
         rec.est_transfer_s = d.est_transfer_s
         rec.telemetry_age_s = d.telemetry_age_s
         rec.oracle = self.oracle.name
@@ -186,6 +187,7 @@ class Simulation:
         dd.cache.touch(r.req.hash_ids[: d.decode_hit_blocks])
         v.inbound[d.decode_slot] += 1
         v.kv_pending[d.decode_slot] += r.need
+        v.touch(d.decode_slot)
         if isinstance(self.oracle, CounterOracle):
             self.oracle.commit(r.req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s)
         p = self.prefills[d.prefill_slot]
@@ -292,6 +294,7 @@ class Simulation:
         D.cache.insert(r.req.hash_ids)
         D.waitq.append(r)
         v.queued[D.slot] += 1
+        v.touch(D.slot)
         if not D.batch:
             self._admit(D)
             self._start_segment(D)
@@ -338,6 +341,7 @@ class Simulation:
             if r.remaining <= 0:
                 finished.append(r)
         B = len(D.batch)
+        v.touch(D.slot)
         v.ctx_total[D.slot] += m * B
         v.remaining[D.slot] -= m * B
         for r in finished:
@@ -369,6 +373,7 @@ class Simulation:
             v.kv_pending[D.slot] -= r.need
             v.ctx_total[D.slot] += r.ctx
             v.remaining[D.slot] += r.remaining
+            v.touch(D.slot)
         D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
 
     def _start_segment(self, D: _Decode):

@@ -18,7 +18,12 @@ def maxmin_rates(flow_links: list[np.ndarray], capacity: np.ndarray,
         return np.zeros(0)
     lens = np.fromiter((len(x) for x in flow_links), dtype=np.int64, count=F)
     flat = np.concatenate(flow_links).astype(np.int64)
-    used, loc = np.unique(flat, return_inverse=True)
+    if F <= 64:
+        # dense incidence over all links: cheaper than compacting for a handful of flows
+        used = np.arange(len(capacity))
+        loc = flat
+    else:
+        used, loc = np.unique(flat, return_inverse=True)
     A = np.zeros((F, len(used)), dtype=bool)
     A[np.repeat(np.arange(F), lens), loc] = True
     cap = capacity[used].astype(float)

@@ -30,6 +30,7 @@ class FlowNetwork:
         self.capacity = np.asarray(capacity_bps, dtype=float)
         self.counters = np.zeros_like(self.capacity)  # bytes sent per directed link
         self.link_rate = np.zeros_like(self.capacity)
+        self.link_flows = np.zeros(len(self.capacity), dtype=np.int64)  # flows crossing each link
         self.flows: dict[int, Flow] = {}
         self.t = 0.0
         self._next_id = 0
@@ -50,21 +51,42 @@ class FlowNetwork:
         f = Flow(self._next_id, np.asarray(links, dtype=np.int64), float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f
-        self._recompute()
+        if not self.link_flows[f.links].any():
+            # shares no link with any flow: nobody else's rate changes
+            f.rate = float(min(self.capacity[f.links].min(), demand))
+            self.link_flows[f.links] += 1
+            self.link_rate[f.links] += f.rate
+            self.version += 1
+        else:
+            self.link_flows[f.links] += 1
+            self._recompute()
         return f
 
     def remove(self, t: float, fid: int) -> Flow | None:
         self.advance(t)
-        f = self.flows.pop(fid, None)
+        f = self.flows.get(fid)
         if f is not None:
-            self._recompute()
+            self.remove_many([fid])
         return f
 
     def remove_many(self, fids) -> None:
-        """Remove several flows at the current time with one rate recomputation."""
+        """Remove flows at the current time; rates are recomputed once, and only if others shared a link."""
+        shared = False
         for fid in list(fids):
-            self.flows.pop(fid, None)
-        self._recompute()
+            f = self.flows.pop(fid, None)
+            if f is None:
+                continue
+            self.link_flows[f.links] -= 1
+            if self.link_flows[f.links].any():
+                shared = True
+            else:
+                self.link_rate[f.links] -= f.rate
+        if shared:
+            self._recompute()
+        else:
+            self.version += 1
+            if not self.flows:
+                self.link_rate[:] = 0.0
 
     def _recompute(self) -> None:
         self.version += 1
@@ -73,10 +95,12 @@ class FlowNetwork:
         if not self.flows:
             return
         fl = list(self.flows.values())
-        rates = maxmin_rates([f.links for f in fl], self.capacity, np.array([f.demand for f in fl]))
+        links = [f.links for f in fl]
+        rates = maxmin_rates(links, self.capacity, np.array([f.demand for f in fl]))
         for f, r in zip(fl, rates):
             f.rate = float(r)
-            np.add.at(self.link_rate, f.links, f.rate)
+        lens = [len(x) for x in links]
+        np.add.at(self.link_rate, np.concatenate(links), np.repeat(rates, lens))
 
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""

@@ -80,17 +80,24 @@ class Routing:
         self.topo = topo
         self.strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
         self.down: set[int] = set()
+        self.version = 0  # bumps whenever the set of down links changes
         self._tier_paths = np.array([topo.n_paths(t) for t in range(4)], dtype=np.int64)
 
     # ---- failures ----------------------------------------------------------------------------
     def set_down(self, link_ids) -> None:
-        self.down = set(link_ids)
+        new = set(link_ids)
+        if new != self.down:
+            self.down = new
+            self.version += 1
 
     def mark(self, link_id: int, up: bool) -> None:
+        before = len(self.down)
         if up:
             self.down.discard(link_id)
         else:
             self.down.add(link_id)
+        if len(self.down) != before:
+            self.version += 1
 
     # ---- paths -------------------------------------------------------------------------------
     def available_choices(self, src: int, dst: int) -> list[int]:

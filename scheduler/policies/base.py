@@ -32,9 +32,11 @@ class Query:
 
     @cached_property
     def missing_bytes(self) -> np.ndarray:
-        """KV bytes each candidate lacks (the last block may be partial)."""
-        tokens = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0)
-        return tokens * float(self.view.compute.model.kv_bytes_per_token)
+        """KV bytes each candidate lacks (the last block may be partial): a table lookup by hits."""
+        kv = self.view.compute.model.kv_bytes_per_token
+        n = self.req.input_tokens
+        table = np.array([float(max(n - j * BLOCK_TOKENS, 0) * kv) for j in range(self.req.n_blocks + 1)])
+        return table[self.hits]
 
 
 class Policy:
@@ -61,15 +63,20 @@ class Policy:
         """Return the decode slot for the query (only slots with view.decode_alive set)."""
         raise NotImplementedError
 
-    def argmin(self, cost: np.ndarray, alive: np.ndarray) -> int:
-        """Index of the smallest cost among live slots; exact ties broken at random (seeded)."""
-        c = np.where(alive, cost, np.inf)
-        best = c.min()
+    def argmin(self, cost: np.ndarray, view) -> int:
+        """Slot with the smallest cost among live decode instances; exact ties broken at random (seeded)."""
+        if not view.all_alive:
+            cost = np.where(view.decode_alive, cost, np.inf)
+        i = int(cost.argmin())
+        best = cost[i]
         if not np.isfinite(best):
-            # every live candidate is unreachable or none is alive: fall back to any live slot
-            live = np.flatnonzero(alive)
+            # every live candidate is unreachable, or none is alive: any live slot
+            live = np.flatnonzero(view.decode_alive)
             if len(live) == 0:
                 raise RuntimeError("no live decode instance")
             return int(live[self.rng.integers(len(live))])
-        ties = np.flatnonzero(c == best)
-        return int(ties[0] if len(ties) == 1 else ties[self.rng.integers(len(ties))])
+        eq = cost == best
+        if np.count_nonzero(eq) == 1:
+            return i
+        ties = np.flatnonzero(eq)
+        return int(ties[self.rng.integers(len(ties))])

@@ -22,4 +22,4 @@ class CacheLoadAware(Policy):
         w = self.params["overlap_weight"]
         load = v.kv_used + v.kv_pending + q.req.n_blocks
         cost = w * q.missing_blocks + load
-        return self.argmin(cost, v.decode_alive)
+        return self.argmin(cost, v)

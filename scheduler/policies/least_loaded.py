@@ -12,4 +12,4 @@ class LeastLoaded(Policy):
         v = q.view
         # sequences first; among equals, the lighter KV use (fraction < 1 keeps the order of loads)
         cost = v.decode_load() + 0.999 * v.kv_used / max(v.compute.kv_blocks, 1)
-        return self.argmin(cost, v.decode_alive)
+        return self.argmin(cost, v)

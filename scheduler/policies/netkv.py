@@ -18,6 +18,10 @@ class NetKV(Policy):
         v = q.view
         transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes)
         wait = v.est_wait_s(q.req.n_blocks)
-        cost = (self.params["transfer_weight"] * transfer + self.params["wait_weight"] * wait
-                + v.first_step_s(q.req.input_tokens))
-        return self.argmin(cost, v.decode_alive)
+        if self.params["transfer_weight"] != 1.0:
+            transfer = self.params["transfer_weight"] * transfer
+        if self.params["wait_weight"] != 1.0:
+            wait = self.params["wait_weight"] * wait
+        cost = transfer + wait
+        cost += v.first_step_s(q.req.input_tokens)
+        return self.argmin(cost, v)
