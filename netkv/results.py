@@ -22,7 +22,7 @@ REQUEST_COLUMNS = (
     "id", "status", "fail_reason", "policy", "arrival_s", "input_tokens", "output_tokens",
     "prefill", "decode", "tier", "prefill_hit_blocks", "decode_hit_blocks", "blocks_sent",
     "bytes_sent", "queue_s", "prefill_s", "transfer_s", "decode_wait_s", "ttft_s",
-    "tbt_mean_s", "tbt_p99_s", "tbt_top10_s", "e2e_s", "decision_us", "est_transfer_s",
+    "tbt_mean_s", "tbt_p99_s", "tbt_top10_s", "e2e_s", "decision_us", "prefill_choice_us", "est_transfer_s",
     "telemetry_age_s", "oracle", "t_prefill_start", "t_prefill_end", "t_transfer_end",
     "t_first_token", "t_done",
 )
@@ -87,7 +87,7 @@ class RequestRecord:
             "t_transfer_end": self.t_transfer_end, "t_first_token": self.t_first_token,
             "t_done": self.t_done,
         }
-        return {k: _clean(v) for k, v in row.items()}
+        return {k: _clean(row[k]) for k in REQUEST_COLUMNS}
 
 
 def _clean(v):

@@ -1,0 +1,66 @@
+"""The netkv command: simulate writes a complete run directory; report draws plots; bad input exits non-zero."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+NETKV = [sys.executable, "-m", "netkv.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*NETKV, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_simulate_smoke_writes_results_and_plots(tmp_path):
+    p = run("simulate", str(REPO / "experiments/smoke.toml"), "--out", str(tmp_path), "--quiet")
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    doc = json.loads((run_dir / "summary.json").read_text())
+    assert doc["partial"] is False
+    assert set(doc["policies"]) == {"round_robin", "random", "least_loaded", "cache_load_aware", "netkv"}
+    for pol, s in doc["policies"].items():
+        assert s["completed"] == s["requests"] == 40
+        lines = (run_dir / pol / "requests.jsonl").read_text().splitlines()
+        assert len(lines) == 40
+        from netkv.results import REQUEST_COLUMNS
+
+        assert list(json.loads(lines[0])) == list(REQUEST_COLUMNS)
+    for png in ("ttft_cdf.png", "policy_bars.png", "transfer_by_tier.png"):
+        assert (run_dir / "plots" / png).stat().st_size > 1000
+    assert "netkv" in p.stdout and "TTFT mean" in p.stdout
+    # report re-reads the directory
+    r = run("report", str(run_dir))
+    assert r.returncode == 0 and "cache_load_aware" in r.stdout
+
+
+def test_topo_json(tmp_path):
+    out = tmp_path / "t.json"
+    p = run("topo", "--k", "4", "--gpus", "4", "--json", str(out), "--routes")
+    assert p.returncode == 0, p.stderr
+    assert "36" in p.stdout
+    doc = json.loads(out.read_text())
+    assert len(doc["hosts"]) == 64 and len(doc["switches"]) == 36
+    assert len(doc["routes"]) == 64 * 63
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[topology]\nk = 5\n", "topology.k"),
+    ("[trace]\npath = 'nowhere.jsonl'\n", "nowhere.jsonl"),
+])
+def test_bad_input_one_line_error(tmp_path, content, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(content)
+    p = run("simulate", str(f), "--out", str(tmp_path / "out"), "--quiet")
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("netkv: error:")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_report_on_non_run_dir(tmp_path):
+    p = run("report", str(tmp_path))
+    assert p.returncode != 0 and "summary.json" in p.stderr
