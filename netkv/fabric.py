@@ -1,0 +1,310 @@
+"""Network runner: controller + Mininet fabric up, health and reachability checks, clean teardown.
+
+Used by `netkv net up` and by `netkv emulate`. Start refuses to run on top of leftovers (and says
+how to remove them); stop (also on Ctrl-C, SIGTERM or an exception inside `with Fabric(...)`)
+stops Mininet, the controller and every process the run started, then checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cleanup
+from .topology import FatTree
+from .topology.fattree import LinkRates
+
+
+class FabricError(RuntimeError):
+    """The emulated fabric could not be brought up (the message says why and what to do)."""
+
+
+@dataclass
+class FabricSpec:
+    """Everything needed to build one emulated fabric (wall-clock units)."""
+
+    k: int = 2
+    gpus: int = 2
+    rates: LinkRates = field(default_factory=LinkRates)
+    routing: str = "sum-mod"
+    bandwidth_scale: float = 4000.0
+    mtu: int = 9000
+    queue_ms: float = 5.0
+    max_link_mbps: float = 1000.0
+    poll_interval: float = 1.0  # wall seconds
+    publish_delay: float = 0.0  # wall seconds
+    floor_fraction: float = 0.02
+    of_port: int = 6653
+    rest_port: int = 8080
+
+    @classmethod
+    def from_experiment(cls, exp, **overrides) -> FabricSpec:
+        t, em, te = exp.topology, exp.emulation, exp.telemetry
+        spec = cls(
+            k=t.k, gpus=t.gpus_per_server,
+            rates=LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
+                            t.oversubscription),
+            routing=t.routing, bandwidth_scale=em.bandwidth_scale, mtu=em.mtu, queue_ms=em.queue_ms,
+            max_link_mbps=em.max_link_mbps,
+            # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
+            poll_interval=te.poll_interval_s * em.time_dilation,
+            publish_delay=te.publish_delay_s * em.time_dilation,
+            floor_fraction=te.floor_fraction,
+        )
+        for k, v in overrides.items():
+            setattr(spec, k, v)
+        return spec
+
+    def fattree(self) -> FatTree:
+        return FatTree(self.k, self.gpus, self.rates)
+
+    def controller_config(self) -> dict:
+        r = self.rates
+        return {
+            "k": self.k, "gpus": self.gpus, "gpu_gbps": r.gpu, "server_gbps": r.server,
+            "edge_gbps": r.edge, "core_gbps": r.core, "oversubscription": r.oversubscription,
+            "routing": self.routing, "bandwidth_scale": self.bandwidth_scale,
+            "poll_interval": self.poll_interval, "publish_delay": self.publish_delay,
+            "floor_fraction": self.floor_fraction,
+        }
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise FabricError("the emulated fabric needs root (Mininet, Open vSwitch); run as root")
+    for tool in ("mn", "mnexec", "ovs-vsctl"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            raise FabricError(f"'{tool}' is missing: run scripts/setup.sh as root")
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
+        raise FabricError("Open vSwitch is not running: run scripts/setup.sh (it starts ovsdb-server and ovs-vswitchd)")
+
+
+def http_json(url: str, timeout: float = 2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (127.0.0.1 only)
+        return json.loads(r.read())
+
+
+class Fabric:
+    """One controller + one Mininet fat-tree; use as a context manager."""
+
+    def __init__(self, spec: FabricSpec, log_dir: Path, log=print):
+        self.spec = spec
+        self.topo = spec.fattree()
+        self.log_dir = Path(log_dir)
+        self.log = log
+        self.net = None
+        self.ctrl: subprocess.Popen | None = None
+        self.timings: dict[str, float] = {}
+        self._old_handlers = {}
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.spec.rest_port}/netkv"
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self):
+        self._install_signal_handlers()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            self._restore_signal_handlers()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.stop()
+        finally:
+            self._restore_signal_handlers()
+        return False
+
+    def _install_signal_handlers(self):
+        def on_term(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, on_term)
+            except ValueError:  # not the main thread
+                pass
+
+    def _restore_signal_handlers(self):
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers = {}
+
+    def start(self) -> None:
+        require_root()
+        left = cleanup.find_leftovers()
+        if left:
+            raise FabricError("emulation leftovers found: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
+        from .topology.mininet_fabric import check_rates
+
+        check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        self.start_controller()
+        self._build_mininet()
+        self.timings["build_s"] = time.monotonic() - t0
+        self.wait_ready(timeout=120)
+        self.timings["ready_s"] = time.monotonic() - t0
+        self.log(f"fabric up: {len(self.topo.switches)} switches, {self.topo.n_hosts} hosts, "
+                 f"ready in {self.timings['ready_s']:.1f} s")
+
+    def start_controller(self) -> None:
+        cfg = self.log_dir / "controller.json"
+        cfg.write_text(json.dumps(self.spec.controller_config(), indent=1))
+        logf = open(self.log_dir / "controller.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.ctrl = subprocess.Popen(
+            [sys.executable, "-m", "netkv.controller.launcher", "--config", str(cfg),
+             "--of-port", str(self.spec.of_port), "--rest-port", str(self.spec.rest_port)],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        logf.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.ctrl.poll() is not None:
+                raise FabricError(f"the controller exited at start (code {self.ctrl.returncode}); "
+                                  f"see {self.log_dir / 'controller.log'}")
+            try:
+                http_json(f"{self.rest}/health", timeout=1)
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.2)
+        raise FabricError(f"the controller's REST API did not come up; see {self.log_dir / 'controller.log'}")
+
+    def stop_controller(self) -> None:
+        if self.ctrl is not None and self.ctrl.poll() is None:
+            self.ctrl.terminate()
+            try:
+                self.ctrl.wait(5)
+            except subprocess.TimeoutExpired:
+                self.ctrl.kill()
+                self.ctrl.wait(5)
+        self.ctrl = None
+
+    def restart_controller(self) -> float:
+        """Stop and start the controller (flows stay: fail mode secure); returns seconds it was away."""
+        t0 = time.monotonic()
+        self.stop_controller()
+        self.start_controller()
+        self.wait_ready(timeout=60)
+        return time.monotonic() - t0
+
+    def _build_mininet(self) -> None:
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import RemoteController
+
+        from .topology.mininet_fabric import NetKVFatTree, UserOVSSwitch
+
+        setLogLevel("error")
+        s = self.spec
+        mtopo = NetKVFatTree(fattree=self.topo, bandwidth_scale=s.bandwidth_scale, mtu=s.mtu,
+                             queue_ms=s.queue_ms, max_mbps=s.max_link_mbps)
+        self.net = Mininet(topo=mtopo, switch=UserOVSSwitch, build=False, autoSetMacs=False,
+                           controller=lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port),
+                           waitConnected=False)
+        self.net.build()
+        self._tune_interfaces()
+        self.net.start()
+        self._static_arp()
+
+    def _tune_interfaces(self) -> None:
+        """MTU and offloads off on every interface (hosts in their namespaces, switches in the root)."""
+        mtu = self.spec.mtu
+        off = "rx off tx off sg off tso off gso off gro off"
+        for h in self.net.hosts:
+            h.cmd(f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1")
+        names = [i.name for sw in self.net.switches for i in sw.intfList() if i.name != "lo"]
+        script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
+        subprocess.run(["sh", "-s"], input=script, text=True, check=False, capture_output=True)
+
+    def _static_arp(self) -> None:
+        lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]
+        for h in self.net.hosts:
+            dev = h.defaultIntf().name
+            body = "\n".join(x.format(dev=dev) for x in lines) + "\n"
+            path = self.log_dir / f".arp-{h.name}"
+            path.write_text(body)
+            h.cmd(f"ip -batch {path}")
+            path.unlink()
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        if self.net is not None:
+            try:
+                self.net.stop()
+            except Exception as e:  # keep cleaning even if Mininet trips
+                self.log(f"warning: Mininet stop failed: {e}")
+            self.net = None
+        self.stop_controller()
+        left = cleanup.find_leftovers()
+        if left:
+            cleanup.clean(verbose=False)
+            left = cleanup.find_leftovers()
+        self.timings["teardown_s"] = time.monotonic() - t0
+        if left:
+            self.log("warning: leftovers after teardown: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
+
+    # ---- checks ------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return http_json(f"{self.rest}/health")
+
+    def wait_ready(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        h = {}
+        while time.monotonic() < deadline:
+            try:
+                h = self.health()
+                if h.get("ready"):
+                    return h
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if self.ctrl is not None and self.ctrl.poll() is not None:
+                raise FabricError(f"the controller died; see {self.log_dir / 'controller.log'}")
+            time.sleep(0.3)
+        raise FabricError(f"fabric not ready after {timeout:.0f} s (health: {h})")
+
+    def host(self, name: str):
+        return self.net.get(name)
+
+    def reachability(self, pairs: list[tuple[str, str]] | None = None, timeout_s: int = 2) -> list[tuple[str, str]]:
+        """Ping every (src, dst) pair (all ordered pairs by default), one prober per source host in
+        parallel; returns the pairs that failed."""
+        by_src: dict[str, list[str]] = {}
+        if pairs is None:
+            for s in self.topo.hosts:
+                by_src[s.name] = [d.name for d in self.topo.hosts if d.name != s.name]
+        else:
+            for s, d in pairs:
+                by_src.setdefault(s, []).append(d)
+        procs = {}
+        for s, dsts in by_src.items():
+            ips = " ".join(self.topo.host(d).ip for d in dsts)
+            script = f"for ip in {ips}; do ping -c1 -W{timeout_s} -q $ip >/dev/null 2>&1 || echo FAIL $ip; done"
+            procs[s] = self.host(s).popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+        failed = []
+        for s, p in procs.items():
+            out, _ = p.communicate(timeout=600)
+            for line in out.splitlines():
+                if line.startswith("FAIL "):
+                    failed.append((s, self.topo.host_by_ip(line.split()[1]).name))
+        return failed
+
+    def dump_flows(self) -> dict[str, str]:
+        out = {}
+        for sw in self.topo.switches:
+            p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw.name], capture_output=True, text=True)
+            out[sw.name] = p.stdout
+        return out

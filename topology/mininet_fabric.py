@@ -1,0 +1,140 @@
+"""Mininet builder of the shared fat-tree: OVS userspace switches, shaped links, no netem.
+
+Every switch is an `OVSSwitch` with the userspace datapath (`datapath='user'`, this machine has no
+openvswitch kernel module), OpenFlow 1.3 only, fail mode secure (no learning-switch fallback when
+the controller is away), and the dpid of the shared ID scheme. Links are `TCLink`s with only `bw`
+set (the tier's real rate / bandwidth_scale), through `ShapedIntf`, which calibrates Mininet's HTB
+for jumbo frames: burst and cburst sized to the MTU and rate, and an explicit bfifo leaf queue sized
+in time (rate x queue_ms). netem is never used (sch_netem is absent here). Offloads are turned off
+on every interface (TCP stalls on the userspace datapath otherwise) and the MTU is set everywhere.
+
+`mn --custom topology/mininet_fabric.py --topo netkv-fattree,k=4 --controller remote
+ --switch ovs,datapath=user,protocols=OpenFlow13` builds the same fabric by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mininet.link import TCIntf, TCLink
+from mininet.node import OVSSwitch
+from mininet.topo import Topo
+
+try:  # importable as a package module and as a plain `mn --custom` file
+    from .fattree import FatTree, LinkRates
+except ImportError:  # pragma: no cover - mn --custom path
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from topology.fattree import FatTree, LinkRates  # type: ignore[no-redef]
+
+OFFLOADS = ("rx", "tx", "sg", "tso", "gso", "gro")
+
+
+class FabricError(ValueError):
+    """The requested emulated fabric cannot be built faithfully here."""
+
+
+def emulated_mbps(gbps: float, bandwidth_scale: float) -> float:
+    return gbps * 1000.0 / bandwidth_scale
+
+
+def check_rates(topo: FatTree, bandwidth_scale: float, max_mbps: float = 1000.0) -> dict[str, float]:
+    """Emulated Mbit/s per tier; refuses rates above what Mininet's HTB shaping allows."""
+    out = {}
+    for level in ("gpu", "server", "edge", "core"):
+        mbps = emulated_mbps(topo.rates.rate(level), bandwidth_scale)
+        if mbps > max_mbps:
+            raise FabricError(
+                f"emulation.bandwidth_scale: the '{level}' tier needs {mbps:.0f} Mbit/s per link "
+                f"({topo.rates.rate(level):g} Gbit/s / {bandwidth_scale:g}), above the {max_mbps:g} Mbit/s "
+                "that Mininet can shape (and that the userspace datapath can forward); raise bandwidth_scale "
+                f"to at least {math.ceil(topo.rates.rate(level) * 1000 / max_mbps)}"
+            )
+        if mbps < 0.5:
+            raise FabricError(f"emulation.bandwidth_scale: the '{level}' tier would get {mbps:.3f} Mbit/s; lower it")
+        out[level] = mbps
+    return out
+
+
+class ShapedIntf(TCIntf):
+    """TCIntf whose HTB class is sized for the MTU and whose queue is a bfifo sized in time."""
+
+    def config(self, queue_ms: float = 5.0, mtu: int = 9000, **params):
+        self._queue_ms = queue_ms
+        self._mtu = mtu
+        for forbidden in ("delay", "jitter", "loss", "max_queue_size"):
+            if params.get(forbidden):
+                raise FabricError(f"link parameter '{forbidden}' needs netem, which this kernel lacks")
+        return super().config(**params)
+
+    def bwCmds(self, bw=None, **kw):  # noqa: N802 (Mininet's name)
+        if bw is None:
+            return [], " root "
+        mtu = getattr(self, "_mtu", 9000)
+        rate_bps = bw * 1e6 / 8
+        # burst: at least a few frames and 2 ms worth of bytes at the rate (timer granularity)
+        burst = int(max(4 * (mtu + 100), rate_bps * 0.002))
+        limit = int(max(2 * (mtu + 100), rate_bps * getattr(self, "_queue_ms", 5.0) / 1000))
+        cmds = [
+            "%s qdisc add dev %s root handle 5:0 htb default 1",
+            "%s class add dev %s parent 5:0 classid 5:1 htb "
+            + f"rate {bw:f}Mbit ceil {bw:f}Mbit burst {burst} cburst {burst} mtu {mtu + 100} quantum {mtu + 100}",
+            "%s qdisc add dev %s parent 5:1 handle 10: " + f"bfifo limit {limit}",
+        ]
+        return cmds, " parent 10: "
+
+
+class ShapedLink(TCLink):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("cls1", ShapedIntf)
+        kwargs.setdefault("cls2", ShapedIntf)
+        super().__init__(*args, **kwargs)
+
+
+class UserOVSSwitch(OVSSwitch):
+    """OVS bridge on the userspace datapath, OpenFlow 1.3, fail mode secure."""
+
+    def __init__(self, name, **params):
+        params.setdefault("datapath", "user")
+        params.setdefault("protocols", "OpenFlow13")
+        params.setdefault("failMode", "secure")
+        super().__init__(name, **params)
+
+
+class NetKVFatTree(Topo):
+    """Mininet topology of the shared fat-tree description."""
+
+    def build(self, k: int = 4, gpus: int = 4, bandwidth_scale: float = 4000.0, gpu_gbps: float = 900.0,
+              server_gbps: float = 400.0, edge_gbps: float = 400.0, core_gbps: float = 400.0,
+              oversubscription: float = 1.0, mtu: int = 9000, queue_ms: float = 5.0,
+              max_mbps: float = 1000.0, fattree: FatTree | None = None):
+        t = fattree or FatTree(int(k), int(gpus), LinkRates(float(gpu_gbps), float(server_gbps), float(edge_gbps),
+                                                       float(core_gbps), float(oversubscription)))
+        self.fattree = t
+        mbps = check_rates(t, float(bandwidth_scale), max_mbps)
+        for s in t.switches:
+            self.addSwitch(s.name, dpid=s.dpid_str)
+        for h in t.hosts:
+            self.addHost(h.name, ip=f"{h.ip}/8", mac=h.mac)
+        seen = set()
+        for lk in t.links:
+            key = frozenset((lk.src, lk.dst))
+            if key in seen:
+                continue
+            seen.add(key)
+            params = dict(bw=mbps[lk.level], mtu=int(mtu), queue_ms=float(queue_ms), txo=False, rxo=False)
+            self.addLink(lk.src, lk.dst, port1=lk.src_port or None, port2=lk.dst_port or None,
+                         cls=ShapedLink, **params)
+
+
+def intf_names(topo: FatTree) -> dict[tuple[str, int], str]:
+    """(node, port) -> interface name as Mininet names it (hosts: eth0)."""
+    out = {}
+    for lk in topo.links:
+        out[(lk.src, lk.src_port)] = f"{lk.src}-eth{lk.src_port}"
+    return out
+
+
+topos = {"netkv-fattree": NetKVFatTree}
