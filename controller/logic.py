@@ -70,6 +70,7 @@ class FabricLogic:
         self.links = [LinkState() for _ in topo.links]
         self._pending: deque = deque()  # (publish_at, link id, rate, sampled_at)
         self._last: dict[tuple[int, int], tuple[int, int, float, float]] = {}
+        self.port_up: dict[tuple[int, int], bool] = {}
         self.connected: set[int] = set()
         self.installed: set[int] = set()
         self.polls = 0
@@ -166,14 +167,26 @@ class FabricLogic:
 
     def on_port_status(self, dpid: int, port: int, up: bool) -> list[Rule]:
         """A port went down or up: reroute around it. Returns the pair rules to (re)write;
-        a rule with out=None means delete it."""
+        a rule with out=None means delete it.
+
+        A cable between two switches is up only while both of its ports are up (taking one end
+        down makes the other lose carrier, and the two ends report in any order).
+        """
         ids = self.link_of_port(dpid, port)
+        if not ids:
+            return []
+        self.port_up[(dpid, port)] = up
+        lk = self.topo.links[ids[0]]
+        peer = self.topo.nodes[lk.dst]
+        cable_up = up
+        if peer.is_switch:
+            cable_up = up and self.port_up.get((peer.dpid, lk.dst_port), True)
         changed = False
         for lid in ids:
-            if self.links[lid].up != up:
+            if self.links[lid].up != cable_up:
                 changed = True
-            self.links[lid].up = up
-            self.routing.mark(lid, up)
+            self.links[lid].up = cable_up
+            self.routing.mark(lid, cable_up)
         if not changed:
             return []
         old = self._pair_rules

@@ -38,6 +38,9 @@ class FabricSpec:
     bandwidth_scale: float = 4000.0
     mtu: int = 9000
     queue_ms: float = 5.0
+    qdisc: str = "bfifo"
+    fair_buckets: int = 64  # per-flow fair queueing at switch ports (0: plain drop-tail)
+    tcp_cc: str = "cubic"
     max_link_mbps: float = 1000.0
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
@@ -211,13 +214,13 @@ class Fabric:
         setLogLevel("error")
         s = self.spec
         mtopo = NetKVFatTree(fattree=self.topo, bandwidth_scale=s.bandwidth_scale, mtu=s.mtu,
-                             queue_ms=s.queue_ms, max_mbps=s.max_link_mbps)
+                             queue_ms=s.queue_ms, qdisc=s.qdisc, max_mbps=s.max_link_mbps)
         self.net = Mininet(topo=mtopo, switch=UserOVSSwitch, build=False, autoSetMacs=False,
                            controller=lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port),
                            waitConnected=False)
         self.net.build()
+        self.net.start()  # OVSSwitch.start re-applies Mininet's tc config, so tune afterwards
         self._tune_interfaces()
-        self.net.start()
         self._static_arp()
 
     def _tune_interfaces(self) -> None:
@@ -225,10 +228,24 @@ class Fabric:
         mtu = self.spec.mtu
         off = "rx off tx off sg off tso off gso off gro off"
         for h in self.net.hosts:
-            h.cmd(f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1")
+            h.cmd(f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1; "
+                  f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc}")
         names = [i.name for sw in self.net.switches for i in sw.intfList() if i.name != "lo"]
         script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
         subprocess.run(["sh", "-s"], input=script, text=True, check=False, capture_output=True)
+        if self.spec.fair_buckets > 0:
+            from .topology.mininet_fabric import emulated_mbps, fair_queue_batch
+
+            lines = []
+            for n in names:
+                sw, port = n.rsplit("-eth", 1)
+                lk = self.topo.link_by_port[(sw, int(port))]
+                lines += fair_queue_batch(n, emulated_mbps(lk.gbps, self.spec.bandwidth_scale), mtu,
+                                          self.spec.queue_ms, self.spec.fair_buckets)
+            p = subprocess.run(["tc", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
+                               capture_output=True)
+            if p.returncode != 0:
+                raise FabricError(f"tc fair-queue setup failed: {p.stderr.strip()[:300]}")
 
     def _static_arp(self) -> None:
         lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]
@@ -305,6 +322,6 @@ class Fabric:
     def dump_flows(self) -> dict[str, str]:
         out = {}
         for sw in self.topo.switches:
-            p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw.name], capture_output=True, text=True)
+            p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", sw.name], capture_output=True, text=True)
             out[sw.name] = p.stdout
         return out

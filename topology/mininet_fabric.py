@@ -61,9 +61,10 @@ def check_rates(topo: FatTree, bandwidth_scale: float, max_mbps: float = 1000.0)
 class ShapedIntf(TCIntf):
     """TCIntf whose HTB class is sized for the MTU and whose queue is a bfifo sized in time."""
 
-    def config(self, queue_ms: float = 5.0, mtu: int = 9000, **params):
+    def config(self, queue_ms: float = 5.0, mtu: int = 9000, qdisc: str = "bfifo", **params):
         self._queue_ms = queue_ms
         self._mtu = mtu
+        self._qdisc = qdisc
         for forbidden in ("delay", "jitter", "loss", "max_queue_size"):
             if params.get(forbidden):
                 raise FabricError(f"link parameter '{forbidden}' needs netem, which this kernel lacks")
@@ -77,13 +78,54 @@ class ShapedIntf(TCIntf):
         # burst: at least a few frames and 2 ms worth of bytes at the rate (timer granularity)
         burst = int(max(4 * (mtu + 100), rate_bps * 0.002))
         limit = int(max(2 * (mtu + 100), rate_bps * getattr(self, "_queue_ms", 5.0) / 1000))
+        qdisc = getattr(self, "_qdisc", "bfifo")
+        if qdisc == "bfifo":
+            leaf = f"bfifo limit {limit}"
+        elif qdisc == "sfq":
+            leaf = f"sfq limit {max(4, limit // (mtu + 100) * 4)} quantum {mtu + 100} perturb 0"
+        elif qdisc == "fq_codel":
+            leaf = f"fq_codel limit {max(16, limit // 1000)} memory_limit {max(limit, 4 * (mtu + 100))} quantum {mtu + 100}"
+        else:
+            raise FabricError(f"emulation.qdisc: unknown leaf queue '{qdisc}' (bfifo, sfq, fq_codel)")
         cmds = [
             "%s qdisc add dev %s root handle 5:0 htb default 1",
             "%s class add dev %s parent 5:0 classid 5:1 htb "
             + f"rate {bw:f}Mbit ceil {bw:f}Mbit burst {burst} cburst {burst} mtu {mtu + 100} quantum {mtu + 100}",
-            "%s qdisc add dev %s parent 5:1 handle 10: " + f"bfifo limit {limit}",
+            "%s qdisc add dev %s parent 5:1 handle 10: " + leaf,
         ]
         return cmds, " parent 10: "
+
+
+def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64) -> list[str]:
+    """`tc -batch` lines that make a switch port's egress a fair queue at `mbps`.
+
+    The kernel here has neither sfq nor fq_codel, and TCP alone shares a shallow drop-tail queue
+    very unevenly at these window sizes (measured 30/70 splits). This builds stochastic fair
+    queueing from what exists: an HTB parent at the link rate with `buckets` equal child classes
+    (guaranteed rate/buckets, ceil = rate, DRR among them) and a u32 hash on the TCP source port
+    that spreads flows over the children; each child has a bfifo sized in time. Non-TCP traffic
+    goes to the first child.
+    """
+    rate_bps = mbps * 1e6 / 8
+    q = mtu + 100
+    burst = int(max(4 * q, rate_bps * 0.002))
+    limit = int(max(2 * q, rate_bps * queue_ms / 1000))
+    lines = [
+        f"qdisc del dev {dev} root",
+        f"qdisc add dev {dev} root handle 5: htb default 10",
+        f"class add dev {dev} parent 5: classid 5:1 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit "
+        f"burst {burst} cburst {burst} quantum {q} mtu {q}",
+    ]
+    for i in range(buckets):
+        lines.append(f"class add dev {dev} parent 5:1 classid 5:{0x10 + i:x} htb rate {mbps / buckets:f}Mbit "
+                     f"ceil {mbps:f}Mbit burst {burst} cburst {burst} quantum {q} mtu {q}")
+        lines.append(f"qdisc add dev {dev} parent 5:{0x10 + i:x} handle {0x100 + i:x}: bfifo limit {limit}")
+    lines.append(f"filter add dev {dev} parent 5: prio 1 handle 2: protocol ip u32 divisor {buckets}")
+    lines.append(f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 800:: match ip protocol 6 0xff "
+                 f"link 2: hashkey mask 0x{buckets - 1:04x}0000 at 20")
+    for i in range(buckets):
+        lines.append(f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 2:{i:x}: match u8 0 0 flowid 5:{0x10 + i:x}")
+    return lines
 
 
 class ShapedLink(TCLink):
@@ -108,7 +150,7 @@ class NetKVFatTree(Topo):
 
     def build(self, k: int = 4, gpus: int = 4, bandwidth_scale: float = 4000.0, gpu_gbps: float = 900.0,
               server_gbps: float = 400.0, edge_gbps: float = 400.0, core_gbps: float = 400.0,
-              oversubscription: float = 1.0, mtu: int = 9000, queue_ms: float = 5.0,
+              oversubscription: float = 1.0, mtu: int = 9000, queue_ms: float = 5.0, qdisc: str = "bfifo",
               max_mbps: float = 1000.0, fattree: FatTree | None = None):
         t = fattree or FatTree(int(k), int(gpus), LinkRates(float(gpu_gbps), float(server_gbps), float(edge_gbps),
                                                        float(core_gbps), float(oversubscription)))
@@ -124,7 +166,8 @@ class NetKVFatTree(Topo):
             if key in seen:
                 continue
             seen.add(key)
-            params = dict(bw=mbps[lk.level], mtu=int(mtu), queue_ms=float(queue_ms), txo=False, rxo=False)
+            params = dict(bw=mbps[lk.level], mtu=int(mtu), queue_ms=float(queue_ms), qdisc=qdisc,
+                          txo=False, rxo=False)
             self.addLink(lk.src, lk.dst, port1=lk.src_port or None, port2=lk.dst_port or None,
                          cls=ShapedLink, **params)
 
