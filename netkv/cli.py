@@ -88,6 +88,130 @@ def cmd_report(a) -> int:
     return 0
 
 
+def _spec_from_args(a):
+    from .fabric import FabricSpec
+
+    if a.experiment:
+        spec = FabricSpec.from_experiment(_load(a.experiment))
+    else:
+        spec = FabricSpec(k=a.k, gpus=a.gpus)
+    if a.poll is not None:
+        spec.poll_interval = a.poll
+    spec.rest_port = a.rest_port
+    spec.of_port = a.of_port
+    return spec
+
+
+def cmd_net_up(a) -> int:
+    import os
+    import signal
+    import time
+
+    from .cleanup import STATE_DIR
+    from .fabric import Fabric, FabricError
+    from .fidelity import FidelityGuard
+
+    spec = _spec_from_args(a)
+    log_dir = Path(a.log_dir)
+    try:
+        with Fabric(spec, log_dir) as fab:
+            failed = fab.reachability() if not a.no_check else []
+            print(f"reachability: {fab.topo.n_hosts * (fab.topo.n_hosts - 1) - len(failed)} of "
+                  f"{fab.topo.n_hosts * (fab.topo.n_hosts - 1)} host pairs answered ping", flush=True)
+            if failed:
+                print(f"unreachable pairs (first 10): {failed[:10]}", flush=True)
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            (STATE_DIR / "net.json").write_text(json.dumps({
+                "pid": os.getpid(), "rest": fab.rest, "k": spec.k, "gpus": spec.gpus,
+                "log_dir": str(log_dir.resolve()), "started": time.time()}))
+            print(f"controller REST API: {fab.rest}/health  (logs: {log_dir})", flush=True)
+            with FidelityGuard() as guard:
+                if a.cli:
+                    from mininet.cli import CLI
+
+                    CLI(fab.net)
+                else:
+                    print("fabric running; Ctrl-C or `netkv net down` stops it", flush=True)
+                    signal.pause() if hasattr(signal, "pause") else time.sleep(10**9)
+            rep = guard.report()
+            print(f"fidelity: {rep['note']}")
+    except KeyboardInterrupt:
+        pass
+    except FabricError as e:
+        print(f"netkv: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        (STATE_DIR / "net.json").unlink(missing_ok=True)
+    print("fabric down")
+    return 0
+
+
+def cmd_net_status(a) -> int:
+    from .cleanup import STATE_DIR, find_leftovers
+    from .fabric import http_json
+
+    state = STATE_DIR / "net.json"
+    if not state.exists():
+        left = find_leftovers()
+        print("no fabric is running" + (f"; leftovers: {'; '.join(left)} (run `netkv clean`)" if left else ""))
+        return 1 if left else 0
+    st = json.loads(state.read_text())
+    try:
+        h = http_json(f"{st['rest']}/health")
+        links = http_json(f"{st['rest']}/links")["links"]
+    except OSError as e:
+        print(f"fabric process {st['pid']} is registered but its controller does not answer: {e}")
+        return 1
+    print(f"fabric k={st['k']} x {st['gpus']} GPUs, pid {st['pid']}, logs {st['log_dir']}")
+    print(f"  switches {h['switches_connected']}/{h['switches_expected']} connected, routes on "
+          f"{h['routes_installed']}, polls {h['polls']}, links down {h['links_down']}")
+    busy = sorted(links, key=lambda x: -x["utilisation"])[:5]
+    for lk in busy:
+        print(f"  {lk['src']:>10} -> {lk['dst']:<10} {lk['rate_mbps']:7.1f} / {lk['capacity_mbps']:.0f} Mbit/s")
+    return 0
+
+
+def cmd_net_down(a) -> int:
+    import os
+    import signal
+    import time
+
+    from .cleanup import STATE_DIR, find_leftovers
+
+    state = STATE_DIR / "net.json"
+    if state.exists():
+        pid = json.loads(state.read_text())["pid"]
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(600):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+    left = find_leftovers()
+    if left:
+        print("leftovers: " + "; ".join(left) + "; run `netkv clean`")
+        return 1
+    print("no fabric running; nothing left over")
+    return 0
+
+
+def cmd_clean(a) -> int:
+    from .cleanup import clean, find_leftovers
+
+    before = find_leftovers()
+    if not before:
+        print("nothing to clean")
+        return 0
+    print("found: " + "; ".join(before))
+    left = clean()
+    if left:
+        print("still present: " + "; ".join(left), file=sys.stderr)
+        return 1
+    print("clean")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="netkv", description="NetKV testbed: network-aware decode selection")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -108,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the description (nodes, ids, links) to this file")
     p.add_argument("--routes", action="store_true", help="include every host pair's routed path in --json")
     p.set_defaults(fn=cmd_topo)
+
+    net = sub.add_parser("net", help="the emulated fabric alone: up (foreground), status, down")
+    nsub = net.add_subparsers(dest="net_cmd", required=True)
+    p = nsub.add_parser("up", help="start controller + Mininet fabric; runs until Ctrl-C or `netkv net down`")
+    p.add_argument("experiment", nargs="?", help="experiment TOML (topology, emulation, telemetry)")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--gpus", type=int, default=4)
+    p.add_argument("--poll", type=float, help="controller poll interval, wall seconds")
+    p.add_argument("--rest-port", type=int, default=8080)
+    p.add_argument("--of-port", type=int, default=6653)
+    p.add_argument("--log-dir", default="results/net")
+    p.add_argument("--cli", action="store_true", help="open the Mininet CLI")
+    p.add_argument("--no-check", action="store_true", help="skip the full ping check")
+    p.set_defaults(fn=cmd_net_up)
+    p = nsub.add_parser("status", help="health and busiest links of the running fabric")
+    p.set_defaults(fn=cmd_net_status)
+    p = nsub.add_parser("down", help="stop the running fabric")
+    p.set_defaults(fn=cmd_net_down)
+
+    p = sub.add_parser("clean", help="remove leftovers of crashed emulated runs (bridges, veths, processes)")
+    p.set_defaults(fn=cmd_clean)
 
     p = sub.add_parser("report", help="print a run's summary table and draw its plots")
     p.add_argument("run_dir")

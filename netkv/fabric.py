@@ -107,6 +107,7 @@ class Fabric:
         self.ctrl: subprocess.Popen | None = None
         self.timings: dict[str, float] = {}
         self._old_handlers = {}
+        self._owns_state = False  # set once this instance has created anything to tear down
 
     @property
     def rest(self) -> str:
@@ -154,6 +155,7 @@ class Fabric:
 
         check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._owns_state = True
         t0 = time.monotonic()
         self.start_controller()
         self._build_mininet()
@@ -258,6 +260,8 @@ class Fabric:
             path.unlink()
 
     def stop(self) -> None:
+        if not self._owns_state:
+            return  # refused to start (e.g. leftovers): touch nothing
         t0 = time.monotonic()
         if self.net is not None:
             try:
@@ -271,6 +275,7 @@ class Fabric:
             cleanup.clean(verbose=False)
             left = cleanup.find_leftovers()
         self.timings["teardown_s"] = time.monotonic() - t0
+        self._owns_state = False
         if left:
             self.log("warning: leftovers after teardown: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
 

@@ -8,7 +8,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${NETKV_VENV:-$here/.venv}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_pkgs=(mininet openvswitch-switch iperf3 ethtool iputils-ping tcpdump python3-venv python3-dev)
+apt_pkgs=(mininet openvswitch-switch iperf3 ethtool iputils-ping tcpdump python3-venv python3-dev python3-numpy)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,11 +22,13 @@ from mininet.topo import Topo
 
 try:  # importable as a package module and as a plain `mn --custom` file
     from .fattree import FatTree, LinkRates
-except ImportError:  # pragma: no cover - mn --custom path
+except (ImportError, KeyError):  # mn --custom exec()s this file without a package
+    import inspect
     import os
     import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    _here = inspect.currentframe().f_code.co_filename  # no __file__ under exec()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(_here))))
     from topology.fattree import FatTree, LinkRates  # type: ignore[no-redef]
 
 OFFLOADS = ("rx", "tx", "sg", "tso", "gso", "gro")

@@ -1,0 +1,116 @@
+"""Emulated-run lifecycle (root): leftovers refused with a hint, Ctrl-C/SIGTERM/crash cleanup,
+`netkv clean`, and `mn --custom` building the same fabric."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netkv import cleanup
+from netkv.fabric import Fabric, FabricError, FabricSpec
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+NETKV = [sys.executable, "-m", "netkv.cli"]
+
+
+def wait_line(proc, needle, timeout=120):
+    t0 = time.monotonic()
+    lines = []
+    while time.monotonic() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"'{needle}' not seen; output: {''.join(lines)}")
+
+
+@pytest.fixture(autouse=True)
+def clean_machine():
+    cleanup.clean(verbose=False)
+    yield
+    assert cleanup.clean(verbose=False) == []
+
+
+def net_up(tmp_path, *extra):
+    return subprocess.Popen([*NETKV, "net", "up", "--k", "2", "--gpus", "2", "--poll", "0.5",
+                             "--log-dir", str(tmp_path / "net"), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_nothing(tmp_path, sig):
+    p = net_up(tmp_path)
+    wait_line(p, "fabric running")
+    assert cleanup.find_leftovers() != []
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    assert "fabric down" in out
+    assert cleanup.find_leftovers() == []
+
+
+def test_net_status_and_down(tmp_path):
+    p = net_up(tmp_path)
+    wait_line(p, "fabric running")
+    st = subprocess.run([*NETKV, "net", "status"], capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and "switches 7/7 connected" in st.stdout, st.stdout
+    dn = subprocess.run([*NETKV, "net", "down"], capture_output=True, text=True, timeout=180)
+    assert dn.returncode == 0, dn.stdout
+    p.wait(timeout=60)
+    assert cleanup.find_leftovers() == []
+
+
+def test_crash_leftovers_are_refused_then_cleaned(tmp_path):
+    p = net_up(tmp_path)
+    wait_line(p, "fabric running")
+    p.kill()  # a crash: no teardown
+    p.wait()
+    assert cleanup.find_leftovers()
+    q = net_up(tmp_path / "again")
+    out, _ = q.communicate(timeout=120)
+    assert q.returncode == 2
+    assert "leftovers" in out and "netkv clean" in out
+    c = subprocess.run([*NETKV, "clean"], capture_output=True, text=True, timeout=180)
+    assert c.returncode == 0, c.stdout + c.stderr
+    assert cleanup.find_leftovers() == []
+
+
+def test_exception_inside_run_tears_down(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Fabric(FabricSpec(k=2, gpus=2), tmp_path):
+            raise RuntimeError("boom")
+    assert cleanup.find_leftovers() == []
+
+
+def test_stray_bridge_is_reported(tmp_path):
+    subprocess.run(["ovs-vsctl", "add-br", "e0_0", "--", "set", "bridge", "e0_0", "datapath_type=netdev"], check=True)
+    with pytest.raises(FabricError, match="netkv clean"):
+        with Fabric(FabricSpec(k=2, gpus=2), tmp_path):
+            pass
+    assert any("OVS bridges" in x for x in cleanup.find_leftovers())
+
+
+def test_mn_custom_builds_the_same_fabric(tmp_path):
+    spec = FabricSpec(k=2, gpus=2, poll_interval=0.5, rest_port=8090, of_port=6690)
+    fab = Fabric(spec, tmp_path)
+    fab.start_controller()
+    try:
+        p = subprocess.run(
+            ["mn", "--custom", str(REPO / "topology/mininet_fabric.py"), "--topo", "netkv-fattree,k=2,gpus=2",
+             "--controller", "remote,ip=127.0.0.1,port=6690", "--switch", "ovs,datapath=user,protocols=OpenFlow13",
+             "--test", "pingall"],
+            capture_output=True, text=True, timeout=300)
+        out = p.stdout + p.stderr
+        assert "Results: 0% dropped" in out, out[-2000:]
+    finally:
+        fab.stop_controller()
+        cleanup.clean(verbose=False)
