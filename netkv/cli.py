@@ -31,6 +31,35 @@ def cmd_simulate(a) -> int:
     return 0
 
 
+def cmd_emulate(a) -> int:
+    from .emulate import emulate_experiment
+    from .fabric import FabricError, require_root
+    from .report import make_plots
+
+    exp = _load(a.experiment)
+    for p in a.policy or []:
+        if p not in _policy_names():
+            raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+    try:
+        require_root()
+        run, _ = emulate_experiment(exp, a.policy, Path(a.out), cli=a.cli, requests=a.requests)
+    except (FabricError, RuntimeError) as e:
+        print(f"netkv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        where = str(e) if str(e).startswith(str(a.out)) or "/" in str(e) else a.out
+        print(f"netkv: interrupted; partial results kept in {where}", file=sys.stderr)
+        try:
+            make_plots(where)
+        except (FileNotFoundError, KeyError, ValueError):
+            pass
+        return 130
+    plots = make_plots(run.root)
+    print(f"results: {run.root}")
+    print(f"plots:   {', '.join(str(p) for p in plots)}")
+    return 0
+
+
 def _policy_names():
     from .scheduler.policies import registry
 
@@ -223,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("emulate", help="run an experiment's policies on the emulated testbed (root)")
+    p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
+    p.add_argument("--requests", type=int, help="override trace.requests")
+    p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
+    p.add_argument("--cli", action="store_true", help="open the Mininet CLI on the running testbed before teardown")
+    p.set_defaults(fn=cmd_emulate)
 
     p = sub.add_parser("topo", help="print a topology summary and optionally export it as JSON")
     p.add_argument("experiment", nargs="?", help="experiment TOML file (else --k/--gpus)")

@@ -112,6 +112,11 @@ class EmulationCfg:
     mtu: int = 9000
     queue_ms: float = 5.0  # per-link queue, as time at the emulated link rate
     max_link_mbps: float = 1000.0
+    qdisc: str = "bfifo"  # leaf queue of the shaped links
+    fair_queue_buckets: int = 64  # per-flow fair queueing at switch ports (0 = plain drop-tail)
+    tcp_congestion_control: str = "cubic"
+    layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
+    drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
 
     @property
     def byte_scale(self) -> float:
@@ -335,6 +340,13 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     _positive(where, "emulation.time_dilation", em.time_dilation)
     _positive(where, "emulation.queue_ms", em.queue_ms)
     _positive(where, "emulation.max_link_mbps", em.max_link_mbps)
+    if em.qdisc not in ("bfifo", "pfifo"):
+        _fail(where, "emulation.qdisc", f"must be 'bfifo' or 'pfifo' (this kernel has no sfq/fq_codel), got '{em.qdisc}'")
+    if em.fair_queue_buckets not in (0, 2, 4, 8, 16, 32, 64, 128, 256):
+        _fail(where, "emulation.fair_queue_buckets", "must be 0 or a power of two up to 256")
+    if em.tcp_congestion_control not in ("cubic", "reno", "bbr"):
+        _fail(where, "emulation.tcp_congestion_control", "must be cubic, reno or bbr")
+    _positive(where, "emulation.drain_timeout_s", em.drain_timeout_s)
     if not 576 <= em.mtu <= 9000:
         _fail(where, "emulation.mtu", f"must be within 576..9000, got {em.mtu}")
 

@@ -56,7 +56,8 @@ class FabricSpec:
             rates=LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
                             t.oversubscription),
             routing=t.routing, bandwidth_scale=em.bandwidth_scale, mtu=em.mtu, queue_ms=em.queue_ms,
-            max_link_mbps=em.max_link_mbps,
+            max_link_mbps=em.max_link_mbps, qdisc=em.qdisc, fair_buckets=em.fair_queue_buckets,
+            tcp_cc=em.tcp_congestion_control,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
             poll_interval=te.poll_interval_s * em.time_dilation,
             publish_delay=te.publish_delay_s * em.time_dilation,

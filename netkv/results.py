@@ -240,6 +240,9 @@ class RunDir:
     def read_summary(self) -> dict:
         return json.loads((self.root / "summary.json").read_text())
 
+    def read_policy_summary(self, policy: str) -> dict:
+        return json.loads((self.root / policy / "summary.json").read_text())
+
     def read_requests(self, policy: str) -> list[dict]:
         with open(self.root / policy / "requests.jsonl") as fh:
             return [json.loads(x) for x in fh if x.strip()]

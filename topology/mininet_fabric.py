@@ -83,12 +83,14 @@ class ShapedIntf(TCIntf):
         qdisc = getattr(self, "_qdisc", "bfifo")
         if qdisc == "bfifo":
             leaf = f"bfifo limit {limit}"
+        elif qdisc == "pfifo":
+            leaf = f"pfifo limit {max(2, limit // (mtu + 100))}"
         elif qdisc == "sfq":
             leaf = f"sfq limit {max(4, limit // (mtu + 100) * 4)} quantum {mtu + 100} perturb 0"
         elif qdisc == "fq_codel":
             leaf = f"fq_codel limit {max(16, limit // 1000)} memory_limit {max(limit, 4 * (mtu + 100))} quantum {mtu + 100}"
         else:
-            raise FabricError(f"emulation.qdisc: unknown leaf queue '{qdisc}' (bfifo, sfq, fq_codel)")
+            raise FabricError(f"emulation.qdisc: unknown leaf queue '{qdisc}' (bfifo, pfifo, sfq, fq_codel)")
         cmds = [
             "%s qdisc add dev %s root handle 5:0 htb default 1",
             "%s class add dev %s parent 5:0 classid 5:1 htb "

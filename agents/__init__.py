@@ -1,0 +1,1 @@
+"""Agents: prefill and decode instances running inside Mininet hosts, moving KV over real TCP."""

@@ -1,0 +1,362 @@
+"""Prefill and decode agents: one asyncio process per instance, inside its Mininet host.
+
+python -m netkv.agents.agent --role prefill|decode --host NAME --experiment FILE --sock-dir DIR
+
+Prefill agent: FCFS queue; LRU prefix cache; sleeps the profile's prefill time for the uncached
+tokens (x time_dilation); then streams the blocks the chosen decode instance lacks over a new TCP
+connection, real bytes scaled by byte_scale, framed per block (agents/protocol.py). With
+`emulation.layerwise = true` the transfer starts with the prefill and block i leaves once (i+1)/n
+of the prefill time has passed (layer-wise streaming that overlaps transfer and compute).
+
+Decode agent: accepts KV streams, checks each is complete (bytes and block count), admits the
+request into continuous batching within its KV capacity and max batch, runs iterations of the
+profile's step time (x time_dilation) and reports the first token at once and every token's
+timestamp when the request finishes; keeps the request's blocks in its prefix cache.
+
+All timestamps are wall-clock time.time(); the scheduler converts them to real-cluster seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..compute import compute_from_config
+from ..config import load
+from ..kvcache import PrefixCache
+from ..trace import BLOCK_TOKENS
+from .protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
+
+
+class Agent:
+    """Control-socket server shared by both roles."""
+
+    role = ""
+
+    def __init__(self, host: str, exp, sock_dir: Path):
+        self.host = host
+        self.exp = exp
+        self.compute = compute_from_config(exp)
+        self.dilation = exp.emulation.time_dilation
+        self.byte_scale = exp.emulation.byte_scale
+        self.kv_tok = self.compute.model.kv_bytes_per_token
+        self.sock_path = Path(sock_dir) / f"{host}.sock"
+        self.writer: asyncio.StreamWriter | None = None
+        self._out: asyncio.Queue = asyncio.Queue()
+
+    def emit(self, ev: str, **kw) -> None:
+        self._out.put_nowait({"ev": ev, "host": self.host, **kw})
+
+    async def _sender(self):
+        while True:
+            msg = await self._out.get()
+            w = self.writer
+            if w is None:
+                continue  # no scheduler connected: the event has nobody to go to
+            try:
+                await send_msg(w, msg)
+            except (ConnectionError, RuntimeError):
+                self.writer = None
+
+    async def _control(self, reader, writer):
+        self.writer = writer
+        await send_msg(writer, {"ev": "hello", "host": self.host, "role": self.role, "pid": os.getpid()})
+        try:
+            while True:
+                msg = await read_msg(reader)
+                if msg is None:
+                    break
+                op = msg.get("op")
+                if op == "reset":
+                    self.reset()
+                    self.emit("reset_done")
+                elif op == "shutdown":
+                    asyncio.get_running_loop().stop()
+                    return
+                else:
+                    self.handle(msg)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if self.writer is writer:
+                self.writer = None
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def handle(self, msg: dict) -> None:
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        self.sock_path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(self._control, path=str(self.sock_path))
+        asyncio.get_running_loop().create_task(self._sender())
+        await self.start()
+        async with server:
+            await server.serve_forever()
+
+    async def start(self) -> None:
+        pass
+
+
+@dataclass
+class _Job:
+    id: int
+    hash_ids: list
+    input: int
+    decode_host: str
+    decode_ip: str
+    send_from_token: int
+
+
+class PrefillAgent(Agent):
+    role = "prefill"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.zero = bytes(1 << 16)
+        self.layerwise = self.exp.emulation.layerwise
+        self.reset()
+
+    def reset(self) -> None:
+        if getattr(self, "_worker", None) is not None:
+            self._worker.cancel()
+        for t in list(getattr(self, "_transfers", ())):
+            t.cancel()
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.cache = PrefixCache(self.compute.prefill_cache_blocks)
+        self._transfers: set[asyncio.Task] = set()
+        self._worker = asyncio.get_running_loop().create_task(self._work()) if _loop_running() else None
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def handle(self, msg: dict) -> None:
+        if msg.get("op") == "prefill":
+            self.queue.put_nowait(_Job(msg["id"], msg["hash_ids"], msg["input"], msg["decode_host"],
+                                       msg["decode_ip"], msg["send_from_token"]))
+
+    async def _work(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self.queue.get()
+            hits = self.cache.match(job.hash_ids)
+            self.cache.touch(job.hash_ids[:hits])
+            dur = self.compute.prefill_s(job.input - hits * BLOCK_TOKENS) * self.dilation
+            t0 = time.time()
+            self.emit("prefill_start", id=job.id, t=t0, hits=hits)
+            pace = None
+            if self.layerwise:
+                start = loop.time()
+                n = math.ceil(max(job.input - job.send_from_token, 0) / BLOCK_TOKENS)
+                pace = [start + dur * (i + 1) / max(n, 1) for i in range(n)]
+                self._spawn(job, pace)
+            await asyncio.sleep(dur)
+            self.cache.insert(job.hash_ids)
+            self.emit("prefill_end", id=job.id, t=time.time())
+            if not self.layerwise:
+                self._spawn(job, None)
+
+    def _spawn(self, job: _Job, pace):
+        t = asyncio.get_running_loop().create_task(self._transfer(job, pace))
+        self._transfers.add(t)
+        t.add_done_callback(self._transfers.discard)
+
+    async def _transfer(self, job: _Job, pace):
+        from .protocol import block_sizes
+
+        sizes = block_sizes(job.send_from_token, job.input, self.kv_tok, self.byte_scale)
+        t0 = time.time()
+        self.emit("xfer_start", id=job.id, t=t0)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(job.decode_ip, KV_PORT), 10)
+            sent = await write_kv(writer, job.id, self.host, sizes, pace, self.zero)
+            writer.write_eof()
+            await reader.read()  # the decode side closes after reading everything
+            writer.close()
+            self.emit("xfer_sent", id=job.id, t=time.time(), bytes=sent, blocks=len(sizes))
+        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+            self.emit("xfer_failed", id=job.id, t=time.time(), reason=f"{type(e).__name__}: {e}")
+
+
+@dataclass
+class _Seq:
+    id: int
+    input: int
+    output: int
+    need: int
+    hash_ids: list
+    expect_bytes: int | None = None
+    expect_blocks: int | None = None
+    arrived: bool = False
+    ctx: int = 0
+    remaining: int = 0
+    tokens: list = field(default_factory=list)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+class DecodeAgent(Agent):
+    role = "decode"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._loop_task = None
+        self.bytes_received = 0
+        self.reset()
+
+    def reset(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            self._loop_task = None
+        self.seqs: dict[int, _Seq] = {}
+        self.waitq: deque[_Seq] = deque()
+        self.batch: list[_Seq] = []
+        self.kv_used = 0
+        self.cache = PrefixCache(self.compute.kv_blocks)
+        self.bytes_received = 0
+        self.wake = asyncio.Event()
+        if _loop_running():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def start(self) -> None:
+        await asyncio.start_server(self._kv_conn, host="0.0.0.0", port=KV_PORT)  # noqa: S104 (inside the host)
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def handle(self, msg: dict) -> None:
+        if msg.get("op") == "expect":
+            s = self.seqs.get(msg["id"])
+            if s is None:
+                s = self.seqs[msg["id"]] = _Seq(msg["id"], msg["input"], msg["output"], msg["need"], msg["hash_ids"])
+            s.input, s.output, s.need, s.hash_ids = msg["input"], msg["output"], msg["need"], msg["hash_ids"]
+            s.expect_bytes, s.expect_blocks = msg["bytes"], msg["blocks"]
+            self._maybe_ready(s)
+
+    async def _kv_conn(self, reader, writer):
+        try:
+            hdr, nbytes, nblocks, err = await read_kv(reader)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
+            self.emit("kv_arrived", id=None, t=time.time(), ok=False, reason=f"broken stream: {e}")
+            writer.close()
+            return
+        self.bytes_received += nbytes
+        t = time.time()
+        writer.close()
+        rid = hdr["id"]
+        s = self.seqs.get(rid)
+        if s is None:  # KV before the scheduler's expect: keep it until the expect arrives
+            s = self.seqs[rid] = _Seq(rid, 0, 0, 0, [])
+        if err is None and s.expect_bytes is not None and (nbytes != s.expect_bytes or nblocks != s.expect_blocks):
+            err = f"expected {s.expect_blocks} blocks / {s.expect_bytes} bytes, got {nblocks} / {nbytes}"
+        self.emit("kv_arrived", id=rid, t=t, ok=err is None, reason=err, bytes=nbytes, blocks=nblocks,
+                  total_received=self.bytes_received)
+        if err is None:
+            s.arrived = True
+            self._maybe_ready(s)
+        else:
+            self.seqs.pop(rid, None)
+
+    def _maybe_ready(self, s: _Seq) -> None:
+        if s.arrived and s.expect_bytes is not None and s not in self.waitq and s not in self.batch:
+            s.ctx, s.remaining = s.input, s.output
+            self.cache.insert(s.hash_ids)
+            self.waitq.append(s)
+            self.wake.set()
+
+    def _room(self, s: _Seq) -> bool:
+        if not self.batch:
+            return True
+        return len(self.batch) < self.compute.max_batch and self.kv_used + s.need <= self.compute.kv_blocks
+
+    def _state(self) -> None:
+        self.emit("state", active=len(self.batch), queued=len(self.waitq), kv_used=self.kv_used,
+                  ctx_total=sum(s.ctx for s in self.batch), remaining=sum(s.remaining for s in self.batch),
+                  cached_blocks=len(self.cache))
+
+    async def _run(self):
+        steps = 0
+        while True:
+            if not self.batch and not self.waitq:
+                self.wake.clear()
+                await self.wake.wait()
+            changed = False
+            t_admit = time.time()
+            while self.waitq and self._room(self.waitq[0]):
+                s = self.waitq.popleft()
+                self.batch.append(s)
+                self.kv_used += s.need
+                self.cache.resize(self.compute.kv_blocks - self.kv_used)
+                self.emit("admitted", id=s.id, t=t_admit)
+                changed = True
+            if changed:
+                self._state()
+            if not self.batch:
+                continue
+            step = self.compute.step_s(len(self.batch), sum(s.ctx for s in self.batch)) * self.dilation
+            await asyncio.sleep(step)
+            t = time.time()
+            done = []
+            for s in self.batch:
+                s.tokens.append(t)
+                if len(s.tokens) == 1:
+                    self.emit("first_token", id=s.id, t=t)
+                s.ctx += 1
+                s.remaining -= 1
+                if s.remaining <= 0:
+                    done.append(s)
+            for s in done:
+                self.batch.remove(s)
+                self.kv_used -= s.need
+                self.seqs.pop(s.id, None)
+                self.emit("done", id=s.id, t=t, tokens=s.tokens)
+            steps += 1
+            if done or steps % 8 == 0:
+                self.cache.resize(self.compute.kv_blocks - self.kv_used)
+                self._state()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="NetKV prefill/decode agent (runs inside a Mininet host)")
+    ap.add_argument("--role", choices=("prefill", "decode"), required=True)
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--sock-dir", required=True)
+    a = ap.parse_args(argv)
+    exp = load(a.experiment)
+    cls = PrefillAgent if a.role == "prefill" else DecodeAgent
+
+    async def run():
+        agent = cls(a.host, exp, Path(a.sock_dir))
+        await agent.serve()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, loop.stop)
+    try:
+        loop.run_until_complete(run())
+    except RuntimeError:
+        pass  # loop stopped by a signal or a shutdown message
+    finally:
+        (Path(a.sock_dir) / f"{a.host}.sock").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

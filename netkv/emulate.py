@@ -1,0 +1,233 @@
+"""`netkv emulate`: fabric up, agents in their hosts, each policy in turn, teardown, results and plots.
+
+Per policy: the agents are reset (fresh queues and caches), the background traffic restarts, and a
+scheduler service process replays the trace window; its per-request JSONL and summary land in the
+run directory beside the simulator's format. Ctrl-C stops the running policy (its results are
+written and marked partial), tears everything down and keeps what was written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .cleanup import STATE_DIR
+from .cluster import background_pairs, build_topology, placement
+from .compute import compute_from_config
+from .fabric import Fabric, FabricSpec
+from .fidelity import FidelityGuard
+from .results import RunDir, format_table
+from .trace import window_from_config
+
+AGENT_ENV = {"NETKV_RUN": "netkv"}
+
+
+class Background:
+    """iperf3 on/off flows of the experiment's [[background]] entries, in dilated time."""
+
+    def __init__(self, fab: Fabric, exp, log_dir: Path):
+        self.fab, self.exp, self.log_dir = fab, exp, log_dir
+        self.D = exp.emulation.time_dilation
+        self.procs: list[subprocess.Popen] = []
+        self.stop_ev = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.pairs = []
+        for i, bg in enumerate(exp.background):
+            for s, d in background_pairs(fab.topo, bg):
+                self.pairs.append((i, s, d))
+
+    def start(self) -> None:
+        self.stop_ev.clear()
+        for n, (i, s, d) in enumerate(self.pairs):
+            port = 5400 + n
+            dst = self.fab.topo.hosts[d].name
+            srv = self.fab.host(dst).popen(["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, env={**os.environ, **AGENT_ENV})
+            self.procs.append(srv)
+            th = threading.Thread(target=self._client, args=(i, s, d, port), daemon=True)
+            self.threads.append(th)
+        time.sleep(0.5)
+        for th in self.threads:
+            th.start()
+
+    def _client(self, i: int, s: int, d: int, port: int) -> None:
+        bg = self.exp.background[i]
+        if self.stop_ev.wait(bg.start_s * self.D):
+            return
+        src = self.fab.topo.hosts[s].name
+        ip = self.fab.topo.hosts[d].ip
+        while not self.stop_ev.is_set():
+            secs = 10**6 if math.isinf(bg.on_s) else max(1, math.ceil(bg.on_s * self.D))
+            args = ["iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "--cport", str(30000 + port)]
+            if bg.rate_gbps is not None:
+                args += ["-b", f"{bg.rate_gbps * 1000 / self.exp.emulation.bandwidth_scale:.3f}M"]
+            p = self.fab.host(src).popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         env={**os.environ, **AGENT_ENV})
+            self.procs.append(p)
+            while p.poll() is None and not self.stop_ev.is_set():
+                time.sleep(0.1)
+            if p.poll() is None:
+                p.terminate()
+            if self.stop_ev.wait(max(bg.off_s * self.D, 0.2)):
+                return
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=5)
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs, self.threads = [], []
+
+
+def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir: Path) -> dict[str, subprocess.Popen]:
+    procs = {}
+    sock_dir.mkdir(parents=True, exist_ok=True)
+    for role, hosts in (("prefill", pre), ("decode", dec)):
+        for h in hosts:
+            name = fab.topo.hosts[h].name
+            logf = open(log_dir / f"agent-{name}.log", "wb")
+            procs[name] = fab.host(name).popen(
+                [sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", name,
+                 "--experiment", str(exp_path), "--sock-dir", str(sock_dir)],
+                stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **AGENT_ENV})
+            logf.close()
+    deadline = time.monotonic() + 120
+    for name, p in procs.items():
+        while not (sock_dir / f"{name}.sock").exists():
+            if p.poll() is not None:
+                raise RuntimeError(f"agent {name} exited at start; see {log_dir / f'agent-{name}.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agent {name} did not open its socket within 120 s")
+            time.sleep(0.1)
+    return procs
+
+
+def stop_agents(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: bool = False,
+                       requests: int | None = None, log=print, on_running=None) -> tuple[RunDir, dict]:
+    """Run the experiment's policies on the emulated testbed; returns the run dir and summaries.
+
+    `on_running(fabric, agents, policy)` is called once per policy after its scheduler started
+    (tests use it to inject failures)."""
+    if exp.path is None:
+        raise ValueError("emulate needs an experiment file on disk")
+    policies = policies or exp.policies
+    if requests is not None:
+        exp.trace.requests = requests
+    topo = build_topology(exp)
+    compute = compute_from_config(exp)
+    reqs = window_from_config(exp)
+    pre, dec = placement(exp, topo)
+    spec = FabricSpec.from_experiment(exp)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
+    logs = run.root / "logs"
+    logs.mkdir()
+    sock_dir = STATE_DIR / f"sock-{stamp}-{os.getpid()}"
+    meta = {
+        "mode": "emulate", "experiment": exp.name, "netkv_version": __version__, "started_utc": stamp,
+        "seed": exp.seed, "policies": policies, "requests": len(reqs), "prefill_instances": len(pre),
+        "decode_instances": len(dec), "topology": topo.summary(), "compute": compute.describe(),
+        "emulation": {k: getattr(exp.emulation, k) for k in exp.emulation.__dataclass_fields__},
+        "byte_scale": exp.emulation.byte_scale, "wall_s": {}, "partial": True,
+    }
+    run.write_meta(meta)
+    summaries: dict[str, dict] = {}
+    interrupted = False
+    D = exp.emulation.time_dilation
+    span = reqs[-1].arrival_s * D
+    log(f"emulating {len(reqs)} requests ({span:.0f} s of wall-clock arrivals per policy, time dilation {D:g}) on "
+        f"{len(pre)} prefill + {len(dec)} decode agents, k={topo.k} fat-tree -> {run.root}")
+    guard = FidelityGuard()
+    agents: dict[str, subprocess.Popen] = {}
+    try:
+        with Fabric(spec, logs, log=log) as fab:
+            meta["fabric_up_s"] = fab.timings.get("ready_s")
+            failed = fab.reachability()
+            if failed:
+                raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
+            agents = start_agents(fab, run.root / "experiment.toml", pre, dec, sock_dir, logs)
+            guard.start()
+            bg = Background(fab, exp, logs)
+            for pol in policies:
+                bg.start()
+                t0 = time.monotonic()
+                args = [sys.executable, "-m", "netkv.scheduler.service", "--experiment", str(run.root / "experiment.toml"),
+                        "--policy", pol, "--run-dir", str(run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
+                if requests is not None:
+                    args += ["--requests", str(requests)]
+                log(f"policy {pol}: replaying")
+                svc = subprocess.Popen(args, start_new_session=True)
+                try:
+                    if on_running is not None:
+                        on_running(fab, agents, pol)
+                    rc = svc.wait()
+                except KeyboardInterrupt:
+                    interrupted = True
+                    svc.send_signal(signal.SIGINT)
+                    svc.wait(timeout=120)
+                    rc = 130
+                finally:
+                    bg.stop()
+                meta["wall_s"][pol] = time.monotonic() - t0
+                try:
+                    summaries[pol] = RunDir(run.root).read_policy_summary(pol)
+                except FileNotFoundError:
+                    raise RuntimeError(f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
+                                       "no results; its error is printed above") from None
+                if interrupted:
+                    break
+                log(f"policy {pol}: done in {meta['wall_s'][pol]:.0f} s")
+            if cli and not interrupted:
+                from mininet.cli import CLI
+
+                log("opening the Mininet CLI on the running testbed (exit to tear down)")
+                CLI(fab.net)
+            guard.stop()
+            stop_agents(agents)
+            meta["teardown"] = "ok"
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        guard.stop()
+        stop_agents(agents)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        partial = interrupted or len(summaries) < len(policies) or any(s.get("partial") for s in summaries.values())
+        meta["partial"] = partial
+        meta["fidelity"] = guard.report()
+        run.write_meta(meta)
+        if summaries:
+            run.write_summary(summaries, partial)
+    if meta["fidelity"].get("flagged"):
+        log(f"WARNING: {meta['fidelity']['note']}")
+    log(format_table(summaries))
+    if interrupted:
+        raise KeyboardInterrupt(str(run.root))
+    return run, summaries

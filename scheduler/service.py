@@ -1,0 +1,405 @@
+"""Scheduler service of the emulated testbed: replays the trace against live agents and the REST oracle.
+
+python -m netkv.scheduler.service --experiment FILE --policy P --run-dir DIR --sock-dir DIR --rest URL
+
+Replays the trace window in dilated real time (arrival x time_dilation wall seconds); picks prefill
+and decode with the same Scheduler and policy code as the simulator; the counter oracle reads the
+controller's /links (polled in the background, so a decision sees telemetry aged by the poll
+interval, the publish delay and the fetch). While the REST API does not answer, decisions fall back
+to the static oracle and say so (`oracle` = "static-fallback"). It dispatches over the agents' Unix
+sockets, collects their events and writes the same per-request JSONL and summary as the simulator,
+in real-cluster units. Every request ends completed or failed with a reason; an agent whose socket
+closes is marked dead, its requests fail and it is no longer chosen. SIGINT/SIGTERM write what is
+known, mark the rest failed ("interrupted") and flag the results partial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+
+from ..agents.protocol import block_sizes, read_msg, send_msg
+from ..cluster import build_topology, placement
+from ..compute import compute_from_config
+from ..config import load
+from ..fabric import http_json
+from ..kvcache import PrefixCache
+from ..results import RequestRecord, RunDir, summarize
+from ..topology import Routing
+from ..trace import BLOCK_TOKENS, window_from_config
+from .core import Scheduler
+from .oracle import CounterOracle, Snapshot, StaticOracle
+from .view import ClusterView
+
+
+class _Live:
+    """Scheduler-side state of one request."""
+
+    __slots__ = ("req", "rec", "dec", "need", "emu_bytes", "emu_blocks", "est_prefill", "done")
+
+    def __init__(self, req, rec):
+        self.req, self.rec = req, rec
+        self.dec = None
+        self.need = 0
+        self.emu_bytes = 0
+        self.emu_blocks = 0
+        self.est_prefill = 0.0
+        self.done = False
+
+
+class SchedulerService:
+    def __init__(self, exp, policy: str, run: RunDir, sock_dir: Path, rest: str, requests_override=None, log=print):
+        self.exp, self.policy, self.rundir, self.sock_dir, self.rest, self.log = exp, policy, run, Path(sock_dir), rest, log
+        self.D = exp.emulation.time_dilation
+        self.B = exp.emulation.bandwidth_scale
+        self.topo = build_topology(exp)
+        self.routing = Routing(self.topo, exp.topology.routing)
+        self.compute = compute_from_config(exp)
+        if requests_override is not None:
+            exp.trace.requests = requests_override
+        self.requests = window_from_config(exp)
+        pre, dec = placement(exp, self.topo)
+        self.view = ClusterView(pre, dec, self.compute)
+        self.t0 = None
+        te = exp.telemetry
+        self.snap: Snapshot | None = None
+        self._snap_version = 0
+        self.rest_failures = 0
+        if te.oracle == "counters":
+            self.oracle = CounterOracle(self.topo, self.routing, lambda: self.snap, self.now,
+                                        te.floor_fraction, te.count_committed)
+        else:
+            self.oracle = StaticOracle(self.topo, self.routing)
+        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo)
+        self.live = [_Live(r, RequestRecord(r.id, r.arrival_s, r.input_tokens, r.output_tokens, policy=policy))
+                     for r in self.requests]
+        self.host_slot = {}
+        for i, h in enumerate(pre):
+            self.host_slot[self.topo.hosts[h].name] = ("prefill", i)
+        for i, h in enumerate(dec):
+            self.host_slot[self.topo.hosts[h].name] = ("decode", i)
+        # mirrors of the agents' LRU prefix caches (same capacities, updated at the same events)
+        self.pcache = [PrefixCache(self.compute.prefill_cache_blocks, i, self.view.prefill_index) for i in range(len(pre))]
+        self.dcache = [PrefixCache(self.compute.kv_blocks, i, self.view.decode_index) for i in range(len(dec))]
+        self.writers: dict[str, asyncio.StreamWriter] = {}
+        self.busy_until = np.zeros(len(pre))
+        self.queued_est = np.zeros(len(pre))
+        self.finished = 0
+        self.fallback_decisions = 0
+        self.kv_received: dict[str, int] = {}
+        self.kv_expected: dict[str, int] = {}
+        self.dead: dict[str, str] = {}
+        self.interrupted = False
+        self._all_done = asyncio.Event()
+
+    # ---- clocks ------------------------------------------------------------------------------
+    def now(self) -> float:
+        """Real-cluster seconds since the replay started."""
+        return (time.time() - self.t0) / self.D if self.t0 is not None else 0.0
+
+    def real(self, t_wall: float) -> float:
+        return (t_wall - self.t0) / self.D
+
+    # ---- agents ------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        hosts = list(self.host_slot)
+        readers = {}
+        for h in hosts:
+            path = self.sock_dir / f"{h}.sock"
+            for _ in range(300):
+                try:
+                    r, w = await asyncio.open_unix_connection(str(path))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"agent {h} does not answer on {path}")
+            hello = await read_msg(r)
+            if not hello or hello.get("host") != h:
+                raise RuntimeError(f"agent socket {path} answered {hello}")
+            self.writers[h] = w
+            readers[h] = r
+        for h, w in self.writers.items():
+            await send_msg(w, {"op": "reset"})
+        for h, r in readers.items():
+            msg = await asyncio.wait_for(read_msg(r), 30)
+            if not msg or msg.get("ev") != "reset_done":
+                raise RuntimeError(f"agent {h} did not reset: {msg}")
+        self._readers = readers
+
+    async def _listen(self, host: str, reader) -> None:
+        try:
+            while True:
+                msg = await read_msg(reader)
+                if msg is None:
+                    break
+                self.on_event(host, msg)
+        except (ConnectionError, json.JSONDecodeError, asyncio.IncompleteReadError) as e:
+            self.log(f"agent {host}: {e}")
+        if not self.interrupted:
+            self.agent_died(host)
+
+    def agent_died(self, host: str) -> None:
+        if host in self.dead:
+            return
+        role, slot = self.host_slot[host]
+        self.dead[host] = f"{role} agent {host} died"
+        self.log(f"[netkv] {self.dead[host]}; its requests fail and it is no longer chosen")
+        if role == "prefill":
+            self.view.prefill_alive[slot] = False
+        else:
+            self.view.set_decode_alive(slot, False)
+        for lv in self.live:
+            if lv.done or lv.dec is None:
+                continue
+            rec = lv.rec
+            if role == "decode" and lv.dec.decode_slot == slot:
+                self.fail(lv, self.dead[host])
+            elif role == "prefill" and lv.dec.prefill_slot == slot and rec.t_transfer_end is None:
+                self.fail(lv, self.dead[host])
+
+    def fail(self, lv: _Live, reason: str) -> None:
+        if lv.done:
+            return
+        lv.done = True
+        lv.rec.status = "failed"
+        lv.rec.fail_reason = reason
+        if isinstance(self.oracle, CounterOracle):
+            self.oracle.release(lv.req.id)
+        self._finish_one()
+
+    def _finish_one(self) -> None:
+        self.finished += 1
+        if self.finished >= len(self.live):
+            self._all_done.set()
+
+    # ---- events ------------------------------------------------------------------------------
+    def on_event(self, host: str, m: dict) -> None:
+        ev = m.get("ev")
+        role, slot = self.host_slot[host]
+        if ev == "state":
+            v = self.view
+            v.active[slot], v.queued[slot], v.kv_used[slot] = m["active"], m["queued"], m["kv_used"]
+            v.ctx_total[slot], v.remaining[slot] = m["ctx_total"], m["remaining"]
+            v.touch(slot)
+            self.dcache[slot].resize(self.compute.kv_blocks - m["kv_used"])
+            return
+        rid = m.get("id")
+        if rid is None or not 0 <= rid < len(self.live):
+            if ev == "kv_arrived" and not m.get("ok"):
+                self.log(f"[netkv] {host}: broken KV stream: {m.get('reason')}")
+            return
+        lv = self.live[rid]
+        rec = lv.rec
+        t = self.real(m["t"]) if "t" in m else None
+        if ev == "prefill_start":
+            self.pcache[slot].touch(lv.req.hash_ids[: m["hits"]])
+            rec.t_prefill_start = t
+            rec.prefill_hit_blocks = m["hits"]
+            self.queued_est[slot] -= lv.est_prefill
+            dur = self.compute.prefill_s(lv.req.input_tokens - m["hits"] * BLOCK_TOKENS)
+            self.busy_until[slot] = t + dur
+            self.view.prefill_queued[slot] -= 1
+        elif ev == "prefill_end":
+            rec.t_prefill_end = t
+            self.busy_until[slot] = t
+            self.pcache[slot].insert(lv.req.hash_ids)
+        elif ev == "xfer_start":
+            if isinstance(self.oracle, CounterOracle):
+                self.oracle.started(rid, t)
+        elif ev == "xfer_failed":
+            self.fail(lv, f"KV transfer failed: {m.get('reason')}")
+        elif ev == "kv_arrived":
+            self.view.inbound[slot] -= 1
+            self.view.touch(slot)
+            if isinstance(self.oracle, CounterOracle):
+                self.oracle.release(rid)
+            self.kv_received[host] = self.kv_received.get(host, 0) + m.get("bytes", 0)
+            if not m.get("ok"):
+                self.view.kv_pending[slot] -= lv.need
+                self.fail(lv, f"KV incomplete at {host}: {m.get('reason')}")
+            else:
+                rec.t_transfer_end = t
+                self.dcache[slot].insert(lv.req.hash_ids)
+        elif ev == "admitted":
+            rec.t_admit = t
+            self.view.kv_pending[slot] -= lv.need
+            self.view.touch(slot)
+        elif ev == "first_token":
+            rec.t_first_token = t
+        elif ev == "done":
+            toks = np.array([self.real(x) for x in m["tokens"]])
+            rec.t_first_token = float(toks[0])
+            rec.t_done = float(toks[-1])
+            rec.gaps = np.diff(toks)
+            if not lv.done:
+                lv.done = True
+                rec.status = "completed"
+                self.kv_expected[host] = self.kv_expected.get(host, 0) + lv.emu_bytes
+                self._finish_one()
+
+    # ---- telemetry ---------------------------------------------------------------------------
+    async def _telemetry(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                doc = await loop.run_in_executor(None, http_json, f"{self.rest}/links", 2.0)
+                links = doc["links"]
+                rates = np.array([lk["rate_mbps"] for lk in links]) * 1e6 / 8 * self.B
+                times = [lk["sampled_at"] for lk in links if lk["sampled_at"] is not None]
+                down = frozenset(lk["id"] for lk in links if not lk["up"])
+                if times:
+                    self._snap_version += 1
+                    self.snap = Snapshot(self.real(min(times)), rates, down, self._snap_version)
+                    self.routing.set_down(down)
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
+                self.rest_failures += 1
+                self.snap = None
+            await asyncio.sleep(interval)
+
+    # ---- replay ------------------------------------------------------------------------------
+    async def dispatch(self, lv: _Live) -> None:
+        v = self.view
+        now = self.now()
+        v.prefill_backlog_s[:] = np.maximum(self.busy_until - now, 0.0) + self.queued_est
+        if not v.prefill_alive.any() or not v.decode_alive.any():
+            self.fail(lv, "no live prefill or decode agent")
+            return
+        fallback = isinstance(self.oracle, CounterOracle) and self.snap is None
+        d = self.sched.decide(lv.req)
+        lv.dec = d
+        rec = lv.rec
+        rec.prefill = self.topo.hosts[d.prefill_host].name
+        rec.decode = self.topo.hosts[d.decode_host].name
+        rec.tier = d.tier
+        rec.decision_us = d.decision_us
+        rec.prefill_choice_us = d.prefill_choice_us
+        rec.est_transfer_s = d.est_transfer_s
+        rec.telemetry_age_s = d.telemetry_age_s
+        rec.oracle = "static-fallback" if fallback else self.oracle.name
+        self.fallback_decisions += fallback
+        rec.decode_hit_blocks = d.decode_hit_blocks
+        rec.blocks_sent = d.blocks_to_send
+        rec.bytes_sent = d.bytes_to_send
+        req = lv.req
+        lv.need = self.compute.blocks_for(req.input_tokens + req.output_tokens)
+        send_from = min(d.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)
+        sizes = block_sizes(send_from, req.input_tokens, self.compute.model.kv_bytes_per_token,
+                            self.exp.emulation.byte_scale)
+        lv.emu_bytes, lv.emu_blocks = sum(sizes), len(sizes)
+        v.inbound[d.decode_slot] += 1
+        v.kv_pending[d.decode_slot] += lv.need
+        v.touch(d.decode_slot)
+        self.dcache[d.decode_slot].touch(req.hash_ids[: d.decode_hit_blocks])
+        if isinstance(self.oracle, CounterOracle):
+            self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s)
+        lv.est_prefill = self.compute.prefill_s(req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
+        self.queued_est[d.prefill_slot] += lv.est_prefill
+        v.prefill_queued[d.prefill_slot] += 1
+        dh, ph = rec.decode, rec.prefill
+        try:
+            await send_msg(self.writers[dh], {"op": "expect", "id": req.id, "input": req.input_tokens,
+                                              "output": req.output_tokens, "need": lv.need,
+                                              "hash_ids": list(req.hash_ids), "bytes": lv.emu_bytes,
+                                              "blocks": lv.emu_blocks})
+            await send_msg(self.writers[ph], {"op": "prefill", "id": req.id, "hash_ids": list(req.hash_ids),
+                                              "input": req.input_tokens, "decode_host": dh,
+                                              "decode_ip": self.topo.host(dh).ip, "send_from_token": send_from})
+        except (ConnectionError, RuntimeError) as e:
+            self.fail(lv, f"dispatch failed: {e}")
+
+    async def run(self) -> None:
+        await self.connect()
+        self.t0 = time.time() + 0.5
+        tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
+        if isinstance(self.oracle, CounterOracle):
+            poll = self.exp.telemetry.poll_interval_s * self.D
+            tasks.append(asyncio.create_task(self._telemetry(max(0.05, poll / 2))))
+        tasks.append(asyncio.create_task(self._progress()))
+        try:
+            for lv in self.live:
+                delay = self.t0 + lv.req.arrival_s * self.D - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self.dispatch(lv)
+            try:
+                await asyncio.wait_for(self._all_done.wait(), self.exp.emulation.drain_timeout_s)
+            except asyncio.TimeoutError:
+                for lv in self.live:
+                    self.fail(lv, f"timeout: not finished {self.exp.emulation.drain_timeout_s:.0f} s (wall) after the last arrival")
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _progress(self) -> None:
+        n = len(self.live)
+        start = time.time()
+        while True:
+            await asyncio.sleep(5)
+            failed = sum(1 for lv in self.live if lv.rec.status == "failed")
+            self.log(f"[netkv] {self.policy}: {self.finished}/{n} requests done ({failed} failed), "
+                     f"{time.time() - start:.0f} s elapsed")
+
+    # ---- results -----------------------------------------------------------------------------
+    def write(self, partial: bool) -> dict:
+        for lv in self.live:
+            if not lv.done:
+                self.fail(lv, "interrupted" if self.interrupted else "not finished")
+        rows = [lv.rec.to_row() for lv in self.live]
+        self.rundir.write_requests(self.policy, rows)
+        s = summarize(rows, self.exp.slo.ttft_s, self.exp.slo.tbt_s)
+        s["partial"] = partial
+        s["emulation"] = {
+            "fallback_decisions": self.fallback_decisions, "rest_failures": self.rest_failures,
+            "dead_agents": self.dead, "kv_bytes_received": self.kv_received,
+            "kv_bytes_expected_completed": self.kv_expected,
+        }
+        self.rundir.write_policy_summary(self.policy, s)
+        return s
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="NetKV scheduler service (emulated testbed)")
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--policy", required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--sock-dir", required=True)
+    ap.add_argument("--rest", required=True, help="controller REST base URL, e.g. http://127.0.0.1:8080/netkv")
+    ap.add_argument("--requests", type=int)
+    a = ap.parse_args(argv)
+    exp = load(a.experiment)
+    svc = SchedulerService(exp, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest, a.requests,
+                           log=lambda *x: print(*x, flush=True))
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main_task = loop.create_task(svc.run())
+
+    def interrupt():
+        svc.interrupted = True
+        main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    try:
+        loop.run_until_complete(main_task)
+    except asyncio.CancelledError:
+        pass
+    except RuntimeError as e:
+        print(f"netkv scheduler: error: {e}", file=sys.stderr)
+        svc.write(partial=True)
+        return 1
+    svc.write(partial=svc.interrupted)
+    return 130 if svc.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
