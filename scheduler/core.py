@@ -29,6 +29,7 @@ class Decision:
     blocks_to_send: int
     bytes_to_send: float  # real-cluster bytes
     est_transfer_s: float
+    transfer_start: float | None  # expected start of the KV transfer (real-cluster time)
     telemetry_age_s: float | None
     decision_us: float  # wall time of the policy's decode choice
     prefill_choice_us: float  # wall time of the common prefill choice
@@ -44,8 +45,9 @@ class Scheduler:
         self.topo = topo
         self._kv_tok = float(view.compute.model.kv_bytes_per_token)
 
-    def choose_prefill(self, req) -> tuple[int, int]:
-        """(slot, prefix-hit blocks) of the prefill instance expected to finish the prefill first."""
+    def choose_prefill(self, req) -> tuple[int, int, float]:
+        """(slot, prefix-hit blocks, seconds until its prefill ends) of the prefill instance expected
+        to finish the prefill first."""
         v = self.view
         hits = v.prefill_index.prefix_hits(req.hash_ids)
         pf = v.compute.prefill_s_array(req.input_tokens - hits * BLOCK_TOKENS)
@@ -53,23 +55,24 @@ class Scheduler:
         if not np.isfinite(finish).any():
             raise RuntimeError("no live prefill instance")
         slot = int(np.argmin(finish))
-        return slot, int(hits[slot])
+        return slot, int(hits[slot]), float(finish[slot])
 
     def decide(self, req) -> Decision:
         t0 = time.perf_counter_ns()
-        p_slot, p_hits = self.choose_prefill(req)
+        p_slot, p_hits, p_finish = self.choose_prefill(req)
         t1 = time.perf_counter_ns()
-        q = Query(req, p_slot, self.view)
+        clock = getattr(self.oracle, "clock", None)
+        q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
         d_slot = self.policy.choose(q, self.oracle)
         t2 = time.perf_counter_ns()
         p_host = int(self.view.prefill_hosts[p_slot])
         d_host = int(self.view.decode_hosts[d_slot])
         nbytes = float(q.missing_bytes[d_slot])
-        est, age = self.oracle.cost(p_host, d_host, nbytes)
+        est, age = self.oracle.cost(p_host, d_host, nbytes, at=q.transfer_start)
         return Decision(
             prefill_slot=p_slot, decode_slot=d_slot, prefill_host=p_host, decode_host=d_host,
             tier=self.topo.tier(p_host, d_host), prefill_hit_blocks=p_hits,
             decode_hit_blocks=int(q.hits[d_slot]), blocks_to_send=int(q.missing_blocks[d_slot]),
-            bytes_to_send=nbytes, est_transfer_s=est, telemetry_age_s=age,
+            bytes_to_send=nbytes, est_transfer_s=est, transfer_start=q.transfer_start, telemetry_age_s=age,
             decision_us=(t2 - t1) / 1e3, prefill_choice_us=(t1 - t0) / 1e3,
         )

@@ -24,9 +24,12 @@ from ..topology import FatTree, NoPathError, Routing
 
 
 class Oracle(Protocol):
-    def cost(self, src: int, dst: int, nbytes: float) -> tuple[float, float | None]: ...
+    """`at`: when the transfer is expected to start (real-cluster seconds; None = now)."""
 
-    def cost_row(self, src: int, dsts: np.ndarray, nbytes: np.ndarray) -> tuple[np.ndarray, float | None]: ...
+    def cost(self, src: int, dst: int, nbytes: float, at: float | None = None) -> tuple[float, float | None]: ...
+
+    def cost_row(self, src: int, dsts: np.ndarray, nbytes: np.ndarray,
+                 at: float | None = None) -> tuple[np.ndarray, float | None]: ...
 
 
 @dataclass
@@ -104,10 +107,10 @@ class StaticOracle:
         self._bw = np.append(topo.capacity_bps, math.inf)
         self._rows = _RowCache(routing)
 
-    def cost_row(self, src, dsts, nbytes):
+    def cost_row(self, src, dsts, nbytes, at=None):
         return _row_seconds(self._rows.bottleneck(src, dsts, self._bw, 0), nbytes), None
 
-    def cost(self, src, dst, nbytes):
+    def cost(self, src, dst, nbytes, at=None):
         return _path_seconds(self.routing, src, dst, nbytes, self._bw), None
 
 
@@ -115,6 +118,8 @@ class StaticOracle:
 class _Committed:
     links: np.ndarray
     rate: float  # bytes/s the scheduler expects the transfer to take
+    start: float | None  # expected (then actual) start of the transfer
+    duration: float
     started_at: float | None = None
 
 
@@ -140,19 +145,27 @@ class CounterOracle:
         self._cache_bw = None
 
     # ---- the scheduler's own transfers -------------------------------------------------------
-    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float) -> None:
-        """Record a transfer the scheduler has just decided on (counted until it shows in counters)."""
+    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float,
+               start: float | None = None) -> None:
+        """Record a transfer the scheduler has just decided on, expected to start at `start`.
+
+        Until the counters can show it, it loads its path in the estimates of other transfers
+        expected to run at the same time: not started yet -> counted for transfers whose start falls
+        in [start, start + est_seconds]; started after the snapshot was sampled -> counted.
+        """
         if not self.count_committed or nbytes <= 0:
             return
         links = np.array(self.routing.path(src, dst), dtype=np.int64)
-        rate = nbytes / est_seconds if est_seconds > 0 and math.isfinite(est_seconds) else 0.0
-        self.committed[key] = _Committed(links, rate)
+        ok = est_seconds > 0 and math.isfinite(est_seconds)
+        rate = nbytes / est_seconds if ok else 0.0
+        self.committed[key] = _Committed(links, rate, start, est_seconds if ok else 0.0)
         self._version += 1
 
     def started(self, key, t: float) -> None:
         c = self.committed.get(key)
         if c is not None:
             c.started_at = t
+            c.start = t
             self._version += 1
 
     def release(self, key) -> None:
@@ -160,14 +173,19 @@ class CounterOracle:
             self._version += 1
 
     # ---- queries -----------------------------------------------------------------------------
-    def residual(self, snap: Snapshot) -> np.ndarray:
-        """Residual bandwidth per link (real bytes/s) behind a snapshot, committed load included."""
+    def residual(self, snap: Snapshot, at: float | None = None) -> np.ndarray:
+        """Residual bandwidth per link (real bytes/s) behind a snapshot, for a transfer starting at
+        `at` (None: now), with the committed transfers that will overlap it and are not yet visible."""
         cap = self.topo.capacity_bps
         bw = cap - snap.rates
         if self.committed:
             links, rates = [], []
             for c in self.committed.values():
-                if c.started_at is None or c.started_at > snap.sampled_at:
+                if c.started_at is not None:
+                    use = c.started_at > snap.sampled_at  # in flight, not in the counters yet
+                else:
+                    use = at is None or c.start is None or c.start <= at <= c.start + c.duration
+                if use:
                     links.append(c.links)
                     rates.append(np.full(len(c.links), c.rate))
             if links:
@@ -177,26 +195,26 @@ class CounterOracle:
             bw[list(snap.down)] = 0.0
         return bw
 
-    def _current(self) -> tuple[Snapshot | None, np.ndarray | None]:
+    def _current(self, at: float | None = None) -> tuple[Snapshot | None, np.ndarray | None]:
         """The latest published snapshot and its residual bandwidth (+inf padded), cached."""
         snap = self.source()
         if snap is None:
             return None, None
-        key = (id(snap), snap.version, self._version)
+        key = (id(snap), snap.version, self._version, at if self.committed else None)
         if self._cache_key != key:
-            self._cache_bw = np.append(self.residual(snap), math.inf)
+            self._cache_bw = np.append(self.residual(snap, at), math.inf)
             self._cache_key = key
         return snap, self._cache_bw
 
-    def cost_row(self, src, dsts, nbytes):
-        snap, bw = self._current()
+    def cost_row(self, src, dsts, nbytes, at: float | None = None):
+        snap, bw = self._current(at)
         if snap is None:
             return self._static.cost_row(src, dsts, nbytes)
         sec = _row_seconds(self._rows.bottleneck(src, dsts, bw, self._cache_key), nbytes)
         return sec, max(0.0, self.clock() - snap.sampled_at)
 
-    def cost(self, src, dst, nbytes):
-        snap, bw = self._current()
+    def cost(self, src, dst, nbytes, at: float | None = None):
+        snap, bw = self._current(at)
         if snap is None:
             return self._static.cost(src, dst, nbytes)
         return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.sampled_at)

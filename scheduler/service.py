@@ -261,6 +261,8 @@ class SchedulerService:
                     self._snap_version += 1
                     self.snap = Snapshot(self.real(min(times)), rates, down, self._snap_version)
                     self.routing.set_down(down)
+                else:  # a (re)started controller has no samples yet: no telemetry to go by
+                    self.snap = None
             except (urllib.error.URLError, OSError, ValueError, KeyError):
                 self.rest_failures += 1
                 self.snap = None
@@ -301,7 +303,8 @@ class SchedulerService:
         v.touch(d.decode_slot)
         self.dcache[d.decode_slot].touch(req.hash_ids[: d.decode_hit_blocks])
         if isinstance(self.oracle, CounterOracle):
-            self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s)
+            self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s,
+                               d.transfer_start)
         lv.est_prefill = self.compute.prefill_s(req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
         self.queued_est[d.prefill_slot] += lv.est_prefill
         v.prefill_queued[d.prefill_slot] += 1

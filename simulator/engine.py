@@ -189,7 +189,8 @@ class Simulation:
         v.kv_pending[d.decode_slot] += r.need
         v.touch(d.decode_slot)
         if isinstance(self.oracle, CounterOracle):
-            self.oracle.commit(r.req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s)
+            self.oracle.commit(r.req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s,
+                               d.transfer_start)
         p = self.prefills[d.prefill_slot]
         r.est_prefill = self.compute.prefill_s(r.req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
         p.queued_est += r.est_prefill

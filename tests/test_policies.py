@@ -165,3 +165,13 @@ def test_counter_oracle_counts_committed_transfers_until_seen():
 def test_counter_oracle_without_telemetry_falls_back_to_static():
     o = CounterOracle(TOPO, ROUTING, lambda: None, lambda: 0.0)
     assert o.cost(P, FAR, 1e9) == StaticOracle(TOPO, ROUTING).cost(P, FAR, 1e9)
+
+
+def test_committed_transfers_count_only_when_their_windows_overlap():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    base = o.cost(P, FAR, 1e9)[0]
+    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21
+    assert o.cost(P, FAR, 1e9, at=20.5)[0] == pytest.approx(2 * base)
+    assert o.cost(P, FAR, 1e9, at=12.0)[0] == pytest.approx(base)
+    assert o.cost(P, FAR, 1e9, at=22.0)[0] == pytest.approx(base)

@@ -12,10 +12,11 @@ from ...trace import BLOCK_TOKENS
 class Query:
     """One decision's inputs, with the per-candidate prefix hits computed once and shared."""
 
-    def __init__(self, req, prefill_slot: int, view):
+    def __init__(self, req, prefill_slot: int, view, transfer_start: float | None = None):
         self.req = req
         self.prefill_slot = prefill_slot
         self.view = view
+        self.transfer_start = transfer_start  # when the KV transfer is expected to start
 
     @property
     def prefill_host(self) -> int:

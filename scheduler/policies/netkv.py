@@ -16,7 +16,7 @@ class NetKV(Policy):
 
     def choose(self, q, oracle):
         v = q.view
-        transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes)
+        transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes, at=q.transfer_start)
         wait = v.est_wait_s(q.req.n_blocks)
         if self.params["transfer_weight"] != 1.0:
             transfer = self.params["transfer_weight"] * transfer

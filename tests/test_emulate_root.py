@@ -1,0 +1,168 @@
+"""End-to-end emulated experiments (root): agents move real KV over TCP through the OVS fat-tree,
+the scheduler process decides on the live REST oracle; failure paths leave nothing behind."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from netkv import cleanup
+from netkv.agents.protocol import block_sizes
+from netkv.config import load
+from netkv.emulate import emulate_experiment
+from netkv.results import REQUEST_COLUMNS
+from netkv.simulator.run import simulate_experiment
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+BASE = """
+name = "tiny"
+seed = 5
+policies = {policies}
+[topology]
+k = 2
+gpus_per_server = 4
+server_link_gbps = 200
+edge_link_gbps = 200
+core_link_gbps = 200
+[trace]
+requests = {requests}
+rate_multiplier = {rate}
+[telemetry]
+poll_interval_s = 0.5
+[emulation]
+bandwidth_scale = 4000
+time_dilation = 1.0
+drain_timeout_s = 120
+"""
+
+ELEPHANTS = """
+[[background]]
+src = ["h0_0_0_0", "h1_0_0_0"]
+dst = ["h1_0_0_1", "h0_0_0_1"]
+"""
+
+
+def write_exp(tmp_path, policies=("round_robin", "netkv"), requests=16, rate=4.0, extra=""):
+    p = tmp_path / "exp.toml"
+    p.write_text(BASE.format(policies=json.dumps(list(policies)), requests=requests, rate=rate) + extra)
+    return load(p)
+
+
+@pytest.fixture(autouse=True)
+def clean_machine():
+    cleanup.clean(verbose=False)
+    yield
+    assert cleanup.find_leftovers() == [], "the emulated run left state behind"
+
+
+def rows_of(run, pol):
+    return run.read_requests(pol)
+
+
+def test_tiny_experiment_end_to_end(tmp_path):
+    exp = write_exp(tmp_path, extra=ELEPHANTS)
+    run, summ = emulate_experiment(exp, out=tmp_path / "emu", log=lambda *a: None)
+    kv_tok = 128 * 1024
+    share = {}
+    for pol in ("round_robin", "netkv"):
+        rows = rows_of(run, pol)
+        assert len(rows) == 16
+        assert all(r["status"] == "completed" for r in rows), [r["fail_reason"] for r in rows]
+        # bytes each decode agent received = the scaled KV bytes of the blocks it lacked
+        expect = {}
+        for r in rows:
+            first = min(r["decode_hit_blocks"] * 512, r["input_tokens"])
+            expect[r["decode"]] = expect.get(r["decode"], 0) + sum(
+                block_sizes(first, r["input_tokens"], kv_tok, exp.emulation.byte_scale))
+        got = summ[pol]["emulation"]["kv_bytes_received"]
+        assert got == expect
+        for r in rows:
+            assert r["ttft_s"] >= r["prefill_s"] + r["transfer_s"] - 1e-9
+            t = [r["arrival_s"], r["t_prefill_start"], r["t_prefill_end"], r["t_transfer_end"], r["t_first_token"], r["t_done"]]
+            assert t == sorted(t)
+        share[pol] = sum(r["tier"] == 3 for r in rows) / len(rows)
+    # the elephants congest the core both ways: netkv keeps KV off it, round_robin does not
+    assert share["round_robin"] >= 0.3
+    assert share["netkv"] <= 0.5 * share["round_robin"]
+    meta = json.loads((run.root / "meta.json").read_text())
+    assert meta["partial"] is False and "fidelity" in meta
+
+    # the same file in the simulator: same result files and columns
+    sim, _ = simulate_experiment(exp, out=tmp_path / "sim", progress=False, log=lambda *a: None)
+    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*")  # noqa: E731
+                                if p.is_file() and "logs" not in p.parts and "plots" not in p.parts)
+    assert files(sim.root) == files(run.root)
+    for pol in ("round_robin", "netkv"):
+        assert list(json.loads((sim.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(REQUEST_COLUMNS)
+        assert list(json.loads((run.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(REQUEST_COLUMNS)
+
+
+def test_dead_decode_agent_fails_its_requests_and_is_avoided(tmp_path):
+    exp = write_exp(tmp_path, policies=["round_robin"], requests=40, rate=1.0)
+    victim = "h1_0_0_3"
+    killed = {}
+
+    def kill(fab, agents, pol):
+        time.sleep(4)
+        agents[victim].kill()
+        killed["t"] = time.time()
+
+    run, summ = emulate_experiment(exp, out=tmp_path / "emu", log=lambda *a: None, on_running=kill)
+    rows = rows_of(run, "round_robin")
+    assert len(rows) == 40
+    assert all(r["status"] in ("completed", "failed") for r in rows)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("died" in r["fail_reason"] or "KV" in r["fail_reason"] for r in failed)
+    assert all(r["decode"] == victim or r["prefill"] == victim for r in failed)
+    # requests arriving well after the death never go to the dead instance
+    late = [r for r in rows if r["arrival_s"] > 6.0]
+    assert late and all(r["decode"] != victim for r in late)
+    assert summ["round_robin"]["emulation"]["dead_agents"]
+
+
+def test_controller_restart_keeps_traffic_and_falls_back(tmp_path):
+    exp = write_exp(tmp_path, policies=["netkv"], requests=30, rate=1.5)
+
+    def restart(fab, agents, pol):
+        time.sleep(3)
+        fab.restart_controller()
+
+    run, summ = emulate_experiment(exp, out=tmp_path / "emu", log=lambda *a: None, on_running=restart)
+    rows = rows_of(run, "netkv")
+    assert all(r["status"] == "completed" for r in rows), [r["fail_reason"] for r in rows]
+    assert summ["netkv"]["emulation"]["fallback_decisions"] > 0
+    assert any(r["oracle"] == "static-fallback" for r in rows)
+    assert any(r["oracle"] == "counters" for r in rows)
+
+
+def test_ctrl_c_keeps_partial_results_and_cleans_up(tmp_path):
+    exp = write_exp(tmp_path, policies=["round_robin", "netkv"], requests=30, rate=1.0)
+    p = subprocess.Popen([sys.executable, "-m", "netkv.cli", "emulate", str(exp.path), "--out", str(tmp_path / "emu")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    out = []
+    while time.monotonic() - t0 < 180:
+        line = p.stdout.readline()
+        out.append(line)
+        if "policy round_robin: replaying" in line:
+            break
+    time.sleep(8)
+    p.send_signal(signal.SIGINT)
+    rest, _ = p.communicate(timeout=300)
+    text = "".join(out) + rest
+    assert p.returncode == 130, text
+    assert "partial results kept" in text
+    (run_dir,) = list((tmp_path / "emu").iterdir())
+    doc = json.loads((run_dir / "summary.json").read_text())
+    assert doc["partial"] is True
+    rows = [json.loads(x) for x in (run_dir / "round_robin" / "requests.jsonl").read_text().splitlines()]
+    assert len(rows) == 30
+    assert all(r["status"] == "completed" or r["fail_reason"] == "interrupted" for r in rows)
+    assert any(r["fail_reason"] == "interrupted" for r in rows)
+    assert not (run_dir / "netkv").exists()
