@@ -58,7 +58,7 @@ class FabricLogic:
     """Routing rules, port telemetry and the oracle of one emulated fabric."""
 
     def __init__(self, topo: FatTree, routing: str = "sum-mod", bandwidth_scale: float = 1.0,
-                 publish_delay: float = 0.0, floor_fraction: float = 0.02, clock=time.time):
+                 publish_delay: float = 0.0, floor_fraction: float = 0.25, clock=time.time):
         self.topo = topo
         self.routing = Routing(topo, routing)
         self.scale = bandwidth_scale
@@ -94,7 +94,7 @@ class FabricLogic:
                           cfg.get("oversubscription", 1.0))
         topo = FatTree(cfg["k"], cfg["gpus"], rates)
         return cls(topo, cfg.get("routing", "sum-mod"), cfg.get("bandwidth_scale", 1.0),
-                   cfg.get("publish_delay", 0.0), cfg.get("floor_fraction", 0.02), clock)
+                   cfg.get("publish_delay", 0.0), cfg.get("floor_fraction", 0.25), clock)
 
     # ---- rules -------------------------------------------------------------------------------
     def _compute_pair_rules(self) -> dict[tuple[int, str, str], int]:

@@ -241,6 +241,19 @@ def cmd_clean(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from .compare import compare_runs, format_comparison
+
+    for d in (a.run_a, a.run_b):
+        if not (Path(d) / "summary.json").exists():
+            raise SystemExit(f"netkv: error: {d}: no summary.json (not a run directory)")
+    cmp = compare_runs(a.run_a, a.run_b)
+    if a.json:
+        Path(a.json).write_text(json.dumps(cmp, indent=1))
+    print(format_comparison(cmp, "A", "B"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="netkv", description="NetKV testbed: network-aware decode selection")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -290,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clean", help="remove leftovers of crashed emulated runs (bridges, veths, processes)")
     p.set_defaults(fn=cmd_clean)
+
+    p = sub.add_parser("compare", help="compare two runs request by request (e.g. simulated vs emulated)")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--json", help="also write the comparison as JSON")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("report", help="print a run's summary table and draw its plots")
     p.add_argument("run_dir")

@@ -92,7 +92,7 @@ class TelemetryCfg:
     poll_interval_s: float = 1.0
     publish_delay_s: float = 0.0
     count_committed: bool = True
-    floor_fraction: float = 0.02  # residual bandwidth never below this share of capacity
+    floor_fraction: float = 0.25  # residual never below this share of capacity (see docs/oracle.md)
 
 
 @dataclass

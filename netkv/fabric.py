@@ -44,7 +44,7 @@ class FabricSpec:
     max_link_mbps: float = 1000.0
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
-    floor_fraction: float = 0.02
+    floor_fraction: float = 0.25
     of_port: int = 6653
     rest_port: int = 8080
 

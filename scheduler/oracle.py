@@ -129,7 +129,7 @@ class CounterOracle:
     name = "counters"
 
     def __init__(self, topo: FatTree, routing: Routing, source: Callable[[], Snapshot | None],
-                 clock: Callable[[], float], floor_fraction: float = 0.02,
+                 clock: Callable[[], float], floor_fraction: float = 0.25,
                  count_committed: bool = True):
         self.topo = topo
         self.routing = routing

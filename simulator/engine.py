@@ -52,14 +52,12 @@ class _Req:
 
 
 class _Prefill:
-    __slots__ = ("slot", "host", "queue", "current", "busy_until", "queued_est", "cache")
+    __slots__ = ("slot", "host", "queue", "current", "cache")
 
     def __init__(self, slot, host, cache):
         self.slot, self.host, self.cache = slot, host, cache
         self.queue: deque[_Req] = deque()
         self.current: _Req | None = None
-        self.busy_until = 0.0
-        self.queued_est = 0.0
 
 
 class _Decode:
@@ -114,6 +112,8 @@ class Simulation:
             _Decode(i, int(h), PrefixCache(self.compute.kv_blocks, i, self.view.decode_index))
             for i, h in enumerate(dec)
         ]
+        self._busy_until = np.zeros(len(pre))  # per prefill slot: when the running prefill ends
+        self._queued_est = np.zeros(len(pre))  # per prefill slot: estimated work queued behind it
         self.bg = [background_pairs(self.topo, b) for b in exp.background]
         self._bg_flows: list[list[int]] = [[] for _ in self.bg]
         self._heap: list = []
@@ -166,8 +166,8 @@ class Simulation:
         r = self._reqs[i]
         v = self.view
         now = self.now
-        for p in self.prefills:
-            v.prefill_backlog_s[p.slot] = max(p.busy_until - now, 0.0) + p.queued_est
+        np.maximum(self._busy_until - now, 0.0, out=v.prefill_backlog_s)
+        v.prefill_backlog_s += self._queued_est
         d = self.sched.decide(r.req)
         r.dec = d
         rec = r.rec
@@ -193,7 +193,7 @@ class Simulation:
                                d.transfer_start)
         p = self.prefills[d.prefill_slot]
         r.est_prefill = self.compute.prefill_s(r.req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
-        p.queued_est += r.est_prefill
+        self._queued_est[p.slot] += r.est_prefill
         p.queue.append(r)
         v.prefill_queued[p.slot] += 1
         if p.current is None:
@@ -202,15 +202,15 @@ class Simulation:
     def _start_prefill(self, p: _Prefill):
         r = p.queue.popleft()
         self.view.prefill_queued[p.slot] -= 1
-        p.queued_est -= r.est_prefill
+        self._queued_est[p.slot] -= r.est_prefill
         hits = p.cache.match(r.req.hash_ids)
         p.cache.touch(r.req.hash_ids[:hits])
         dur = self.compute.prefill_s(r.req.input_tokens - hits * BLOCK_TOKENS)
         r.rec.prefill_hit_blocks = hits
         r.rec.t_prefill_start = self.now
         p.current = r
-        p.busy_until = self.now + dur
-        self._push(p.busy_until, PREFILL_DONE, p.slot)
+        self._busy_until[p.slot] = self.now + dur
+        self._push(self.now + dur, PREFILL_DONE, p.slot)
 
     def _prefill_done(self, slot, _):
         p = self.prefills[slot]

@@ -64,3 +64,17 @@ def test_bad_input_one_line_error(tmp_path, content, needle):
 def test_report_on_non_run_dir(tmp_path):
     p = run("report", str(tmp_path))
     assert p.returncode != 0 and "summary.json" in p.stderr
+
+
+def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
+    exp = REPO / "experiments/smoke.toml"
+    assert run("simulate", str(exp), "--out", str(tmp_path / "a"), "--quiet").returncode == 0
+    (a,) = list((tmp_path / "a").iterdir())
+    p = run("compare", str(a), str(a), "--json", str(tmp_path / "c.json"))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "c.json").read_text())
+    for pol, res in doc.items():
+        assert res["requests"] == 40 and res["same_decode"] == 1.0
+        assert res["ttft_s"]["mae"] == 0.0
+    bad = run("compare", str(a), str(tmp_path))
+    assert bad.returncode != 0 and "summary.json" in bad.stderr
