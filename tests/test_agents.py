@@ -1,0 +1,96 @@
+"""Agents without Mininet: a prefill and a decode agent on localhost, driven over their Unix sockets
+like the scheduler drives them; real KV bytes cross a local TCP connection."""
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netkv.agents.protocol import block_sizes, read_msg, send_msg
+
+from conftest import REPO
+
+EXP = """
+name = "agents"
+[topology]
+k = 2
+gpus_per_server = 2
+[emulation]
+bandwidth_scale = 4000
+time_dilation = 1.0
+layerwise = {layerwise}
+"""
+
+
+def start(tmp_path, role, host, exp):
+    log = open(tmp_path / f"{host}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", host,
+                             "--experiment", str(exp), "--sock-dir", str(tmp_path)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NETKV_RUN": "netkv"})
+
+
+async def drive(tmp_path, n_tokens=5000, output=20, send_from=1024):
+    async def conn(host):
+        for _ in range(200):
+            try:
+                r, w = await asyncio.open_unix_connection(str(tmp_path / f"{host}.sock"))
+                assert (await read_msg(r))["ev"] == "hello"
+                return r, w
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"agent {host} did not start")
+
+    pr, pw = await conn("h0_0_0_0")
+    dr, dw = await conn("h1_0_0_1")
+    for w in (pw, dw):
+        await send_msg(w, {"op": "reset"})
+    assert (await read_msg(pr))["ev"] == "reset_done" and (await read_msg(dr))["ev"] == "reset_done"
+    sizes = block_sizes(send_from, n_tokens, 128 * 1024, 1 / 4000)
+    ids = list(range(math.ceil(n_tokens / 512)))
+    await send_msg(dw, {"op": "expect", "id": 0, "input": n_tokens, "output": output, "need": 12,
+                        "hash_ids": ids, "bytes": sum(sizes), "blocks": len(sizes)})
+    await send_msg(pw, {"op": "prefill", "id": 0, "hash_ids": ids, "input": n_tokens, "decode_host": "h1_0_0_1",
+                        "decode_ip": "127.0.0.1", "send_from_token": send_from})
+    pev, dev = {}, {}
+
+    async def collect(r, out, until):
+        while until not in out:
+            m = await asyncio.wait_for(read_msg(r), 30)
+            out.setdefault(m["ev"], m)
+
+    await asyncio.gather(collect(pr, pev, "xfer_sent"), collect(dr, dev, "done"))
+    for w in (pw, dw):
+        await send_msg(w, {"op": "shutdown"})
+    return pev, dev, sizes
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_prefill_to_decode_over_tcp(tmp_path, layerwise):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP.format(layerwise=str(layerwise).lower()))
+    procs = [start(tmp_path, "prefill", "h0_0_0_0", exp), start(tmp_path, "decode", "h1_0_0_1", exp)]
+    try:
+        pev, dev, sizes = asyncio.run(drive(tmp_path))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    assert pev["xfer_sent"]["bytes"] == sum(sizes) and pev["xfer_sent"]["blocks"] == len(sizes)
+    k = dev["kv_arrived"]
+    assert k["ok"] and k["bytes"] == sum(sizes) and k["blocks"] == len(sizes) == 8  # tokens 1024..5000
+    toks = dev["done"]["tokens"]
+    assert len(toks) == 20 and toks == sorted(toks)
+    assert dev["first_token"]["t"] == toks[0] >= k["t"] >= pev["prefill_start"]["t"]
+    pf = pev["prefill_end"]["t"] - pev["prefill_start"]["t"]
+    assert pf > 0.1  # 5,000 tokens of Llama-3-8B prefill on the H200 profile ~0.15 s (time_dilation 1)
+    if layerwise:
+        # streaming starts with the prefill and ends about when it does
+        assert pev["xfer_start"]["t"] < pev["prefill_start"]["t"] + 0.05
+        assert k["t"] >= pev["prefill_start"]["t"] + 0.8 * pf
+    else:
+        assert pev["xfer_start"]["t"] >= pev["prefill_end"]["t"]
