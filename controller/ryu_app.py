@@ -120,13 +120,14 @@ class NetKVController(app_manager.RyuApp):
         if msg.reason == ofp.OFPPR_DELETE:
             up = False
         changes = self.logic.on_port_status(msg.datapath.id, desc.port_no, up)
-        if changes:
-            self.logger.info("port %s of %016x %s: rewriting %d pair rules", desc.port_no, msg.datapath.id,
-                             "up" if up else "down", len(changes))
+        t = time.time()
         for r in changes:
             dp = self.datapaths.get(r.dpid)
             if dp is not None:
                 self._flow_mod(dp, r)
+        if changes:
+            self.logger.info("%.3f port %s of %016x %s: rewrote %d pair rules in %.1f ms", t, desc.port_no,
+                             msg.datapath.id, "up" if up else "down", len(changes), (time.time() - t) * 1e3)
 
     # ---- ARP ---------------------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)

@@ -12,7 +12,9 @@ from netkv import DATA_DIR
 from netkv.config import from_dict
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("NETKV_SHARED", REPO.parent / "shared"))
+# ../shared (the workspace's shared data) if this checkout sits beside it; NETKV_SHARED overrides
+SHARED = next((p for p in (Path(os.environ.get("NETKV_SHARED", REPO.parent / "shared")), Path("/work/shared"))
+               if (p / "data").exists()), REPO.parent / "shared")
 
 SMALL = {
     "name": "t",

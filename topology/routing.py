@@ -107,10 +107,24 @@ class Routing:
         return [c for c in range(n) if not self.down.intersection(self.topo.path_links(src, dst, c))]
 
     def choice(self, src: int, dst: int) -> int:
-        """Path number chosen for (src, dst): the strategy applied to the paths still up."""
+        """Path number chosen for (src, dst): the strategy's choice among all equal-cost paths while
+        that path is up; otherwise the strategy applied to the paths still up, preferring (across
+        pods) those through the same aggregation switch. A failure moves only the pairs that crossed
+        it, and a repair moves them back."""
+        n = self.topo.n_paths(self.topo.tier(src, dst))
+        c = self.strategy.choose(src, dst, n)
+        if not self.down or not self.down.intersection(self.topo.path_links(src, dst, c)):
+            return c
         avail = self.available_choices(src, dst)
         if not avail:
             raise NoPathError(f"no path from {self.topo.hosts[src].name} to {self.topo.hosts[dst].name}")
+        if self.topo.tier(src, dst) == 3:
+            # repair locally: keep the aggregation switch (another core of the same group) if possible,
+            # so that only the aggregation switch's rule changes
+            h = self.topo.half
+            same = [a for a in avail if a // h == c // h]
+            if same:
+                return same[self.strategy.choose(src, dst, len(same))]
         return avail[self.strategy.choose(src, dst, len(avail))]
 
     def path(self, src: int, dst: int) -> list[int]:
