@@ -196,6 +196,11 @@ def compute_from_config(exp) -> ComputeModel:
     model = model_from_config(exp.model)
     c = exp.compute
     prof_model = c.profile_model or model.name
-    prof = load_profile(exp.resolve(c.profile), prof_model)
+    try:
+        prof = load_profile(exp.resolve(c.profile), prof_model)
+    except ProfileError as e:
+        if c.profile_model is None and "rows for model" in str(e):
+            raise ProfileError(f"{e} (set compute.profile_model to the profile's model to use)") from None
+        raise
     return ComputeModel(prof, model, c.tensor_parallel, c.gpu_memory_gb, c.memory_utilization,
                         c.max_batch, c.decode_kv_blocks, c.prefill_cache_blocks)

@@ -146,6 +146,7 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
     reqs = window_from_config(exp)
     pre, dec = placement(exp, topo)
     spec = FabricSpec.from_experiment(exp)
+    Fabric(spec, Path("."), log=log).preflight()  # refuse before writing anything
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
     logs = run.root / "logs"

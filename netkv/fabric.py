@@ -147,14 +147,22 @@ class Fabric:
             signal.signal(sig, h)
         self._old_handlers = {}
 
-    def start(self) -> None:
+    def preflight(self) -> None:
+        """Everything that can refuse a start before anything is created: root and tools, link
+        rates Mininet can shape, no leftovers of an earlier run."""
         require_root()
+        from .topology.mininet_fabric import check_rates
+
+        try:
+            check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
+        except ValueError as e:
+            raise FabricError(str(e)) from None
         left = cleanup.find_leftovers()
         if left:
             raise FabricError("emulation leftovers found: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
-        from .topology.mininet_fabric import check_rates
 
-        check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
+    def start(self) -> None:
+        self.preflight()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._owns_state = True
         t0 = time.monotonic()

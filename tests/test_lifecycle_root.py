@@ -114,3 +114,14 @@ def test_mn_custom_builds_the_same_fabric(tmp_path):
     finally:
         fab.stop_controller()
         cleanup.clean(verbose=False)
+
+
+def test_emulate_refuses_links_mininet_cannot_shape(tmp_path):
+    exp = tmp_path / "fast.toml"
+    exp.write_text("[topology]\nk = 2\n[emulation]\nbandwidth_scale = 100\n")
+    p = subprocess.run([*NETKV, "emulate", str(exp), "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "emulation.bandwidth_scale" in err[0] and "9000 Mbit/s" in err[0], p.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -34,8 +34,8 @@ except (ImportError, KeyError):  # mn --custom exec()s this file without a packa
 OFFLOADS = ("rx", "tx", "sg", "tso", "gso", "gro")
 
 
-class FabricError(ValueError):
-    """The requested emulated fabric cannot be built faithfully here."""
+class LinkConfigError(ValueError):
+    """The requested emulated links cannot be built faithfully here."""
 
 
 def emulated_mbps(gbps: float, bandwidth_scale: float) -> float:
@@ -48,14 +48,14 @@ def check_rates(topo: FatTree, bandwidth_scale: float, max_mbps: float = 1000.0)
     for level in ("gpu", "server", "edge", "core"):
         mbps = emulated_mbps(topo.rates.rate(level), bandwidth_scale)
         if mbps > max_mbps:
-            raise FabricError(
+            raise LinkConfigError(
                 f"emulation.bandwidth_scale: the '{level}' tier needs {mbps:.0f} Mbit/s per link "
                 f"({topo.rates.rate(level):g} Gbit/s / {bandwidth_scale:g}), above the {max_mbps:g} Mbit/s "
                 "that Mininet can shape (and that the userspace datapath can forward); raise bandwidth_scale "
                 f"to at least {math.ceil(topo.rates.rate(level) * 1000 / max_mbps)}"
             )
         if mbps < 0.5:
-            raise FabricError(f"emulation.bandwidth_scale: the '{level}' tier would get {mbps:.3f} Mbit/s; lower it")
+            raise LinkConfigError(f"emulation.bandwidth_scale: the '{level}' tier would get {mbps:.3f} Mbit/s; lower it")
         out[level] = mbps
     return out
 
@@ -69,7 +69,7 @@ class ShapedIntf(TCIntf):
         self._qdisc = qdisc
         for forbidden in ("delay", "jitter", "loss", "max_queue_size"):
             if params.get(forbidden):
-                raise FabricError(f"link parameter '{forbidden}' needs netem, which this kernel lacks")
+                raise LinkConfigError(f"link parameter '{forbidden}' needs netem, which this kernel lacks")
         return super().config(**params)
 
     def bwCmds(self, bw=None, **kw):  # noqa: N802 (Mininet's name)
@@ -90,7 +90,7 @@ class ShapedIntf(TCIntf):
         elif qdisc == "fq_codel":
             leaf = f"fq_codel limit {max(16, limit // 1000)} memory_limit {max(limit, 4 * (mtu + 100))} quantum {mtu + 100}"
         else:
-            raise FabricError(f"emulation.qdisc: unknown leaf queue '{qdisc}' (bfifo, pfifo, sfq, fq_codel)")
+            raise LinkConfigError(f"emulation.qdisc: unknown leaf queue '{qdisc}' (bfifo, pfifo, sfq, fq_codel)")
         cmds = [
             "%s qdisc add dev %s root handle 5:0 htb default 1",
             "%s class add dev %s parent 5:0 classid 5:1 htb "
