@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 
-def _load(path):
+def _load(path, overrides=None):
     from .config import load
 
-    return load(path)
+    return load(path, overrides)
 
 
 def cmd_simulate(a) -> int:
     from .report import make_plots
     from .simulator.run import simulate_experiment
 
-    exp = _load(a.experiment)
+    exp = _load(a.experiment, a.set)
     if a.requests is not None:
         exp.trace.requests = a.requests
     for p in a.policy or []:
@@ -36,7 +36,7 @@ def cmd_emulate(a) -> int:
     from .fabric import FabricError, require_root
     from .report import make_plots
 
-    exp = _load(a.experiment)
+    exp = _load(a.experiment, a.set)
     for p in a.policy or []:
         if p not in _policy_names():
             raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment TOML file")
     p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
     p.add_argument("--requests", type=int, help="override trace.requests")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
     p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_simulate)
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment TOML file")
     p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
     p.add_argument("--requests", type=int, help="override trace.requests")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
     p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI on the running testbed before teardown")
     p.set_defaults(fn=cmd_emulate)

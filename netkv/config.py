@@ -141,6 +141,7 @@ class Experiment:
     emulation: EmulationCfg
     policy_params: dict[str, dict[str, Any]]
     raw: dict
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied on top of the file
 
     def resolve(self, ref: str) -> Path:
         """A path from the file: 'builtin:NAME' is shipped data; relative paths are relative to the file."""
@@ -220,8 +221,28 @@ def _positive(where, key, v, allow_zero=False):
 # loading
 
 
-def load(path: str | Path) -> Experiment:
-    """Read and validate an experiment file."""
+def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
+    """Apply `section.key=value` overrides (value in TOML syntax) to a parsed document."""
+    for ov in overrides or []:
+        key, sep, value = ov.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {ov}: expected KEY=VALUE, e.g. emulation.bandwidth_scale=16000")
+        try:
+            val = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            val = value  # a bare word: take it as a string
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {ov}: '{part}' is not a table in {where}")
+        node[parts[-1]] = val
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read and validate an experiment file (with optional `section.key=value` overrides)."""
     p = Path(path)
     where = str(p)
     try:
@@ -232,7 +253,9 @@ def load(path: str | Path) -> Experiment:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: invalid TOML: {e}") from None
-    return from_dict(raw, p)
+    exp = from_dict(apply_overrides(raw, overrides, where), p)
+    exp.overrides = list(overrides or [])
+    return exp
 
 
 def from_dict(raw: dict, path: Path | None = None) -> Experiment:

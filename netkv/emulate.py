@@ -157,7 +157,7 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
         "seed": exp.seed, "policies": policies, "requests": len(reqs), "prefill_instances": len(pre),
         "decode_instances": len(dec), "topology": topo.summary(), "compute": compute.describe(),
         "emulation": {k: getattr(exp.emulation, k) for k in exp.emulation.__dataclass_fields__},
-        "byte_scale": exp.emulation.byte_scale, "wall_s": {}, "partial": True,
+        "byte_scale": exp.emulation.byte_scale, "overrides": exp.overrides, "wall_s": {}, "partial": True,
     }
     run.write_meta(meta)
     summaries: dict[str, dict] = {}
@@ -184,6 +184,8 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
                         "--policy", pol, "--run-dir", str(run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
                 if requests is not None:
                     args += ["--requests", str(requests)]
+                for ov in exp.overrides:
+                    args += ["--set", ov]
                 log(f"policy {pol}: replaying")
                 svc = subprocess.Popen(args, start_new_session=True)
                 try:

@@ -378,8 +378,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sock-dir", required=True)
     ap.add_argument("--rest", required=True, help="controller REST base URL, e.g. http://127.0.0.1:8080/netkv")
     ap.add_argument("--requests", type=int)
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override, as for netkv emulate")
     a = ap.parse_args(argv)
-    exp = load(a.experiment)
+    exp = load(a.experiment, a.set)
     svc = SchedulerService(exp, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest, a.requests,
                            log=lambda *x: print(*x, flush=True))
     loop = asyncio.new_event_loop()

@@ -28,7 +28,8 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
         "mode": "simulate", "experiment": exp.name, "netkv_version": __version__,
         "started_utc": stamp, "seed": exp.seed, "policies": policies, "requests": len(requests),
         "prefill_instances": len(pre), "decode_instances": len(dec),
-        "topology": topo.summary(), "compute": compute.describe(), "wall_s": {}, "partial": True,
+        "topology": topo.summary(), "compute": compute.describe(), "overrides": exp.overrides,
+        "wall_s": {}, "partial": True,
     }
     run.write_meta(meta)
     summaries: dict[str, dict] = {}

@@ -51,3 +51,15 @@ def test_custom_model_needs_all_fields():
 
 def test_builtin_paths_resolve(small_exp):
     assert small_exp.resolve("builtin:h200-llama3-hf-eager.csv").exists()
+
+
+def test_set_overrides_apply_and_are_validated(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[topology]\nk = 4\n")
+    exp = load(p, ["emulation.bandwidth_scale=16000", "trace.requests=5", "placement.layout=split-pods"])
+    assert exp.emulation.bandwidth_scale == 16000.0 and exp.trace.requests == 5
+    assert exp.placement.layout == "split-pods" and exp.overrides[0].startswith("emulation.")
+    with pytest.raises(ConfigError, match="topology.k"):
+        load(p, ["topology.k=3"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load(p, ["nonsense"])
