@@ -31,6 +31,7 @@ class FlowNetwork:
         self.counters = np.zeros_like(self.capacity)  # bytes sent per directed link
         self.link_rate = np.zeros_like(self.capacity)
         self.link_flows = np.zeros(len(self.capacity), dtype=np.int64)  # flows crossing each link
+        self._on_link: list[set[int]] = [set() for _ in range(len(self.capacity))]  # flow ids per link
         self.flows: dict[int, Flow] = {}
         self.t = 0.0
         self._next_id = 0
@@ -51,15 +52,17 @@ class FlowNetwork:
         f = Flow(self._next_id, np.asarray(links, dtype=np.int64), float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f
-        if not self.link_flows[f.links].any():
+        shared = self.link_flows[f.links].any()
+        self.link_flows[f.links] += 1
+        for lid in f.links.tolist():
+            self._on_link[lid].add(f.id)
+        if not shared:
             # shares no link with any flow: nobody else's rate changes
             f.rate = float(min(self.capacity[f.links].min(), demand))
-            self.link_flows[f.links] += 1
             self.link_rate[f.links] += f.rate
             self.version += 1
         else:
-            self.link_flows[f.links] += 1
-            self._recompute()
+            self._recompute(self._component([f.id]))
         return f
 
     def remove(self, t: float, fid: int) -> Flow | None:
@@ -70,37 +73,54 @@ class FlowNetwork:
         return f
 
     def remove_many(self, fids) -> None:
-        """Remove flows at the current time; rates are recomputed once, and only if others shared a link."""
-        shared = False
+        """Remove flows at the current time; only the flows that shared a link with them (their
+        connected component) get new rates."""
+        touched: set[int] = set()
         for fid in list(fids):
             f = self.flows.pop(fid, None)
             if f is None:
                 continue
             self.link_flows[f.links] -= 1
-            if self.link_flows[f.links].any():
-                shared = True
-            else:
-                self.link_rate[f.links] -= f.rate
-        if shared:
-            self._recompute()
+            self.link_rate[f.links] -= f.rate
+            for lid in f.links.tolist():
+                self._on_link[lid].discard(fid)
+                touched.update(self._on_link[lid])
+        if touched:
+            self._recompute(self._component(touched))
         else:
             self.version += 1
-            if not self.flows:
-                self.link_rate[:] = 0.0
+        self.link_rate[self.link_flows == 0] = 0.0  # no drift on idle links
 
-    def _recompute(self) -> None:
+    def _component(self, seeds) -> list[int]:
+        """Flow ids connected to the seeds through shared links (their rates are coupled)."""
+        seen = set(seeds)
+        stack = list(seeds)
+        while stack:
+            f = self.flows.get(stack.pop())
+            if f is None:
+                continue
+            for lid in f.links.tolist():
+                for other in self._on_link[lid]:
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+        return [fid for fid in seen if fid in self.flows]
+
+    def _recompute(self, fids: list[int] | None = None) -> None:
+        """Max-min rates for the given flows (default: all); flows outside share no link with them."""
         self.version += 1
         self.recomputes += 1
-        self.link_rate[:] = 0.0
-        if not self.flows:
+        fl = list(self.flows.values()) if fids is None else [self.flows[i] for i in fids]
+        if not fl:
             return
-        fl = list(self.flows.values())
         links = [f.links for f in fl]
+        lens = [len(x) for x in links]
+        flat = np.concatenate(links)
+        np.subtract.at(self.link_rate, flat, np.repeat([f.rate for f in fl], lens))
         rates = maxmin_rates(links, self.capacity, np.array([f.demand for f in fl]))
         for f, r in zip(fl, rates):
             f.rate = float(r)
-        lens = [len(x) for x in links]
-        np.add.at(self.link_rate, np.concatenate(links), np.repeat(rates, lens))
+        np.add.at(self.link_rate, flat, np.repeat(rates, lens))
 
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""
