@@ -337,8 +337,9 @@ def main(argv=None) -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--sock-dir", required=True)
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override, as for netkv emulate")
     a = ap.parse_args(argv)
-    exp = load(a.experiment)
+    exp = load(a.experiment, a.set)
     cls = PrefillAgent if a.role == "prefill" else DecodeAgent
 
     async def run():

@@ -95,7 +95,8 @@ class Background:
         self.procs, self.threads = [], []
 
 
-def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir: Path) -> dict[str, subprocess.Popen]:
+def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir: Path,
+                 overrides: list[str] = ()) -> dict[str, subprocess.Popen]:
     procs = {}
     sock_dir.mkdir(parents=True, exist_ok=True)
     for role, hosts in (("prefill", pre), ("decode", dec)):
@@ -104,7 +105,8 @@ def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir:
             logf = open(log_dir / f"agent-{name}.log", "wb")
             procs[name] = fab.host(name).popen(
                 [sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", name,
-                 "--experiment", str(exp_path), "--sock-dir", str(sock_dir)],
+                 "--experiment", str(exp_path), "--sock-dir", str(sock_dir),
+                 *[x for ov in overrides for x in ("--set", ov)]],
                 stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **AGENT_ENV})
             logf.close()
     deadline = time.monotonic() + 120
@@ -174,7 +176,7 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
             failed = fab.reachability()
             if failed:
                 raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
-            agents = start_agents(fab, run.root / "experiment.toml", pre, dec, sock_dir, logs)
+            agents = start_agents(fab, run.root / "experiment.toml", pre, dec, sock_dir, logs, exp.overrides)
             guard.start()
             bg = Background(fab, exp, logs)
             for pol in policies:

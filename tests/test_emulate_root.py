@@ -48,10 +48,10 @@ dst = ["h1_0_0_1", "h0_0_0_1"]
 """
 
 
-def write_exp(tmp_path, policies=("round_robin", "netkv"), requests=16, rate=4.0, extra=""):
+def write_exp(tmp_path, policies=("round_robin", "netkv"), requests=16, rate=4.0, extra="", overrides=None):
     p = tmp_path / "exp.toml"
     p.write_text(BASE.format(policies=json.dumps(list(policies)), requests=requests, rate=rate) + extra)
-    return load(p)
+    return load(p, overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,9 @@ def rows_of(run, pol):
 
 
 def test_tiny_experiment_end_to_end(tmp_path):
-    exp = write_exp(tmp_path, extra=ELEPHANTS)
+    # an override (as `--set`) must reach the scheduler and every agent: the byte check below fails otherwise
+    exp = write_exp(tmp_path, extra=ELEPHANTS, overrides=["emulation.bandwidth_scale=3000"])
+    assert exp.emulation.byte_scale == 1 / 3000
     run, summ = emulate_experiment(exp, out=tmp_path / "emu", log=lambda *a: None)
     kv_tok = 128 * 1024
     share = {}
