@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -130,7 +131,13 @@ def clean(verbose: bool = True) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
-    for f in STATE_DIR.glob("*") if STATE_DIR.exists() else []:
-        f.unlink(missing_ok=True)
+    stale = list(STATE_DIR.glob("*")) if STATE_DIR.exists() else []
+    for f in stale:
+        if f.is_dir() and not f.is_symlink():
+            shutil.rmtree(f, ignore_errors=True)  # per-run socket directories
+        else:
+            f.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} stale state entries from {STATE_DIR}")
     time.sleep(0.2)
     return find_leftovers()

@@ -78,3 +78,17 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
         assert res["ttft_s"]["mae"] == 0.0
     bad = run("compare", str(a), str(tmp_path))
     assert bad.returncode != 0 and "summary.json" in bad.stderr
+
+
+def test_clean_removes_stale_socket_dirs(tmp_path, monkeypatch):
+    """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
+    from netkv import cleanup
+
+    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
+        monkeypatch.setattr(cleanup, fn, lambda: [])
+    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    (tmp_path / "sock-20261126-000000-1").mkdir()
+    (tmp_path / "sock-20261126-000000-1" / "decode-h0.sock").write_text("")
+    (tmp_path / "fabric.json").write_text("{}")
+    assert cleanup.clean(verbose=False) == []
+    assert list(tmp_path.iterdir()) == []
