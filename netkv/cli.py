@@ -254,27 +254,27 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by `simulate` and `emulate`."""
+    p.add_argument("experiment", help="experiment TOML file")
+    p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
+    p.add_argument("--requests", type=int, help="override trace.requests")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
+    p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="netkv", description="NetKV testbed: network-aware decode selection")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("simulate", help="run an experiment's policies in the flow-level simulator")
-    p.add_argument("experiment", help="experiment TOML file")
-    p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
-    p.add_argument("--requests", type=int, help="override trace.requests")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
-    p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
+    _run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("emulate", help="run an experiment's policies on the emulated testbed (root)")
-    p.add_argument("experiment", help="experiment TOML file")
-    p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
-    p.add_argument("--requests", type=int, help="override trace.requests")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
-    p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
+    _run_arguments(p)
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI on the running testbed before teardown")
     p.set_defaults(fn=cmd_emulate)
 

@@ -59,6 +59,20 @@ class RequestRecord:
     t_done: float | None = None
     gaps: np.ndarray | None = field(default=None, repr=False)  # inter-token gaps, seconds
 
+    def record_decision(self, d, topo, oracle_name: str) -> None:
+        """Copy a scheduler Decision (scheduler.core) into this record."""
+        self.prefill = topo.hosts[d.prefill_host].name
+        self.decode = topo.hosts[d.decode_host].name
+        self.tier = d.tier
+        self.decision_us = d.decision_us
+        self.prefill_choice_us = d.prefill_choice_us
+        self.est_transfer_s = d.est_transfer_s
+        self.telemetry_age_s = d.telemetry_age_s
+        self.oracle = oracle_name
+        self.decode_hit_blocks = d.decode_hit_blocks
+        self.blocks_sent = d.blocks_to_send
+        self.bytes_sent = d.bytes_to_send
+
     def to_row(self) -> dict:
         def d(a, b):
             return None if a is None or b is None else b - a

@@ -280,18 +280,8 @@ class SchedulerService:
         d = self.sched.decide(lv.req)
         lv.dec = d
         rec = lv.rec
-        rec.prefill = self.topo.hosts[d.prefill_host].name
-        rec.decode = self.topo.hosts[d.decode_host].name
-        rec.tier = d.tier
-        rec.decision_us = d.decision_us
-        rec.prefill_choice_us = d.prefill_choice_us
-        rec.est_transfer_s = d.est_transfer_s
-        rec.telemetry_age_s = d.telemetry_age_s
-        rec.oracle = "static-fallback" if fallback else self.oracle.name
+        rec.record_decision(d, self.topo, "static-fallback" if fallback else self.oracle.name)
         self.fallback_decisions += fallback
-        rec.decode_hit_blocks = d.decode_hit_blocks
-        rec.blocks_sent = d.blocks_to_send
-        rec.bytes_sent = d.bytes_to_send
         req = lv.req
         lv.need = self.compute.blocks_for(req.input_tokens + req.output_tokens)
         send_from = min(d.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)

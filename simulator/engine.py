@@ -170,18 +170,7 @@ class Simulation:
         v.prefill_backlog_s += self._queued_est
         d = self.sched.decide(r.req)
         r.dec = d
-        rec = r.rec
-        rec.prefill = self.topo.hosts[d.prefill_host].name
-        rec.decode = self.topo.hosts[d.decode_host].name
-        rec.tier = d.tier
-        rec.decision_us = d.decision_us
-        rec.prefill_choice_us = d.prefill_choice_us
-        rec.est_transfer_s = d.est_transfer_s
-        rec.telemetry_age_s = d.telemetry_age_s
-        rec.oracle = self.oracle.name
-        rec.decode_hit_blocks = d.decode_hit_blocks
-        rec.blocks_sent = d.blocks_to_send
-        rec.bytes_sent = d.bytes_to_send
+        r.rec.record_decision(d, self.topo, self.oracle.name)
         r.need = self.compute.blocks_for(r.req.input_tokens + r.req.output_tokens)
         dd = self.decodes[d.decode_slot]
         dd.cache.touch(r.req.hash_ids[: d.decode_hit_blocks])

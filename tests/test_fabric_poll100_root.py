@@ -1,16 +1,14 @@
 """A 100 ms port-stats poll on the k=4 x 4-GPU fabric (root): the controller keeps up with every
 switch, its rates match iperf3 on a loaded path and idle links read zero."""
 
-import threading
 import time
 
 import psutil
 import pytest
 
-from netkv.fabric import Fabric, FabricSpec, http_json
-from netkv.topology import Routing
+from netkv.fabric import Fabric, FabricSpec
 
-from test_fabric_root import iperf
+from test_fabric_root import rates_during_iperf
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -27,30 +25,12 @@ def test_controller_keeps_up_with_a_100ms_poll(tmp_path):
         # 36 switches x 10 polls/s: at least 90% of the replies arrive
         rate = (h1["stats_replies"] - h0["stats_replies"]) / 5.0
         assert rate >= 0.9 * 36 * 10, rate
-        t = fab.topo
-        src, dst = "h1_1_0_0", "h3_0_1_0"
-        path = Routing(t, spec.routing).path(t.host_index[src], t.host_index[dst])
-        samples = []
-        stop = threading.Event()
-
-        def sample():
-            time.sleep(2.0)
-            while not stop.is_set():
-                samples.append(http_json(f"{fab.rest}/links")["links"])
-                time.sleep(0.1)
-
-        th = threading.Thread(target=sample)
-        th.start()
-        good, _ = iperf(fab, src, dst, seconds=7, port=5210)
-        stop.set()
-        th.join()
+        good, samples, path, idle = rates_during_iperf(fab, "h1_1_0_0", "h3_0_1_0", 5210, warmup=2.0, interval=0.1)
         mid = samples[:-5]
         assert len(mid) >= 20
         for lid in path:
             avg = sum(s[lid]["rate_mbps"] for s in mid) / len(mid)
-            assert avg == pytest.approx(good, rel=0.10), t.links[lid]
-        back = set(Routing(t, spec.routing).path(t.host_index[dst], t.host_index[src]))
-        idle = [lid for lid in range(t.n_links) if lid not in set(path) | back]
+            assert avg == pytest.approx(good, rel=0.10), fab.topo.links[lid]
         assert max(s[lid]["rate_mbps"] for s in mid for lid in idle) < 1.0
         print(f"100 ms poll: {rate:.0f} stats replies/s, controller CPU {ctrl_cpu:.1f} %, iperf3 {good:.1f} Mbit/s")
         assert ctrl_cpu < 100

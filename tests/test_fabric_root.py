@@ -135,31 +135,39 @@ def test_two_flows_share_a_bottleneck_fairly(fabric):
         assert v == pytest.approx(50.0, rel=0.15)
 
 
-def test_controller_rates_match_iperf_and_idle_links_read_zero(fabric):
-    src, dst = "h1_1_0_0", "h3_0_1_0"
-    t = fabric.topo
-    path = Routing(t, fabric.spec.routing).path(t.host_index[src], t.host_index[dst])
+def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
+    """iperf3 src -> dst while sampling /links; returns (goodput, samples, path links, idle links)."""
+    t = fab.topo
+    routing = Routing(t, fab.spec.routing)
+    path = routing.path(t.host_index[src], t.host_index[dst])
     samples = []
     stop = threading.Event()
 
     def sample():
-        time.sleep(2.5)
+        time.sleep(warmup)
         while not stop.is_set():
-            samples.append(http_json(f"{fabric.rest}/links")["links"])
-            time.sleep(POLL)
+            samples.append(http_json(f"{fab.rest}/links")["links"])
+            time.sleep(interval)
 
     th = threading.Thread(target=sample)
     th.start()
-    good, intervals = iperf(fabric, src, dst, seconds=7, port=5204)
-    stop.set()
-    th.join()
+    try:
+        good, _ = iperf(fab, src, dst, seconds=seconds, port=port)
+    finally:
+        stop.set()
+        th.join()
+    busy = set(path) | set(routing.path(t.host_index[dst], t.host_index[src]))
+    idle = [lid for lid in range(t.n_links) if lid not in busy]
+    return good, samples, path, idle
+
+
+def test_controller_rates_match_iperf_and_idle_links_read_zero(fabric):
+    good, samples, path, idle = rates_during_iperf(fabric, "h1_1_0_0", "h3_0_1_0", 5204, warmup=2.5, interval=POLL)
     assert len(samples) >= 4
     mid = samples[:-1]
     for lid in path:
         rate = sum(s[lid]["rate_mbps"] for s in mid) / len(mid)
-        assert rate == pytest.approx(good, rel=0.10), t.links[lid]
-    busy = set(path) | set(Routing(t, fabric.spec.routing).path(t.host_index[dst], t.host_index[src]))
-    idle = [lid for lid in range(t.n_links) if lid not in busy]
+        assert rate == pytest.approx(good, rel=0.10), fabric.topo.links[lid]
     worst = max(s[lid]["rate_mbps"] for s in mid for lid in idle)
     assert worst < 1.0  # Mbit/s: idle links near zero
 
