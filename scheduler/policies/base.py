@@ -33,11 +33,9 @@ class Query:
 
     @cached_property
     def missing_bytes(self) -> np.ndarray:
-        """KV bytes each candidate lacks (the last block may be partial): a table lookup by hits."""
-        kv = self.view.compute.model.kv_bytes_per_token
-        n = self.req.input_tokens
-        table = np.array([float(max(n - j * BLOCK_TOKENS, 0) * kv) for j in range(self.req.n_blocks + 1)])
-        return table[self.hits]
+        """KV bytes each candidate lacks (the last block may be partial)."""
+        kv = float(self.view.compute.model.kv_bytes_per_token)
+        return np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
 
 
 class Policy:
