@@ -87,6 +87,11 @@ def mininet_shells() -> list[psutil.Process]:
     return out
 
 
+def state_entries() -> list[Path]:
+    """Files and per-run socket directories in the state directory (stale once no run is alive)."""
+    return sorted(STATE_DIR.glob("*")) if STATE_DIR.exists() else []
+
+
 def find_leftovers() -> list[str]:
     """Human-readable list of leftover emulation state (empty when the machine is clean)."""
     items = []
@@ -131,7 +136,7 @@ def clean(verbose: bool = True) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
-    stale = list(STATE_DIR.glob("*")) if STATE_DIR.exists() else []
+    stale = state_entries()
     for f in stale:
         if f.is_dir() and not f.is_symlink():
             shutil.rmtree(f, ignore_errors=True)  # per-run socket directories

@@ -14,20 +14,29 @@ def _load(path, overrides=None):
     return load(path, overrides)
 
 
-def cmd_simulate(a) -> int:
+def _check_policies(names) -> None:
+    for p in names or []:
+        if p not in _policy_names():
+            raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+
+
+def _print_outputs(root: Path) -> None:
     from .report import make_plots
+
+    plots = make_plots(root)
+    print(f"results: {root}")
+    print(f"plots:   {', '.join(str(p) for p in plots)}")
+
+
+def cmd_simulate(a) -> int:
     from .simulator.run import simulate_experiment
 
     exp = _load(a.experiment, a.set)
     if a.requests is not None:
         exp.trace.requests = a.requests
-    for p in a.policy or []:
-        if p not in exp.policies and p not in _policy_names():
-            raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+    _check_policies(a.policy)
     run, _ = simulate_experiment(exp, a.policy, Path(a.out), progress=not a.quiet and sys.stderr.isatty())
-    plots = make_plots(run.root)
-    print(f"results: {run.root}")
-    print(f"plots:   {', '.join(str(p) for p in plots)}")
+    _print_outputs(run.root)
     return 0
 
 
@@ -37,9 +46,7 @@ def cmd_emulate(a) -> int:
     from .report import make_plots
 
     exp = _load(a.experiment, a.set)
-    for p in a.policy or []:
-        if p not in _policy_names():
-            raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+    _check_policies(a.policy)
     try:
         require_root()
         run, _ = emulate_experiment(exp, a.policy, Path(a.out), cli=a.cli, requests=a.requests)
@@ -54,9 +61,7 @@ def cmd_emulate(a) -> int:
         except (FileNotFoundError, KeyError, ValueError):
             pass
         return 130
-    plots = make_plots(run.root)
-    print(f"results: {run.root}")
-    print(f"plots:   {', '.join(str(p) for p in plots)}")
+    _print_outputs(run.root)
     return 0
 
 
@@ -226,9 +231,11 @@ def cmd_net_down(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from .cleanup import clean, find_leftovers
+    from .cleanup import STATE_DIR, clean, find_leftovers, state_entries
 
     before = find_leftovers()
+    if state_entries():
+        before.append(f"{len(state_entries())} state entries in {STATE_DIR}")
     if not before:
         print("nothing to clean")
         return 0

@@ -92,3 +92,19 @@ def test_clean_removes_stale_socket_dirs(tmp_path, monkeypatch):
     (tmp_path / "fabric.json").write_text("{}")
     assert cleanup.clean(verbose=False) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, monkeypatch, capsys):
+    from netkv import cleanup
+    from netkv.cli import main
+
+    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
+        monkeypatch.setattr(cleanup, fn, lambda: [])
+    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    (tmp_path / "sock-20261126-000000-1").mkdir()
+    assert main(["clean"]) == 0
+    out = capsys.readouterr().out
+    assert "1 state entries" in out and "clean" in out
+    assert list(tmp_path.iterdir()) == []
+    assert main(["clean"]) == 0
+    assert "nothing to clean" in capsys.readouterr().out
