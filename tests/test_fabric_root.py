@@ -2,6 +2,7 @@
 shaping, fairness, counters, REST, failover. One fabric is built for the whole module."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -137,7 +138,10 @@ def test_two_flows_share_a_bottleneck_fairly(fabric):
 
 
 def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
-    """iperf3 src -> dst while sampling /links; returns (goodput, samples, path links, idle links)."""
+    """iperf3 src -> dst while sampling /links from `warmup` s on.
+
+    Returns (goodput, samples, path links, idle links) where goodput is iperf3's mean over the
+    per-second intervals the samples cover, so TCP slow start does not bias the comparison."""
     t = fab.topo
     routing = Routing(t, fab.spec.routing)
     path = routing.path(t.host_index[src], t.host_index[dst])
@@ -153,13 +157,14 @@ def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
     th = threading.Thread(target=sample)
     th.start()
     try:
-        good, _ = iperf(fab, src, dst, seconds=seconds, port=port)
+        _, intervals = iperf(fab, src, dst, seconds=seconds, port=port)
     finally:
         stop.set()
         th.join()
     busy = set(path) | set(routing.path(t.host_index[dst], t.host_index[src]))
     idle = [lid for lid in range(t.n_links) if lid not in busy]
-    return good, samples, path, idle
+    covered = intervals[math.ceil(warmup):]
+    return sum(covered) / len(covered), samples, path, idle
 
 
 def test_controller_rates_match_iperf_and_idle_links_read_zero(fabric):
