@@ -6,6 +6,7 @@ Only objects named by this project's ID scheme (switches s/e/a/c..., hosts h...,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -88,8 +89,32 @@ def mininet_shells() -> list[psutil.Process]:
 
 
 def state_entries() -> list[Path]:
-    """Files and per-run socket directories in the state directory (stale once no run is alive)."""
+    """Files and per-run socket directories in the state directory."""
     return sorted(STATE_DIR.glob("*")) if STATE_DIR.exists() else []
+
+
+def owner_pid(entry: Path) -> int | None:
+    """PID of the process that owns a state entry: sock-<stamp>-<pid> directories carry it in their
+    name, net.json in its "pid" field; None when the entry names no owner."""
+    m = re.match(r"^sock-.*-(\d+)$", entry.name)
+    if m:
+        return int(m.group(1))
+    if entry.name == "net.json":
+        try:
+            return int(json.loads(entry.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def stale_state_entries() -> list[Path]:
+    """State entries whose owner is gone (or unknown): what a run killed hard leaves behind."""
+    out = []
+    for e in state_entries():
+        pid = owner_pid(e)
+        if pid is None or not psutil.pid_exists(pid):
+            out.append(e)
+    return out
 
 
 def find_leftovers() -> list[str]:
@@ -104,6 +129,10 @@ def find_leftovers() -> list[str]:
     procs = processes() + mininet_shells()
     if procs:
         items.append(f"{len(procs)} processes (pids {', '.join(str(p.pid) for p in procs[:6])})")
+    stale = stale_state_entries()
+    if stale:
+        items.append(f"{len(stale)} stale state entries in {STATE_DIR} ({', '.join(e.name for e in stale[:3])}"
+                     f"{', ...' if len(stale) > 3 else ''})")
     return items
 
 

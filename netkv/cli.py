@@ -181,7 +181,7 @@ def cmd_net_up(a) -> int:
 
 
 def cmd_net_status(a) -> int:
-    from .cleanup import STATE_DIR, find_leftovers
+    from .cleanup import STATE_DIR, find_leftovers, stale_state_entries
     from .fabric import http_json
 
     state = STATE_DIR / "net.json"
@@ -190,6 +190,10 @@ def cmd_net_status(a) -> int:
         print("no fabric is running" + (f"; leftovers: {'; '.join(left)} (run `netkv clean`)" if left else ""))
         return 1 if left else 0
     st = json.loads(state.read_text())
+    if state in stale_state_entries():
+        print(f"no fabric is running: {state} names pid {st.get('pid')}, which is gone; "
+              f"leftovers: {'; '.join(find_leftovers())} (run `netkv clean`)")
+        return 1
     try:
         h = http_json(f"{st['rest']}/health")
         links = http_json(f"{st['rest']}/links")["links"]
@@ -231,11 +235,9 @@ def cmd_net_down(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from .cleanup import STATE_DIR, clean, find_leftovers, state_entries
+    from .cleanup import clean, find_leftovers
 
     before = find_leftovers()
-    if state_entries():
-        before.append(f"{len(state_entries())} state entries in {STATE_DIR}")
     if not before:
         print("nothing to clean")
         return 0

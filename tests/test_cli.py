@@ -101,10 +101,37 @@ def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, monkeypatch,
     for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
         monkeypatch.setattr(cleanup, fn, lambda: [])
     monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
-    (tmp_path / "sock-20261126-000000-1").mkdir()
+    (tmp_path / f"sock-20261126-000000-{2**22 + 1}").mkdir()  # owner pid above pid_max: gone
     assert main(["clean"]) == 0
     out = capsys.readouterr().out
-    assert "1 state entries" in out and "clean" in out
+    assert "1 stale state entries" in out and "clean" in out
     assert list(tmp_path.iterdir()) == []
     assert main(["clean"]) == 0
     assert "nothing to clean" in capsys.readouterr().out
+
+
+def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, monkeypatch, capsys):
+    """A live run's socket directory is not a leftover; a dead run's (or a dead `net up`'s net.json) is,
+    so a new run refuses to start and `netkv net status` says how to clean."""
+    import json
+    import os
+
+    from netkv import cleanup
+    from netkv.cli import main
+
+    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
+        monkeypatch.setattr(cleanup, fn, lambda: [])
+    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    dead = 2**22 + 12345  # above the default pid_max of 4194304: never a live process
+    (tmp_path / f"sock-20261127-000000-{os.getpid()}").mkdir()
+    assert cleanup.find_leftovers() == []
+    (tmp_path / "net.json").write_text(json.dumps({"pid": dead, "rest": "http://127.0.0.1:1"}))
+    left = cleanup.find_leftovers()
+    assert left == [f"1 stale state entries in {tmp_path} (net.json)"]
+    assert main(["net", "status"]) == 1
+    out = capsys.readouterr().out
+    assert f"pid {dead}, which is gone" in out and "netkv clean" in out
+    (tmp_path / "net.json").unlink()
+    (tmp_path / f"sock-20261127-000000-{dead}").mkdir()
+    (tmp_path / "stray.txt").write_text("")
+    assert "2 stale state entries" in cleanup.find_leftovers()[0]
