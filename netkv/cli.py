@@ -181,19 +181,16 @@ def cmd_net_up(a) -> int:
 
 
 def cmd_net_status(a) -> int:
-    from .cleanup import STATE_DIR, find_leftovers, stale_state_entries
+    from .cleanup import STATE_DIR, find_leftovers, owner_pid, stale_state_entries
     from .fabric import http_json
 
     state = STATE_DIR / "net.json"
-    if not state.exists():
+    if not state.exists() or state in stale_state_entries():
         left = find_leftovers()
-        print("no fabric is running" + (f"; leftovers: {'; '.join(left)} (run `netkv clean`)" if left else ""))
+        gone = f": {state} names pid {owner_pid(state)}, which is gone" if state.exists() else ""
+        print("no fabric is running" + gone + (f"; leftovers: {'; '.join(left)} (run `netkv clean`)" if left else ""))
         return 1 if left else 0
     st = json.loads(state.read_text())
-    if state in stale_state_entries():
-        print(f"no fabric is running: {state} names pid {st.get('pid')}, which is gone; "
-              f"leftovers: {'; '.join(find_leftovers())} (run `netkv clean`)")
-        return 1
     try:
         h = http_json(f"{st['rest']}/health")
         links = http_json(f"{st['rest']}/links")["links"]

@@ -80,13 +80,21 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
     assert bad.returncode != 0 and "summary.json" in bad.stderr
 
 
-def test_clean_removes_stale_socket_dirs(tmp_path, monkeypatch):
-    """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
+@pytest.fixture
+def state_only(tmp_path, monkeypatch):
+    """cleanup sees no bridges, veths or processes, and tmp_path as its state directory."""
     from netkv import cleanup
 
     for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
         monkeypatch.setattr(cleanup, fn, lambda: [])
     monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    return tmp_path
+
+
+def test_clean_removes_stale_socket_dirs(tmp_path, state_only):
+    """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
+    from netkv import cleanup
+
     (tmp_path / "sock-20261126-000000-1").mkdir()
     (tmp_path / "sock-20261126-000000-1" / "decode-h0.sock").write_text("")
     (tmp_path / "fabric.json").write_text("{}")
@@ -94,14 +102,10 @@ def test_clean_removes_stale_socket_dirs(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, monkeypatch, capsys):
-    from netkv import cleanup
+def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, state_only, capsys):
     from netkv.cli import main
 
-    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
-        monkeypatch.setattr(cleanup, fn, lambda: [])
-    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
-    (tmp_path / f"sock-20261126-000000-{2**22 + 1}").mkdir()  # owner pid above pid_max: gone
+    (tmp_path / f"sock-20261126-000000-{2**22 + 1}").mkdir()  # owner pid above the largest pid_max: gone
     assert main(["clean"]) == 0
     out = capsys.readouterr().out
     assert "1 stale state entries" in out and "clean" in out
@@ -110,19 +114,15 @@ def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, monkeypatch,
     assert "nothing to clean" in capsys.readouterr().out
 
 
-def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, monkeypatch, capsys):
+def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, state_only, capsys):
     """A live run's socket directory is not a leftover; a dead run's (or a dead `net up`'s net.json) is,
     so a new run refuses to start and `netkv net status` says how to clean."""
-    import json
     import os
 
     from netkv import cleanup
     from netkv.cli import main
 
-    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
-        monkeypatch.setattr(cleanup, fn, lambda: [])
-    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
-    dead = 2**22 + 12345  # above the default pid_max of 4194304: never a live process
+    dead = 2**22 + 12345  # above the largest possible pid_max (2**22): never a live process
     (tmp_path / f"sock-20261127-000000-{os.getpid()}").mkdir()
     assert cleanup.find_leftovers() == []
     (tmp_path / "net.json").write_text(json.dumps({"pid": dead, "rest": "http://127.0.0.1:1"}))
