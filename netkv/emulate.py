@@ -8,91 +8,27 @@ written and marked partial), tears everything down and keeps what was written.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .background import BackgroundError, BackgroundMonitor, BackgroundTraffic, delivered_report, format_report
 from .cleanup import STATE_DIR
-from .cluster import background_pairs, build_topology, placement
+from .cluster import build_topology, placement
 from .compute import compute_from_config
 from .fabric import Fabric, FabricSpec
 from .fidelity import FidelityGuard
 from .results import RunDir, format_table
+from .topology import Routing
 from .trace import window_from_config
 
 AGENT_ENV = {"NETKV_RUN": "netkv"}
-
-
-class Background:
-    """iperf3 on/off flows of the experiment's [[background]] entries, in dilated time."""
-
-    def __init__(self, fab: Fabric, exp, log_dir: Path):
-        self.fab, self.exp, self.log_dir = fab, exp, log_dir
-        self.D = exp.emulation.time_dilation
-        self.procs: list[subprocess.Popen] = []
-        self.stop_ev = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.pairs = []
-        for i, bg in enumerate(exp.background):
-            for s, d in background_pairs(fab.topo, bg):
-                self.pairs.append((i, s, d))
-
-    def start(self) -> None:
-        self.stop_ev.clear()
-        for n, (i, s, d) in enumerate(self.pairs):
-            port = 5400 + n
-            dst = self.fab.topo.hosts[d].name
-            srv = self.fab.host(dst).popen(["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, env={**os.environ, **AGENT_ENV})
-            self.procs.append(srv)
-            th = threading.Thread(target=self._client, args=(i, s, d, port), daemon=True)
-            self.threads.append(th)
-        time.sleep(0.5)
-        for th in self.threads:
-            th.start()
-
-    def _client(self, i: int, s: int, d: int, port: int) -> None:
-        bg = self.exp.background[i]
-        if self.stop_ev.wait(bg.start_s * self.D):
-            return
-        src = self.fab.topo.hosts[s].name
-        ip = self.fab.topo.hosts[d].ip
-        while not self.stop_ev.is_set():
-            secs = 10**6 if math.isinf(bg.on_s) else max(1, math.ceil(bg.on_s * self.D))
-            args = ["iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "--cport", str(30000 + port)]
-            if bg.rate_gbps is not None:
-                args += ["-b", f"{bg.rate_gbps * 1000 / self.exp.emulation.bandwidth_scale:.3f}M"]
-            p = self.fab.host(src).popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         env={**os.environ, **AGENT_ENV})
-            self.procs.append(p)
-            while p.poll() is None and not self.stop_ev.is_set():
-                time.sleep(0.1)
-            if p.poll() is None:
-                p.terminate()
-            if self.stop_ev.wait(max(bg.off_s * self.D, 0.2)):
-                return
-
-    def stop(self) -> None:
-        self.stop_ev.set()
-        for th in self.threads:
-            th.join(timeout=5)
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.procs, self.threads = [], []
 
 
 def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir: Path,
@@ -178,9 +114,13 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
                 raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
             agents = start_agents(fab, run.root / "experiment.toml", pre, dec, sock_dir, logs, exp.overrides)
             guard.start()
-            bg = Background(fab, exp, logs)
+            bg = BackgroundTraffic(fab, exp, logs, env=AGENT_ENV)
+            mon = BackgroundMonitor(fab.rest, spec.poll_interval)
+            routing = Routing(topo, exp.topology.routing)
             for pol in policies:
                 bg.start()
+                if bg.pairs:
+                    mon.start()
                 t0 = time.monotonic()
                 args = [sys.executable, "-m", "netkv.scheduler.service", "--experiment", str(run.root / "experiment.toml"),
                         "--policy", pol, "--run-dir", str(run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
@@ -190,23 +130,41 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
                     args += ["--set", ov]
                 log(f"policy {pol}: replaying")
                 svc = subprocess.Popen(args, start_new_session=True)
+                bg_error = None
                 try:
                     if on_running is not None:
                         on_running(fab, agents, pol)
-                    rc = svc.wait()
+                    while (rc := svc.poll()) is None:
+                        bg_error = bg.error()
+                        if bg_error:
+                            svc.send_signal(signal.SIGINT)  # it writes what it has, marked partial
+                            rc = svc.wait(timeout=120)
+                            break
+                        time.sleep(0.2)
                 except KeyboardInterrupt:
                     interrupted = True
                     svc.send_signal(signal.SIGINT)
                     svc.wait(timeout=120)
                     rc = 130
                 finally:
+                    mon.stop()
                     bg.stop()
                 meta["wall_s"][pol] = time.monotonic() - t0
+                if bg_error:
+                    raise BackgroundError(f"policy {pol}: {bg_error} (logs in {logs})")
                 try:
                     summaries[pol] = RunDir(run.root).read_policy_summary(pol)
                 except FileNotFoundError:
                     raise RuntimeError(f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
                                        "no results; its error is printed above") from None
+                if bg.pairs:
+                    rep = delivered_report(topo, routing, bg.pairs, mon.snapshots, spec.poll_interval,
+                                           spec.bandwidth_scale)
+                    summaries[pol]["background"] = rep
+                    RunDir(run.root).write_policy_summary(pol, summaries[pol])
+                    meta.setdefault("background", {})[pol] = rep
+                    for line in format_report(rep):
+                        log(f"policy {pol}: {line}")
                 if interrupted:
                     break
                 log(f"policy {pol}: done in {meta['wall_s'][pol]:.0f} s")

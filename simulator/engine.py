@@ -116,6 +116,10 @@ class Simulation:
         self._queued_est = np.zeros(len(pre))  # per prefill slot: estimated work queued behind it
         self.bg = [background_pairs(self.topo, b) for b in exp.background]
         self._bg_flows: list[list[int]] = [[] for _ in self.bg]
+        # per background pair: bytes delivered and seconds on, for background_report()
+        self._bg_sent = [[0.0] * len(p) for p in self.bg]
+        self._bg_on_s = [[0.0] * len(p) for p in self.bg]
+        self._bg_since = [0.0] * len(self.bg)
         self._heap: list = []
         self._seq = 0
         self._progress = progress
@@ -255,14 +259,35 @@ class Simulation:
         cfg = self.exp.background[i]
         demand = math.inf if cfg.rate_gbps is None else cfg.rate_gbps * 1e9 / 8
         for s, d in self.bg[i]:
-            f = self.net.add(self.now, self.routing.path(s, d), math.inf, demand, tag=("bg", i))
+            f = self.net.add(self.now, self.routing.path(s, d), math.inf, demand, tag=("bg", i), track=True)
             self._bg_flows[i].append(f.id)
+        self._bg_since[i] = self.now
         if math.isfinite(cfg.on_s):
             self._push(self.now + cfg.on_s, BG_OFF, i)
         self._schedule_net()
 
-    def _bg_off(self, i, _):
+    def _bg_account(self, i) -> None:
         self.net.advance(self.now)
+        for k, fid in enumerate(self._bg_flows[i]):
+            self._bg_sent[i][k] += self.net.flows[fid].sent
+            self._bg_on_s[i][k] += self.now - self._bg_since[i]
+
+    def background_report(self) -> list[dict]:
+        """Per background pair: the mean rate the flow model gave it while on (real Gbit/s)."""
+        self.net.advance(self.now)
+        out = []
+        for i, pairs in enumerate(self.bg):
+            for k, (s, d) in enumerate(pairs):
+                sent, on = self._bg_sent[i][k], self._bg_on_s[i][k]
+                if self._bg_flows[i]:  # still on at the end of the run
+                    sent += self.net.flows[self._bg_flows[i][k]].sent
+                    on += self.now - self._bg_since[i]
+                out.append({"entry": i, "src": self.topo.hosts[s].name, "dst": self.topo.hosts[d].name,
+                            "on_s": on, "delivered_gbps_on": sent * 8 / 1e9 / on if on > 0 else None})
+        return out
+
+    def _bg_off(self, i, _):
+        self._bg_account(i)
         self.net.remove_many(self._bg_flows[i])
         self._bg_flows[i] = []
         self._push(self.now + self.exp.background[i].off_s, BG_ON, i)

@@ -18,6 +18,7 @@ class Flow:
     demand: float  # bytes/s cap (inf = elastic)
     rate: float = 0.0
     tag: object = None
+    sent: float = 0.0  # bytes delivered so far (kept for tracked flows only)
 
 
 class FlowNetwork:
@@ -33,6 +34,7 @@ class FlowNetwork:
         self.link_flows = np.zeros(len(self.capacity), dtype=np.int64)  # flows crossing each link
         self._on_link: list[set[int]] = [set() for _ in range(len(self.capacity))]  # flow ids per link
         self.flows: dict[int, Flow] = {}
+        self._tracked: dict[int, Flow] = {}  # flows whose delivered bytes are integrated (background)
         self.t = 0.0
         self._next_id = 0
         self.version = 0  # bumps whenever rates change (invalidates scheduled completions)
@@ -45,13 +47,17 @@ class FlowNetwork:
                 self.counters += self.link_rate * dt
                 for f in self.flows.values():
                     f.remaining -= f.rate * dt
+                for f in self._tracked.values():
+                    f.sent += f.rate * dt
             self.t = t
 
-    def add(self, t: float, links, nbytes: float, demand: float = math.inf, tag=None) -> Flow:
+    def add(self, t: float, links, nbytes: float, demand: float = math.inf, tag=None, track: bool = False) -> Flow:
         self.advance(t)
         f = Flow(self._next_id, np.asarray(links, dtype=np.int64), float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f
+        if track:
+            self._tracked[f.id] = f
         shared = self.link_flows[f.links].any()
         self.link_flows[f.links] += 1
         for lid in f.links.tolist():
@@ -80,6 +86,7 @@ class FlowNetwork:
             f = self.flows.pop(fid, None)
             if f is None:
                 continue
+            self._tracked.pop(fid, None)
             self.link_flows[f.links] -= 1
             self.link_rate[f.links] -= f.rate
             for lid in f.links.tolist():

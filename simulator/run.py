@@ -46,6 +46,8 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
             s = summarize(rows, exp.slo.ttft_s, exp.slo.tbt_s)
             s["wall_s"] = wall
             s["events"] = sim.events
+            if exp.background:
+                s["background"] = sim.background_report()
             run.write_policy_summary(pol, s)
             summaries[pol] = s
             meta["wall_s"][pol] = wall

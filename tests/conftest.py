@@ -64,12 +64,69 @@ def pytest_runtest_setup(item):
     """Tests marked `root` need root, Mininet and Open vSwitch. Without them they are skipped with a
     reason locally, but fail when NETKV_REQUIRE_ROOT_TESTS=1 (scripts/test.sh sets it as root), so
     CI never passes them silently."""
-    if "root" not in item.keywords:
+    import shutil
+
+    if "iperf3" in item.keywords and "root" not in item.keywords:
+        reasons = [] if shutil.which("iperf3") else ["iperf3 missing (scripts/setup.sh installs it)"]
+    elif "root" in item.keywords:
+        reasons = _root_missing()
+    else:
         return
-    reasons = _root_missing()
     if not reasons:
         return
-    msg = "needs root, Mininet and Open vSwitch: " + ", ".join(reasons)
+    msg = ("needs root, Mininet and Open vSwitch: " if "root" in item.keywords else "needs: ") + ", ".join(reasons)
     if os.environ.get("NETKV_REQUIRE_ROOT_TESTS") == "1":
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
+
+
+def write_trace(path: Path, arrivals_s, input_tokens: int = 8192, output_tokens: int = 16) -> Path:
+    """A Mooncake-format JSONL trace with the given arrivals and no shared prefixes (unique hash_ids)."""
+    import json
+    import math
+
+    nb = math.ceil(input_tokens / 512)
+    lines = [json.dumps({"timestamp": round(t * 1000), "input_length": input_tokens, "output_length": output_tokens,
+                         "hash_ids": list(range(i * nb, (i + 1) * nb))}) for i, t in enumerate(arrivals_s)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# Two decode candidates of equal static cost from one prefill instance (both across pods, same link
+# rates): D1 = h1_0_0_0 and D2 = h1_0_0_1. Background entries can congest D1's downlink alone.
+STEER_P, STEER_D1, STEER_D2 = "h0_0_0_0", "h1_0_0_0", "h1_0_0_1"
+ELEPHANT_TO_D1 = {"src": ["h1_0_0_2"], "dst": [STEER_D1]}
+
+
+def steer_exp(tmp_path: Path, background=(), oracle: str = "counters", n: int = 14, **extra):
+    """k=2 x 4 GPUs, every link 200 Gbit/s, one prefill and the two candidates above, a request a
+    second from t = 3 s (8,192 tokens each, nothing shared)."""
+    trace = write_trace(tmp_path / "steer.jsonl", [3.0 + i for i in range(n)])
+    raw = {
+        "name": "steer", "seed": 1, "policies": ["netkv"],
+        "topology": {"k": 2, "gpus_per_server": 4, "gpu_link_gbps": 200, "server_link_gbps": 200,
+                     "edge_link_gbps": 200, "core_link_gbps": 200},
+        "placement": {"layout": "explicit", "prefill": [STEER_P], "decode": [STEER_D1, STEER_D2]},
+        "trace": {"path": str(trace)},
+        "telemetry": {"oracle": oracle, "poll_interval_s": 0.5},
+        "background": [dict(b) for b in background],
+    }
+    for k, v in extra.items():
+        raw.setdefault(k, {}).update(v) if isinstance(v, dict) else raw.__setitem__(k, v)
+    return raw
+
+
+def to_toml(raw: dict) -> str:
+    """TOML for the flat experiment dicts the tests build (scalars, lists, tables, arrays of tables)."""
+    import json
+
+    val = lambda v: ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)  # noqa: E731
+    top = [f"{k} = {val(v)}" for k, v in raw.items() if not isinstance(v, (dict, list)) or
+           (isinstance(v, list) and not (v and isinstance(v[0], dict)))]
+    out = ["\n".join(top)]
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            out.append(f"[{k}]\n" + "\n".join(f"{a} = {val(b)}" for a, b in v.items()))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            out += [f"[[{k}]]\n" + "\n".join(f"{a} = {val(b)}" for a, b in e.items()) for e in v]
+    return "\n\n".join(out) + "\n"
