@@ -8,11 +8,12 @@ run (`BackgroundError`, naming the entry and quoting iperf3), never retried. Eve
 is appended to `logs/bg-<entry>-<src>-<dst>-{server,client}.log`.
 
 `BackgroundMonitor` samples the controller's per-link counters while a policy runs, and
-`delivered_report` turns the samples into, per pair: the rate its path carried while it was on
-(the smallest counter rate over the path's links) and while it was off, beside the max-min share
+`delivered_report` turns the samples into, per pair: the rate on the last link of its path (into
+the destination: what was delivered) while it was on and while it was off, and the rate on the
+first link (out of the source: what was sent, retransmissions included), beside the max-min share
 the flow model gives the background flows that were on at the time (`flow_model_shares`). Link
-counters see all traffic on a link, so on a path that KV also crosses the measured rate can exceed
-the share; a path whose source is otherwise idle measures the elephant alone.
+counters see all traffic on a link: a destination that also receives KV or another elephant reads
+higher than the elephant alone, and a source that also sends does on the first link.
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ def _state(p: BgPair, t0: float, t1: float, settle: float) -> str:
 
 def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], poll_s: float,
                      scale: float, settle: float = SETTLE_S) -> list[dict]:
-    """Per pair: counter rate on its path while on / off beside the flow model's share (Gbit/s, real).
+    """Per pair: counter rates on its path while on / off beside the flow model's share (Gbit/s, real).
 
     `snapshots` are `/netkv/links` documents (emulated Mbit/s, wall `sampled_at`); `scale` is the
     bandwidth scale (real rate = emulated rate x scale)."""
     paths = [list(routing.path(p.src, p.dst)) for p in pairs]
     on_meas: list[list[float]] = [[] for _ in pairs]
     on_exp: list[list[float]] = [[] for _ in pairs]
+    on_sent: list[list[float]] = [[] for _ in pairs]
     off_meas: list[list[float]] = [[] for _ in pairs]
     seen: list[set] = [set() for _ in pairs]
     share_cache: dict[tuple, np.ndarray] = {}
@@ -108,7 +110,7 @@ def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], 
                 continue
             seen[k].add(key)
             t0, t1 = min(stamps) - poll_s, max(stamps)
-            rate = min(x["rate_mbps"] for x in ls) * scale / 1e3  # real Gbit/s
+            rate = ls[-1]["rate_mbps"] * scale / 1e3  # real Gbit/s, delivered into the destination
             st = _state(p, t0, t1, settle)
             if st == "off":
                 off_meas[k].append(rate)
@@ -120,6 +122,7 @@ def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], 
                 if on not in share_cache:
                     share_cache[on] = flow_model_shares(topo, routing, pairs, list(on))
                 on_meas[k].append(rate)
+                on_sent[k].append(ls[0]["rate_mbps"] * scale / 1e3)
                 on_exp[k].append(share_cache[on][k] * 8 / 1e9)
     out = []
     for k, p in enumerate(pairs):
@@ -130,6 +133,7 @@ def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], 
             "path": [f"{topo.links[i].src}->{topo.links[i].dst}" for i in paths[k]],
             "on_samples": len(on_meas[k]), "off_samples": len(off_meas[k]),
             "delivered_gbps_on": m, "flow_model_gbps_on": e,
+            "sent_gbps_on": float(np.mean(on_sent[k])) if on_sent[k] else None,
             "ratio": (m / e) if (m is not None and e) else None,
             "delivered_gbps_off": float(np.mean(off_meas[k])) if off_meas[k] else None,
         })
@@ -141,8 +145,8 @@ def format_report(rows: list[dict]) -> list[str]:
     for r in rows:
         f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
         ratio = "" if r["ratio"] is None else f" ({r['ratio']:.0%} of it)"
-        lines.append(f"background #{r['entry']} {r['src']} -> {r['dst']}: {f(r['delivered_gbps_on'])} Gbit/s on its "
-                     f"path while on, flow model {f(r['flow_model_gbps_on'])}{ratio}; "
+        lines.append(f"background #{r['entry']} {r['src']} -> {r['dst']}: {f(r['delivered_gbps_on'])} Gbit/s delivered "
+                     f"while on, flow model {f(r['flow_model_gbps_on'])}{ratio}, sent {f(r['sent_gbps_on'])}; "
                      f"{f(r['delivered_gbps_off'])} while off ({r['on_samples']}/{r['off_samples']} samples)")
     return lines
 
@@ -211,14 +215,16 @@ class BackgroundTraffic:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for p in self.pairs:
             p.on = []
+        offsets = []  # logs are appended across policy runs: look only at what the new server writes
         for k, p in enumerate(self.pairs):
             host = self.fab.host(self.fab.topo.hosts[p.dst].name)
             with open(self._log(k, "server"), "ab") as f:
+                offsets.append(f.tell())
                 self._servers.append(host.popen(["iperf3", "-s", "-p", str(p.port), "--forceflush"],
                                                 stdout=f, stderr=subprocess.STDOUT, env=self.env))
         deadline = time.monotonic() + 15
         for k in range(len(self.pairs)):
-            while "listening" not in self._log(k, "server").read_text(errors="replace"):
+            while b"listening" not in self._log(k, "server").read_bytes()[offsets[k]:]:
                 if self._servers[k].poll() is not None or time.monotonic() > deadline:
                     msg = f"{self._name(k)}: iperf3 server did not start: {_tail(self._log(k, 'server'))}"
                     self.stop()

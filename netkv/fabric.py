@@ -257,6 +257,18 @@ class Fabric:
                                capture_output=True)
             if p.returncode != 0:
                 raise FabricError(f"tc fair-queue setup failed: {p.stderr.strip()[:300]}")
+            # each GPU's own NIC: per-flow fair too, with deep per-flow queues (in its namespace)
+            gbps = self.topo.rates.rate("gpu")
+            for h in self.net.hosts:
+                dev = h.defaultIntf().name
+                body = "\n".join(fair_queue_batch(dev, emulated_mbps(gbps, self.spec.bandwidth_scale), mtu,
+                                                  self.spec.queue_ms, self.spec.fair_buckets, host=True))
+                path = self.log_dir / f".fq-{h.name}"
+                path.write_text(body + "\n")
+                out = h.cmd(f"tc -force -batch {path} >/dev/null 2>&1 || echo FAILED")
+                path.unlink()
+                if "FAILED" in out:
+                    raise FabricError(f"tc fair-queue setup failed on {dev}")
 
     def _static_arp(self) -> None:
         lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]

@@ -23,11 +23,11 @@ def _topo():
 
 def _pairs(topo):
     a = BgPair(0, topo.host_index["h1_0_0_2"], topo.host_index["h1_0_0_0"], 5400, on=[[0.0, 30.0]])
-    b = BgPair(1, topo.host_index["h1_0_0_3"], topo.host_index["h1_0_0_0"], 5401, on=[[10.0, 20.0]])
+    b = BgPair(1, topo.host_index["h1_0_0_2"], topo.host_index["h1_0_0_3"], 5401, on=[[10.0, 20.0]])
     return [a, b]
 
 
-def test_flow_model_shares_split_the_shared_downlink():
+def test_flow_model_shares_split_the_shared_uplink():
     topo = _topo()
     r = Routing(topo)
     pairs = _pairs(topo)
@@ -70,12 +70,15 @@ def test_delivered_report_compares_steady_windows_with_the_flow_model(fraction):
     a, b = rep
     assert a["ratio"] == pytest.approx(fraction, abs=1e-9)  # ramps (first 0.6 s after a start) skipped
     assert b["ratio"] == pytest.approx(fraction, abs=1e-9)
-    # A is alone for 20 of its 30 s and shares the downlink with B for 10: the expected mean mixes both
+    # A is alone for 20 of its 30 s and shares the uplink with B for 10: the expected mean mixes both
     assert 100 < a["flow_model_gbps_on"] < 200
     assert b["flow_model_gbps_on"] == pytest.approx(100)
     assert b["delivered_gbps_off"] == 0.0 and b["off_samples"] >= 15
     assert a["on_samples"] >= 40 and a["off_samples"] == 0  # each poll once, despite two fetches
     assert a["path"] == ["h1_0_0_2->s1_0_0", "s1_0_0->h1_0_0_0"]
+    assert b["path"] == ["h1_0_0_2->s1_0_0", "s1_0_0->h1_0_0_3"]
+    # the shared first link carries both: "sent" reads the sum while B is on
+    assert a["sent_gbps_on"] > a["delivered_gbps_on"]
 
 
 def test_delivered_report_sees_a_missing_elephant():
@@ -197,3 +200,20 @@ def test_report_rejects_nothing_when_there_are_no_samples():
     rep = delivered_report(topo, Routing(topo), _pairs(topo), [], 0.5, SCALE)
     assert all(x["delivered_gbps_on"] is None and x["ratio"] is None and x["on_samples"] == 0 for x in rep)
     assert math.isinf(BgPair(0, 0, 1, 1).demand_Bps)
+
+
+@pytest.mark.iperf3
+def test_a_second_run_waits_for_its_own_server(tmp_path):
+    """Logs are appended across policy runs; the second start must not take the first run's
+    'listening' line for its own server (its client would be refused)."""
+    exp = _exp(tmp_path)
+    bg = BackgroundTraffic(_LoopFab(exp_topo(exp)), exp, tmp_path / "logs")
+    for _ in range(2):
+        bg.start()
+        try:
+            time.sleep(1.5)
+            assert bg.error() is None
+        finally:
+            bg.stop()
+    log = (tmp_path / "logs" / "bg-0-h1_0_0_2-h1_0_0_0-server.log").read_text()
+    assert log.count("listening") >= 2

@@ -5,7 +5,7 @@ openvswitch kernel module), OpenFlow 1.3 only, fail mode secure (no learning-swi
 the controller is away), and the dpid of the shared ID scheme. Links are `TCLink`s with only `bw`
 set (the tier's real rate / bandwidth_scale), through `ShapedIntf`, which calibrates Mininet's HTB
 for jumbo frames: burst and cburst sized to the MTU and rate, and an explicit bfifo leaf queue sized
-in time (rate x queue_ms). netem is never used (sch_netem is absent here). Offloads are turned off
+in time (rate x queue_ms) at switch ports; a GPU's own interface gets a NIC-like 1000-packet queue. netem is never used (sch_netem is absent here). Offloads are turned off
 on every interface (TCP stalls on the userspace datapath otherwise) and the MTU is set everywhere.
 
 `mn --custom topology/mininet_fabric.py --topo netkv-fattree,k=4 --controller remote
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from mininet.link import TCIntf, TCLink
-from mininet.node import OVSSwitch
+from mininet.node import OVSSwitch, Switch
 from mininet.topo import Topo
 
 try:  # importable as a package module and as a plain `mn --custom` file
@@ -81,7 +81,16 @@ class ShapedIntf(TCIntf):
         burst = int(max(4 * (mtu + 100), rate_bps * 0.002))
         limit = int(max(2 * (mtu + 100), rate_bps * getattr(self, "_queue_ms", 5.0) / 1000))
         qdisc = getattr(self, "_qdisc", "bfifo")
-        if qdisc == "bfifo":
+        if not isinstance(self.node, Switch):
+            # A GPU's own NIC: a real host never tail-drops its own TCP's packets (TCP Small Queues
+            # keeps each socket to ~2 packets in the device queue, which backpressures the stack).
+            # A time-sized queue here holds only ~3 jumbo frames at low emulated rates (31 KB at
+            # 50 Mbit/s); TSQ overfills it, TCP loses packets it never sent and stalls on timers
+            # (measured: ~0.4 Mbit/s on a 50 Mbit/s link). So: Linux's default device queue.
+            qdisc = "host"
+        if qdisc == "host":
+            leaf = "pfifo limit 1000"
+        elif qdisc == "bfifo":
             leaf = f"bfifo limit {limit}"
         elif qdisc == "pfifo":
             leaf = f"pfifo limit {max(2, limit // (mtu + 100))}"
@@ -100,7 +109,11 @@ class ShapedIntf(TCIntf):
         return cmds, " parent 10: "
 
 
-def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64) -> list[str]:
+HOST_BUCKET_PACKETS = 64  # per-flow queue at a GPU's own NIC: deep enough that TSQ, not drops, limits TCP
+
+
+def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64,
+                     host: bool = False) -> list[str]:
     """`tc -batch` lines that make a switch port's egress a fair queue at `mbps`.
 
     The kernel here has neither sfq nor fq_codel, and TCP alone shares a shallow drop-tail queue
@@ -109,11 +122,16 @@ def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5
     (guaranteed rate/buckets, ceil = rate, DRR among them) and a u32 hash on the TCP source port
     that spreads flows over the children; each child has a bfifo sized in time. Non-TCP traffic
     goes to the first child.
+
+    `host=True` shapes a GPU's own NIC: the same per-flow fairness (what fq gives a real host), with
+    each child queue `HOST_BUCKET_PACKETS` frames deep, since a host never drops its own TCP's packets.
     """
     rate_bps = mbps * 1e6 / 8
     q = mtu + 100
     burst = int(max(4 * q, rate_bps * 0.002))
     limit = int(max(2 * q, rate_bps * queue_ms / 1000))
+    if host:
+        limit = max(limit, HOST_BUCKET_PACKETS * q)
     lines = [
         f"qdisc del dev {dev} root",
         f"qdisc add dev {dev} root handle 5: htb default 10",
