@@ -86,11 +86,12 @@ def _state(p: BgPair, t0: float, t1: float, settle: float) -> str:
 
 
 def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], poll_s: float,
-                     scale: float, settle: float = SETTLE_S) -> list[dict]:
+                     scale: float, settle: float = SETTLE_S, since: float = -math.inf) -> list[dict]:
     """Per pair: counter rates on its path while on / off beside the flow model's share (Gbit/s, real).
 
     `snapshots` are `/netkv/links` documents (emulated Mbit/s, wall `sampled_at`); `scale` is the
-    bandwidth scale (real rate = emulated rate x scale)."""
+    bandwidth scale (real rate = emulated rate x scale). Windows that began before `since` (the
+    run's start: counters may still show the previous policy run's elephants) are ignored."""
     paths = [list(routing.path(p.src, p.dst)) for p in pairs]
     on_meas: list[list[float]] = [[] for _ in pairs]
     on_exp: list[list[float]] = [[] for _ in pairs]
@@ -110,6 +111,8 @@ def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], 
                 continue
             seen[k].add(key)
             t0, t1 = min(stamps) - poll_s, max(stamps)
+            if t0 < since:
+                continue
             rate = ls[-1]["rate_mbps"] * scale / 1e3  # real Gbit/s, delivered into the destination
             st = _state(p, t0, t1, settle)
             if st == "off":
@@ -326,6 +329,7 @@ class BackgroundMonitor:
     def start(self) -> None:
         self._stop.clear()
         self.snapshots = []
+        self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, daemon=True, name="bg-monitor")
         self._thread.start()
 

@@ -159,7 +159,7 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
                                        "no results; its error is printed above") from None
                 if bg.pairs:
                     rep = delivered_report(topo, routing, bg.pairs, mon.snapshots, spec.poll_interval,
-                                           spec.bandwidth_scale)
+                                           spec.bandwidth_scale, since=mon.started_at)
                     summaries[pol]["background"] = rep
                     RunDir(run.root).write_policy_summary(pol, summaries[pol])
                     meta.setdefault("background", {})[pol] = rep

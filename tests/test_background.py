@@ -217,3 +217,17 @@ def test_a_second_run_waits_for_its_own_server(tmp_path):
             bg.stop()
     log = (tmp_path / "logs" / "bg-0-h1_0_0_2-h1_0_0_0-server.log").read_text()
     assert log.count("listening") >= 2
+
+
+def test_windows_from_before_the_run_are_ignored():
+    """Counters at a run's start may still show the previous run's elephants: not an 'off' sample."""
+    topo = _topo()
+    r = Routing(topo)
+    pairs = _pairs(topo)
+    snaps = _snapshots(topo, r, pairs)
+    stale = {"links": [dict(x, sampled_at=0.2, rate_mbps=40.0) for x in snaps[0]["links"]]}
+    pairs[1].on = [[10.0, 20.0]]
+    kept = delivered_report(topo, r, pairs, [stale, *snaps], 0.5, SCALE)[1]
+    assert kept["delivered_gbps_off"] > 0  # without `since`, the stale window counts as off
+    rep = delivered_report(topo, r, pairs, [stale, *snaps], 0.5, SCALE, since=0.5)[1]
+    assert rep["delivered_gbps_off"] == 0.0
