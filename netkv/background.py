@@ -33,7 +33,7 @@ from .simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
 BASE_PORT = 5400
-SETTLE_S = 1.0  # wall seconds after a flow starts or stops before its counters count as steady
+SETTLE_S = 2.0  # wall seconds after a flow starts or stops before its counters count as steady (TCP converging)
 
 
 class BackgroundError(RuntimeError):

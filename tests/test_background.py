@@ -122,6 +122,8 @@ class _LoopFab:
         return self
 
     def popen(self, args, **kw):
+        if "-s" in args:
+            args = [*args, "-B", "127.0.0.1"]  # loopback only (in a Mininet host it is the host's own)
         return subprocess.Popen(args, **kw)
 
 
