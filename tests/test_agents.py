@@ -15,6 +15,9 @@ from netkv.agents.protocol import block_sizes, read_msg, send_msg
 
 from conftest import REPO
 
+# the agents run as child processes
+pytestmark = pytest.mark.spawns
+
 EXP = """
 name = "agents"
 [topology]

@@ -8,6 +8,9 @@ import pytest
 
 from conftest import REPO
 
+# every test here runs the netkv command as a child process
+pytestmark = pytest.mark.spawns
+
 NETKV = [sys.executable, "-m", "netkv.cli"]
 
 

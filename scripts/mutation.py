@@ -1,0 +1,192 @@
+"""Mutation testing of the core modules with mutmut: stage, run, score, report the survivors.
+
+    .venv/bin/python scripts/mutation.py [--max-children N] [--sample N] [--source DIR] [--stage DIR]
+
+mutmut (https://github.com/boxed/mutmut) copies the code it mutates into `mutants/` and imports it
+from there, so this script first stages the installed layout of the project (the top-level folders
+as `netkv.*`, the way pyproject maps them) in `build/mutation/`, with the tests and the shipped
+experiments, and runs mutmut there against the non-root tests. Nothing in the checkout is changed.
+
+The score counts every mutant of the core modules (policies, oracle, view, simulator engine and
+network, results, kvcache, trace, config): killed / (total - equivalent). Mutants proven equivalent
+(no input can tell them from the original) are listed with the reason in
+`tests/mutation_equivalent.toml`; every other survivor is a gap in the tests. The report goes to
+`build/mutation/report.md` (survivors with their diffs) and the figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE = REPO / "build" / "mutation"
+EQUIVALENT = REPO / "tests" / "mutation_equivalent.toml"
+NOTHING = "zz_no_such_mutant*"  # a name glob matching no mutant: `mutmut run` then only generates
+# folder in the checkout -> package path in the installed layout (pyproject [tool.setuptools.package-dir])
+LAYOUT = {"netkv": "netkv", "topology": "netkv/topology", "controller": "netkv/controller",
+          "agents": "netkv/agents", "scheduler": "netkv/scheduler", "simulator": "netkv/simulator"}
+# the core modules, as staged paths
+CORE = [
+    "netkv/scheduler/policies/*.py", "netkv/scheduler/core.py", "netkv/scheduler/oracle.py",
+    "netkv/scheduler/view.py", "netkv/simulator/engine.py", "netkv/simulator/network.py",
+    "netkv/simulator/maxmin.py", "netkv/results.py", "netkv/kvcache.py", "netkv/trace.py",
+    "netkv/config.py",
+]
+MUTMUT_VERSION = "3.8.1"  # pinned: mutmut's 3.x config keys and meta-file format change between releases
+
+
+def stage(source: Path) -> None:
+    """Copy the installed layout of `source`, its tests and experiments into STAGE, with a pyproject
+    for mutmut."""
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for src, dst in LAYOUT.items():
+        shutil.copytree(source / src, STAGE / dst, ignore=ignore, dirs_exist_ok=True)
+    for extra in ("tests", "experiments"):
+        shutil.copytree(source / extra, STAGE / extra, ignore=ignore)
+    pyproject = tomllib.loads((source / "pyproject.toml").read_text())
+    pytest_ini = pyproject["tool"]["pytest"]["ini_options"]
+    lines = [
+        "[tool.pytest.ini_options]",
+        f"markers = {json.dumps(pytest_ini['markers'])}",
+        f"filterwarnings = {json.dumps(pytest_ini['filterwarnings'])}",
+        # mutants are tried against the tests that need neither root nor external binaries
+        'addopts = "-p no:cacheprovider -m \\"not root and not iperf3 and not spawns\\""',
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["netkv/"]',
+        f"only_mutate = {json.dumps(CORE)}",
+        'also_copy = ["experiments/"]',
+        'pytest_add_cli_args_test_selection = ["tests/"]',
+    ]
+    (STAGE / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def ensure_mutmut(python: str) -> None:
+    try:
+        out = subprocess.run([python, "-m", "mutmut", "--version"], capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"mutation: cannot run {python}: {e}")
+    if out.returncode != 0 or MUTMUT_VERSION not in out.stdout:
+        print(f"installing mutmut=={MUTMUT_VERSION} into {Path(python).parent.parent}", flush=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", f"mutmut=={MUTMUT_VERSION}"], check=True)
+
+
+def load_results() -> dict[str, dict]:
+    """Every mutant's status from mutmut's meta files: name -> {file, status}."""
+    from mutmut.stats import status_by_exit_code  # mutmut's own reading of its exit codes
+
+    out = {}
+    for meta in (STAGE / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        src = str(meta.relative_to(STAGE / "mutants"))[: -len(".meta")]
+        for name, code in data.get("exit_code_by_key", {}).items():
+            status = status_by_exit_code.get(code, "killed")
+            out[name] = {"file": src, "status": "killed" if status == "segfault" else status}
+    return out
+
+
+def load_equivalent() -> dict[str, str]:
+    if not EQUIVALENT.exists():
+        return {}
+    data = tomllib.loads(EQUIVALENT.read_text())
+    return {m["name"]: m["why"] for m in data.get("mutant", [])}
+
+
+def mutmut_cmd(python: str) -> list[str]:
+    # the console script, not `python -m mutmut`: the trampolines import `mutmut.__main__`, which must
+    # not be the running __main__ module (it would run its module-level setup a second time)
+    return [str(Path(python).parent / "mutmut")]
+
+
+def mutant_diff(python: str, name: str) -> str:
+    out = subprocess.run([*mutmut_cmd(python), "show", name], cwd=STAGE, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    global STAGE
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2, help="parallel mutants")
+    ap.add_argument("--report-only", action="store_true", help="re-read build/mutation without running")
+    ap.add_argument("--python", default=sys.executable, help="interpreter with the test deps (default: this one)")
+    ap.add_argument("--source", type=Path, default=REPO, help="checkout to test (default: this one)")
+    ap.add_argument("--stage", type=Path, default=STAGE, help=f"working directory (default: {STAGE})")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="try only N mutants drawn at random (seeded) from all of them: an estimate of the score")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    STAGE = args.stage.resolve()
+
+    if not args.report_only:
+        ensure_mutmut(args.python)
+        stage(args.source.resolve())
+        env = {k: v for k, v in os.environ.items() if k != "NETKV_REQUIRE_ROOT_TESTS"}
+        run = [*mutmut_cmd(args.python), "run", "--max-children", str(args.max_children)]
+        if args.sample:
+            # generates the mutants and the test map, then stops (asserting that nothing matched)
+            subprocess.run([*run, NOTHING], cwd=STAGE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            names = sorted(load_results())
+            if not names:
+                print("mutation: mutmut generated no mutants (run without --sample to see why)", file=sys.stderr)
+                return 1
+            rng = random.Random(args.seed)
+            picked = sorted(rng.sample(names, min(args.sample, len(names))))
+            print(f"sampled {len(picked)} of {len(names)} mutants (seed {args.seed})", flush=True)
+            run += picked
+        print(f"staged in {STAGE}; running mutmut on the core modules (this takes a while)", flush=True)
+        rc = subprocess.run(run, cwd=STAGE, env=env).returncode
+        if rc != 0:
+            print(f"mutation: mutmut exited {rc}", file=sys.stderr)
+            return 1
+
+    results = load_results()
+    if args.sample:  # only the sampled mutants were tried
+        results = {n: r for n, r in results.items() if r["status"] != "not checked"}
+    if not results:
+        print(f"mutation: no mutmut results in {STAGE} (run without --report-only first)", file=sys.stderr)
+        return 1
+    equivalent = load_equivalent()
+    stale = sorted(set(equivalent) - set(results))
+    by_file: dict[str, dict[str, int]] = {}
+    survivors = []
+    for name, r in sorted(results.items()):
+        st = "equivalent" if name in equivalent else r["status"]
+        by_file.setdefault(r["file"], {}).setdefault(st, 0)
+        by_file[r["file"]][st] += 1
+        if st in ("survived", "no tests", "not checked", "skipped", "suspicious"):
+            survivors.append((name, r["file"], st))
+    total = len(results)
+    n_eq = sum(1 for n in results if n in equivalent)
+    killed = sum(1 for n, r in results.items() if n not in equivalent and r["status"] in ("killed", "timeout"))
+    score = killed / max(1, total - n_eq)
+
+    lines = ["# Mutation testing report (scripts/mutation.py)", "",
+             f"Score: **{killed} killed / {total - n_eq}** = {score:.1%} "
+             f"({total} mutants, {n_eq} equivalent excluded: tests/mutation_equivalent.toml)", "",
+             "| file | killed | timeout | survived | no tests | equivalent |", "|---|---|---|---|---|---|"]
+    for f, c in sorted(by_file.items()):
+        lines.append(f"| {f} | {c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | "
+                     f"{c.get('no tests', 0)} | {c.get('equivalent', 0)} |")
+    lines += ["", f"## Survivors ({len(survivors)})", ""]
+    for name, f, st in survivors:
+        lines += [f"### {name} ({st})", "", "```diff", mutant_diff(args.python, name), "```", ""]
+    if stale:
+        lines += ["## Listed as equivalent but no longer generated", ""] + [f"- {n}" for n in stale]
+    (STAGE / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"mutation score: {killed} killed / {total - n_eq} = {score:.1%} "
+          f"({total} mutants, {n_eq} equivalent, {len(survivors)} surviving); report: {STAGE / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The simulated controller: counters exact per link, snapshots published on time, decisions that read
+the right snapshot, and the scheduler's own committed transfers."""
+
+import numpy as np
+import pytest
+
+from netkv.config import from_dict
+from netkv.simulator.engine import Simulation
+
+from conftest import write_trace
+
+POLL, DELAY = 0.1, 0.25
+BG_GBPS = 50.0  # fixed-rate elephant h0_0_0_0 -> h1_0_0_1 over links of 100 Gbit/s
+
+
+def _exp(tmp_path, arrivals, *, background=True, placement=None, **tables):
+    raw = {
+        "name": "tele", "seed": 1, "policies": ["netkv"],
+        "topology": {"k": 2, "gpus_per_server": 4, "gpu_link_gbps": 100, "server_link_gbps": 100,
+                     "edge_link_gbps": 100, "core_link_gbps": 100},
+        "placement": placement or {"layout": "explicit", "prefill": ["h0_0_0_2"], "decode": ["h0_0_0_3"]},
+        "trace": {"path": str(write_trace(tmp_path / "t.jsonl", arrivals, input_tokens=1024, output_tokens=4))},
+        "telemetry": {"poll_interval_s": POLL, "publish_delay_s": DELAY},
+        "background": [{"src": ["h0_0_0_0"], "dst": ["h1_0_0_1"], "rate_gbps": BG_GBPS}] if background else [],
+    }
+    for k, v in tables.items():
+        raw[k].update(v)
+    return from_dict(raw, None)
+
+
+class Recorder:
+    """Wraps a simulation: every snapshot the controller takes, and what each decision saw."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        self.polls: list = []
+        self.decisions: list = []
+        poll, decide = sim._poll_event, sim.sched.decide
+
+        def on_poll(a, b):
+            poll(a, b)
+            self.polls.append((sim.now, sim._snaps[-1]))
+
+        def on_decide(req):
+            seen = sim._published()
+            d = decide(req)
+            self.decisions.append((sim.now, seen, d))
+            return d
+
+        sim._poll_event = on_poll
+        sim.sched.decide = on_decide
+
+    def run(self):
+        return [r.to_row() for r in self.sim.run()]
+
+
+def test_counters_show_one_flow_at_its_rate_on_exactly_its_links(tmp_path):
+    # arrivals are re-based to the first request; its KV transfer (same server) is over by 0.1 s
+    sim = Simulation(_exp(tmp_path, [0.0, 2.0]), "netkv")
+    rec = Recorder(sim)
+    sim.run()
+    path = set(sim.routing.path(sim.topo.host_index["h0_0_0_0"], sim.topo.host_index["h1_0_0_1"]))
+    assert len(path) == 8  # GPU up to the core and down again, across pods
+    rate = BG_GBPS * 1e9 / 8
+    quiet = [(t, s) for t, (_pub, s) in rec.polls if 0.15 < t < 1.95]  # no KV transfer running
+    assert len(quiet) >= 15
+    for t, snap in quiet:
+        assert snap.sampled_at == t
+        on = np.flatnonzero(snap.rates)
+        assert set(on.tolist()) == path, t
+        assert snap.rates[on] == pytest.approx(rate, rel=1e-9)
+    # each snapshot is published exactly publish_delay_s after it was sampled
+    assert all(pub == pytest.approx(s.sampled_at + DELAY, abs=1e-12) for _t, (pub, s) in rec.polls)
+    # versions count up by one per sample
+    assert [s.version for _t, (_p, s) in rec.polls] == list(range(1, len(rec.polls) + 1))
+
+
+def test_without_the_elephant_the_counters_read_zero(tmp_path):
+    sim = Simulation(_exp(tmp_path, [0.0, 2.0], background=False), "netkv")
+    rec = Recorder(sim)
+    sim.run()
+    assert all(not s.rates.any() for t, (_p, s) in rec.polls if 0.15 < t < 1.95)
+    # the KV transfer itself shows up once it runs (1024 tokens x 128 KiB at 100 Gbit/s: ~10.7 ms)
+    assert any(s.rates.any() for _t, (_p, s) in rec.polls)
+
+
+def test_snapshot_age_follows_the_poll_grid_and_the_publish_delay(tmp_path):
+    """Arrivals after the first: a decision at t sees the sample taken at the last grid point s with
+    s + publish_delay_s <= t; one just before that instant still sees the previous sample."""
+    sim = Simulation(_exp(tmp_path, [0.0, 2.34, 2.36, 2.751]), "netkv")
+    rec = Recorder(sim)
+    rows = rec.run()
+    got = [(round(now, 3), None if seen is None else round(seen.sampled_at, 3)) for now, seen, _d in rec.decisions]
+    assert got == [(0.0, None), (2.34, 2.0), (2.36, 2.1), (2.751, 2.5)]
+    for (now, seen, _d), row in zip(rec.decisions[1:], rows[1:]):
+        assert row["telemetry_age_s"] == pytest.approx(now - seen.sampled_at)
+        assert row["oracle"] == "counters"
+
+
+def test_a_decision_expects_its_transfer_when_its_prefill_ends(tmp_path):
+    sim = Simulation(_exp(tmp_path, [0.0, 0.001]), "netkv")
+    rec = Recorder(sim)
+    rows = rec.run()
+    pf = sim.compute.prefill_s(1024)
+    (t0, _s0, d0), (t1, _s1, d1) = rec.decisions
+    assert d0.transfer_start == pytest.approx(t0 + pf)
+    # the second waits behind the first on the only prefill instance
+    assert d1.transfer_start == pytest.approx(t0 + 2 * pf)
+    assert rows[1]["t_prefill_end"] == pytest.approx(d1.transfer_start)
+
+
+@pytest.mark.parametrize("count_committed", [True, False])
+def test_a_simultaneous_request_sees_the_first_requests_committed_transfer(tmp_path, count_committed):
+    """Two prefill instances on one server, one decode instance across pods: two requests at the same
+    instant get the same prefill time, so their KV transfers overlap on the server uplink. The second
+    decision must count the first's transfer, which the counters cannot show yet."""
+    placement = {"layout": "explicit", "prefill": ["h0_0_0_0", "h0_0_0_1"], "decode": ["h1_0_0_3"]}
+    exp = _exp(tmp_path, [0.0, 1.0, 1.0], background=False, placement=placement,
+               telemetry={"count_committed": count_committed, "floor_fraction": 0.1})
+    sim = Simulation(exp, "netkv")
+    rec = Recorder(sim)
+    rows = rec.run()[1:]  # the first request only lets the first snapshot be published
+    (_, s0, d0), (_, s1, d1) = rec.decisions[1:]
+    assert s0 is not None and s0 is s1 and not s0.rates.any()  # same idle snapshot for both
+    assert d0.prefill_slot != d1.prefill_slot and d0.transfer_start == pytest.approx(d1.transfer_start)
+    static = d0.bytes_to_send / (100e9 / 8)
+    assert d0.est_transfer_s == pytest.approx(static)
+    if count_committed:
+        # the first transfer fills the 100 Gbit/s path: only the floor (10%) is left
+        assert d1.est_transfer_s == pytest.approx(static / 0.1)
+    else:
+        assert d1.est_transfer_s == pytest.approx(static)
+    # in the flow model the two share the uplink: each takes twice as long as alone
+    assert rows[0]["transfer_s"] == pytest.approx(2 * static, rel=1e-6)
