@@ -61,18 +61,194 @@ def test_netkv_avoids_congested_path_least_loaded_takes():
 
 def test_cache_load_aware_picks_the_prefix_holder():
     v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"]])
-    r = req()
+    r = req()  # 32 blocks
     v.decode_index.add(2, r.hash_ids[0])
     for b in r.hash_ids[:20]:
         v.decode_index.add(1, b)
     q = Query(r, 0, v)
     assert list(q.hits) == [0, 20, 1]
     assert registry.create("cache_load_aware").choose(q, StaticOracle(TOPO, ROUTING)) == 1
-    # a heavy load on the holder outweighs the hit when overlap_weight is small
+    # the holder also holds 1,000 blocks of load: cost = w x missing + load
     v.kv_used[1] = 1000
     v.touch_all()
-    pol = registry.create("cache_load_aware", {"overlap_weight": 1.0})
-    assert pol.choose(Query(r, 0, v), None) != 1
+    small = registry.create("cache_load_aware", {"overlap_weight": 0.5})  # 0.5 x 12 + 1032 > 0.5 x 31 + 32
+    assert small.choose(Query(r, 0, v), None) == 2
+    big = registry.create("cache_load_aware", {"overlap_weight": 100.0})  # 100 x 12 + 1032 < 100 x 31 + 32
+    assert big.choose(Query(r, 0, v), None) == 1
+
+
+def test_cache_load_aware_counts_kv_pending_and_its_own_blocks():
+    v = view([FAR, NEAR])
+    v.kv_pending[0] = 10  # blocks of sequences queued or inbound at FAR
+    v.touch_all()
+    pol = registry.create("cache_load_aware")
+    assert all(pol.choose(Query(req(), 0, v), None) == 1 for _ in range(10))
+    v.kv_used[1] = 10  # now equal loads: a tie, broken at random between the two
+    v.touch_all()
+    assert {pol.choose(Query(req(), 0, v), None) for _ in range(30)} == {0, 1}
+
+
+def test_least_loaded_counts_running_waiting_and_inbound_sequences():
+    pol = registry.create("least_loaded")
+    for field in ("active", "queued", "inbound"):
+        v = view([FAR, NEAR])
+        getattr(v, field)[0] = 1
+        v.touch_all()
+        assert all(pol.choose(Query(req(), 0, v), None) == 1 for _ in range(10)), field
+    v = view([FAR, NEAR])  # equal sequences: the lighter KV use wins
+    v.active[:] = 2
+    v.kv_used[:] = [50, 40]
+    v.touch_all()
+    assert all(pol.choose(Query(req(), 0, v), None) == 1 for _ in range(10))
+
+
+def _idle_oracle():
+    return CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
+
+
+def test_netkv_weighs_the_wait_for_room_in_the_batch():
+    """Equal transfer (both across pods). Slot 0: a full batch of short contexts with many tokens
+    left (long wait, short next step). Slot 1: room in a batch of long contexts (half-step wait,
+    long next step). The wait decides for slot 1; without the wait term the next step decides for 0."""
+    far2 = TOPO.host_index["h3_0_0_0"]
+    v = view([FAR, far2])
+    B = COMPUTE.max_batch
+    v.active[:] = [B, B - 1]
+    v.ctx_total[:] = [100.0 * B, 8000.0 * (B - 1)]
+    v.remaining[:] = [20000.0 * B, 10.0 * (B - 1)]
+    v.touch_all()
+    wait, first = v.est_wait_s(32), v.first_step_s(16384)
+    assert wait[0] > wait[1] + (first[1] - first[0]) and first[1] > first[0]
+    pol = registry.create("netkv", {}, seed=2)
+    assert all(pol.choose(Query(req(), 0, v), _idle_oracle()) == 1 for _ in range(10))
+    no_wait = registry.create("netkv", {"wait_weight": 0.0}, seed=2)
+    assert all(no_wait.choose(Query(req(), 0, v), _idle_oracle()) == 0 for _ in range(10))
+
+
+def test_netkv_weighs_the_first_decode_step():
+    """Equal transfer and zero wait on both: FAR idle, far2 with a full batch about to finish (no
+    remaining tokens, so no wait) whose next step with the new sequence is far longer."""
+    far2 = TOPO.host_index["h3_0_0_0"]
+    v = view([far2, FAR])
+    v.active[0] = COMPUTE.max_batch
+    v.ctx_total[0] = 4000.0 * COMPUTE.max_batch
+    v.remaining[0] = 0.0
+    v.touch_all()
+    assert list(v.est_wait_s(32)) == [0.0, 0.0]
+    first = v.first_step_s(16384)
+    assert first[0] > first[1]
+    pol = registry.create("netkv", {}, seed=3)
+    assert all(pol.choose(Query(req(), 0, v), _idle_oracle()) == 1 for _ in range(20))
+
+
+def test_netkv_weighs_the_transfer_and_counts_decode_prefix_hits():
+    """Two candidates across pods, one already holding most of the prefix: fewer bytes to move."""
+    far2 = TOPO.host_index["h3_0_0_0"]
+    v = view([FAR, far2])
+    r = req()
+    for b in r.hash_ids[:24]:
+        v.decode_index.add(1, b)
+    q = Query(r, 0, v)
+    assert list(q.missing_bytes) == [16384 * MODEL.kv_bytes_per_token, (16384 - 24 * 512) * MODEL.kv_bytes_per_token]
+    pol = registry.create("netkv", {}, seed=1)
+    assert all(pol.choose(Query(r, 0, v), _idle_oracle()) == 1 for _ in range(20))
+    # transfer_weight 0: the network no longer matters and the two tie
+    blind = registry.create("netkv", {"transfer_weight": 0.0}, seed=1)
+    assert {blind.choose(Query(r, 0, v), _idle_oracle()) for _ in range(30)} == {0, 1}
+
+
+def test_netkv_cost_is_the_weighted_sum_of_its_terms():
+    """The chosen slot is the argmin of w_t x transfer + w_w x wait + first step, term by term."""
+    rng = np.random.default_rng(7)
+    hosts = [TOPO.host_index[h] for h in ("h0_0_0_1", "h0_0_1_2", "h0_1_0_3", "h1_0_0_0", "h2_1_1_3", "h3_1_0_1")]
+    for trial in range(40):
+        v = view(hosts)
+        v.active[:] = rng.integers(0, COMPUTE.max_batch + 1, len(hosts))
+        v.ctx_total[:] = v.active * rng.uniform(100, 8000, len(hosts))
+        v.remaining[:] = v.active * rng.uniform(0, 400, len(hosts))
+        v.inbound[:] = rng.integers(0, 3, len(hosts))
+        v.touch_all()
+        snap = Snapshot(10.0, rng.uniform(0, 1, TOPO.n_links) * TOPO.capacity_bps)
+        oracle = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+        wt, ww = rng.choice([0.5, 1.0, 3.0]), rng.choice([0.25, 1.0, 2.0])
+        q = Query(req(8192), 0, v)
+        transfer, _ = oracle.cost_row(P, v.decode_hosts, q.missing_bytes)
+        cost = wt * transfer + ww * v.est_wait_s(q.req.n_blocks) + v.first_step_s(8192)
+        pol = registry.create("netkv", {"transfer_weight": float(wt), "wait_weight": float(ww)})
+        assert pol.choose(q, oracle) == int(np.argmin(cost)), trial
+
+
+def test_est_wait_is_half_a_step_with_room_and_littles_law_without():
+    v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"], TOPO.host_index["h2_0_0_0"]])
+    v.active[:] = [0, 4, COMPUTE.max_batch, 4]
+    v.ctx_total[:] = [0, 4000, 128000, 4000]
+    v.remaining[:] = [0, 400, 12800, 400]
+    v.queued[3] = 2  # someone already waits at slot 3: no room for a newcomer
+    v.inbound[3] = 1
+    v.touch_all()
+    step = v.step_s()
+    c = COMPUTE
+    assert step[0] == 0.0
+    assert step[1] == pytest.approx(c.step_a + 4 * c.step_b + 4000 * c.step_c)
+    wait = v.est_wait_s(10)
+    assert wait[0] == 0.0
+    assert wait[1] == pytest.approx(step[1] / 2)
+    # full batch: (waiting + 1) sequences must finish at active / (remaining / active x step) per second
+    assert wait[2] == pytest.approx(1 * (12800 / c.max_batch) * step[2] / c.max_batch)
+    assert wait[3] == pytest.approx(4 * (400 / 4) * step[3] / 4)
+    # no KV room for the newcomer: the same Little's-law wait at slot 1
+    v.kv_used[1] = c.kv_blocks - 5
+    v.touch(1)
+    assert v.est_wait_s(10)[1] == pytest.approx(1 * (400 / 4) * step[1] / 4)
+    assert v.est_wait_s(5)[1] == pytest.approx(step[1] / 2)
+    # touching one slot refreshes it alone, and the vectorised refresh agrees with the per-slot one
+    v.remaining[2] = 6400
+    v.touch(2)
+    one = v.est_wait_s(10).copy()
+    v.touch_all()
+    assert np.allclose(v.est_wait_s(10), one)
+    assert one[2] == pytest.approx(0.5 * wait[2])
+
+
+def test_refreshing_many_slots_at_once_equals_refreshing_each():
+    """Over 16 touched slots the view refreshes its estimates in one vectorised pass."""
+    rng = np.random.default_rng(11)
+    hosts = list(range(24))
+    a, b = view(hosts), view(hosts)
+    for v in (a, b):
+        v.active[:] = rng.integers(0, COMPUTE.max_batch + 1, 24) if v is a else a.active
+        v.ctx_total[:] = v.active * 3000.0
+        v.remaining[:] = v.active * 200.0
+        v.queued[:] = rng.integers(0, 2, 24) if v is a else a.queued
+        v.inbound[:] = rng.integers(0, 3, 24) if v is a else a.inbound
+        v.kv_used[:] = rng.integers(0, COMPUTE.kv_blocks, 24) if v is a else a.kv_used
+    a.touch_all()  # vectorised
+    for s in range(24):  # one slot at a time
+        b.touch(s)
+        b.step_s()
+    for fn in (lambda v: v.step_s(), lambda v: v.est_wait_s(40), lambda v: v.first_step_s(1000)):
+        assert np.allclose(fn(a), fn(b))
+    assert len(set(np.round(a.est_wait_s(40), 9))) > 10  # the case is not degenerate
+
+
+def test_the_prefill_choice_weighs_backlog_and_prefix_hits():
+    pre = [P, TOPO.host_index["h0_0_0_1"], TOPO.host_index["h0_0_0_2"]]
+    v = ClusterView(pre, [FAR], COMPUTE)
+    s = Scheduler("round_robin", {}, 1, v, StaticOracle(TOPO, ROUTING), TOPO)
+    r = req(8192)
+    pf = COMPUTE.prefill_s(8192)
+    v.prefill_backlog_s[:] = [0.5, 0.2, 0.3]
+    assert s.choose_prefill(r) == (1, 0, pytest.approx(0.2 + pf))
+    # slot 2 holds 12 of the 16 blocks: its prefill is much shorter
+    for b in r.hash_ids[:12]:
+        v.prefill_index.add(2, b)
+    slot, hits, finish = s.choose_prefill(r)
+    assert (slot, hits) == (2, 12) and finish == pytest.approx(0.3 + COMPUTE.prefill_s(8192 - 12 * 512))
+    v.prefill_alive[2] = False
+    assert s.choose_prefill(r)[0] == 1
+    v.prefill_alive[:] = False
+    with pytest.raises(RuntimeError, match="no live prefill"):
+        s.choose_prefill(r)
 
 
 def test_round_robin_cycles_and_skips_dead():
