@@ -165,7 +165,7 @@ def clean(verbose: bool = True) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
-    stale = state_entries()
+    stale = stale_state_entries()  # a live run's entries stay (their owner pid still runs)
     for f in stale:
         if f.is_dir() and not f.is_symlink():
             shutil.rmtree(f, ignore_errors=True)  # per-run socket directories

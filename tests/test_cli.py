@@ -78,7 +78,20 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
     doc = json.loads((tmp_path / "c.json").read_text())
     for pol, res in doc.items():
         assert res["requests"] == 40 and res["same_decode"] == 1.0
-        assert res["ttft_s"]["mae"] == 0.0
+        assert res["ttft_s"]["mae"] == 0.0 and res["ttft_s"]["rel_err_p95"] == 0.0
+    # another seed: random picks other instances, so decisions and times differ
+    p = run("simulate", str(exp), "--out", str(tmp_path / "b"), "--quiet", "--policy", "random",
+            "--set", "seed=99")
+    assert p.returncode == 0, p.stderr
+    (b,) = list((tmp_path / "b").iterdir())
+    p = run("compare", str(a), str(b), "--json", str(tmp_path / "d.json"))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert list(doc) == ["random"]  # only the policies both runs hold
+    res = doc["random"]
+    assert res["requests"] == 40 and res["same_decode"] < 0.5
+    assert res["ttft_s"]["mae"] > 0 and res["ttft_s"]["mean_a"] != res["ttft_s"]["mean_b"]
+    assert "random" in p.stdout and "ttft_s" in p.stdout
     bad = run("compare", str(a), str(tmp_path))
     assert bad.returncode != 0 and "summary.json" in bad.stderr
 
@@ -98,11 +111,16 @@ def test_clean_removes_stale_socket_dirs(tmp_path, state_only):
     """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
     from netkv import cleanup
 
-    (tmp_path / "sock-20261126-000000-1").mkdir()
-    (tmp_path / "sock-20261126-000000-1" / "decode-h0.sock").write_text("")
+    import os
+
+    dead = 2**22 + 7  # above the largest possible pid_max (2**22): never a live process
+    (tmp_path / f"sock-20261126-000000-{dead}").mkdir()
+    (tmp_path / f"sock-20261126-000000-{dead}" / "decode-h0.sock").write_text("")
     (tmp_path / "fabric.json").write_text("{}")
+    live = tmp_path / f"sock-20261126-000000-{os.getpid()}"  # a run that is still going
+    live.mkdir()
     assert cleanup.clean(verbose=False) == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [live]
 
 
 def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, state_only, capsys):

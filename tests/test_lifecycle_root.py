@@ -100,20 +100,37 @@ def test_stray_bridge_is_reported(tmp_path):
 
 
 def test_mn_custom_builds_the_same_fabric(tmp_path):
+    """`mn --custom` builds the project's fat-tree: the same nodes, every link between the same ports,
+    the same host addresses, and full reachability under the controller."""
+    import re
+
+    from netkv.topology import FatTree
+
     spec = FabricSpec(k=2, gpus=2, poll_interval=0.5, rest_port=8090, of_port=6690)
     fab = Fabric(spec, tmp_path)
     fab.start_controller()
+    pre = tmp_path / "pre.cli"
+    pre.write_text("net\ndump\n")
     try:
         p = subprocess.run(
             ["mn", "--custom", str(REPO / "topology/mininet_fabric.py"), "--topo", "netkv-fattree,k=2,gpus=2",
              "--controller", "remote,ip=127.0.0.1,port=6690", "--switch", "ovs,datapath=user,protocols=OpenFlow13",
-             "--test", "pingall"],
+             "--pre", str(pre), "--test", "pingall"],
             capture_output=True, text=True, timeout=300)
         out = p.stdout + p.stderr
         assert "Results: 0% dropped" in out, out[-2000:]
     finally:
         fab.stop_controller()
         cleanup.clean(verbose=False)
+    topo = FatTree(2, 2)
+    # `net` prints every interface as NODE-ethPORT:PEER-ethPORT, once from each end
+    got = set(re.findall(r"(\w+)-eth(\d+):(\w+)-eth(\d+)", out))
+    want = {(lk.src, str(lk.src_port), lk.dst, str(lk.dst_port)) for lk in topo.links}
+    assert got == want, (sorted(got ^ want)[:10], out[-3000:])
+    ips = dict(re.findall(r"<Host (\S+): \S+-eth0:([\d.]+)", out))
+    assert ips == {h.name: h.ip for h in topo.hosts}
+    switches = set(re.findall(r"<\w*Switch(?:\{[^}]*\})? (\w+): ", out))
+    assert switches == {sw.name for sw in topo.switches}, out[-3000:]
 
 
 def test_emulate_refuses_links_mininet_cannot_shape(tmp_path):

@@ -24,14 +24,14 @@ def test_summarize_counts_slo_throughput_and_tiers():
         row(1, arrival=1.0, ttft=3.0, tbt=0.05, tier=3, done=6.0, age=0.4),   # misses the TTFT SLO
         row(2, arrival=2.0, ttft=1.0, tbt=0.30, tier=3, done=9.0),            # misses the TBT SLO
         row(3, arrival=3.0, ttft=0.5, tbt=0.10, tier=2, done=8.0),
-        row(4, status="failed", arrival=4.0),                                 # counts against the SLO
+        row(4, status="failed", arrival=-1.0),                                # counts against the SLO
     ]
     s = summarize(rows, slo_ttft_s=2.0, slo_tbt_s=0.2)
     assert (s["requests"], s["completed"], s["failed"]) == (5, 4, 1)
     assert s["slo_attainment"] == pytest.approx(2 / 5)
-    # completed requests over the span from the first arrival to the last completion
-    assert s["throughput_rps"] == pytest.approx(4 / 9.0)
-    assert s["output_tokens_per_s"] == pytest.approx(400 / 9.0)
+    # completed requests over the span from the first arrival (a failed one here) to the last completion
+    assert s["throughput_rps"] == pytest.approx(4 / 10.0)
+    assert s["output_tokens_per_s"] == pytest.approx(400 / 10.0)
     assert s["gbytes_sent"] == pytest.approx(4.0)
     assert s["tier_share"] == {"0": 0.25, "1": 0.0, "2": 0.25, "3": 0.5}
     t = s["ttft_s"]
