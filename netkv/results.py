@@ -125,8 +125,8 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
     if not done:
         return out
 
-    def stats(key, scale=1.0):
-        a = np.array([r[key] for r in done if r[key] is not None], dtype=float) * scale
+    def stats(key):
+        a = np.array([r[key] for r in done if r[key] is not None], dtype=float)
         if len(a) == 0:
             return {}
         return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),

@@ -51,7 +51,7 @@ def stage(source: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for src, dst in LAYOUT.items():
         shutil.copytree(source / src, STAGE / dst, ignore=ignore, dirs_exist_ok=True)
-    for extra in ("tests", "experiments"):
+    for extra in ("tests", "experiments", "docs"):
         shutil.copytree(source / extra, STAGE / extra, ignore=ignore)
     pyproject = tomllib.loads((source / "pyproject.toml").read_text())
     pytest_ini = pyproject["tool"]["pytest"]["ini_options"]
@@ -65,7 +65,7 @@ def stage(source: Path) -> None:
         "[tool.mutmut]",
         'source_paths = ["netkv/"]',
         f"only_mutate = {json.dumps(CORE)}",
-        'also_copy = ["experiments/"]',
+        'also_copy = ["experiments/", "docs/"]',
         'pytest_add_cli_args_test_selection = ["tests/"]',
     ]
     (STAGE / "pyproject.toml").write_text("\n".join(lines) + "\n")
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0,
                     help="try only N mutants drawn at random (seeded) from all of them: an estimate of the score")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", nargs="+", metavar="GLOB", default=[],
+                    help="try only mutants whose names match, e.g. 'netkv.kvcache*' (the score covers those)")
     args = ap.parse_args(argv)
     STAGE = args.stage.resolve()
 
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             picked = sorted(rng.sample(names, min(args.sample, len(names))))
             print(f"sampled {len(picked)} of {len(names)} mutants (seed {args.seed})", flush=True)
             run += picked
+        elif args.only:
+            run += args.only
         print(f"staged in {STAGE}; running mutmut on the core modules (this takes a while)", flush=True)
         rc = subprocess.run(run, cwd=STAGE, env=env).returncode
         if rc != 0:
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     results = load_results()
-    if args.sample:  # only the sampled mutants were tried
+    if args.sample or args.only:  # only the sampled or selected mutants were tried
         results = {n: r for n, r in results.items() if r["status"] != "not checked"}
     if not results:
         print(f"mutation: no mutmut results in {STAGE} (run without --report-only first)", file=sys.stderr)

@@ -38,7 +38,10 @@ def test_resize_evicts_oldest_and_zero_capacity_caches_nothing():
     z = PrefixCache(0)
     z.insert([1, 2])
     assert len(z) == 0
-    with pytest.raises(ValueError):
+    one = PrefixCache(1)
+    one.insert([5, 6])
+    assert 6 in one and 5 not in one and len(one) == 1
+    with pytest.raises(ValueError, match=r"^cache capacity must be >= 0$"):
         PrefixCache(-1)
 
 
@@ -50,7 +53,8 @@ def test_the_index_mirrors_every_cache_and_answers_prefix_hits():
     caches[2].insert([11, 12])  # holds the middle but not the first block: no prefix
     assert list(idx.prefix_hits([10, 11, 12, 13])) == [3, 2, 0]
     assert list(idx.prefix_hits([])) == [0, 0, 0]
-    assert list(idx.holds(11)) == [True, True, True]
+    assert list(idx.holds(11)) == [True, True, True] and idx.holds(11).dtype == bool
+    assert idx.prefix_hits([10]).dtype == np.int64 and idx.prefix_hits([99]).dtype == np.int64
     caches[0].insert([20, 21])  # capacity 4: 10 and 11 leave slot 0
     assert list(idx.prefix_hits([10, 11, 12])) == [0, 2, 0]
     assert 10 not in caches[0] and list(idx.holds(10)) == [False, True, False]

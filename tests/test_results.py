@@ -136,3 +136,81 @@ def test_a_simulation_stopped_early_is_marked_partial(tmp_path, monkeypatch, sma
                                           log=lambda *a: None)
     assert rd.read_summary()["partial"] is False and json.loads((rd.root / "meta.json").read_text())["partial"] is False
     assert sums["round_robin"]["completed"] == 30
+
+
+def test_summary_statistics_of_every_metric():
+    vals = [0.1, 0.2, 0.4, 0.8, 1.6]
+    rows = []
+    for i, v in enumerate(vals):
+        r = row(i, arrival=0.0, done=0.5)  # a span under one second still has a throughput
+        r.update(queue_s=v, decode_wait_s=2 * v, decision_us=10 * v, tbt_p99_s=v, ttft_s=v)
+        rows.append(r)
+    s = summarize(rows, 10.0, 10.0)
+    for key, scale in (("queue_s", 1), ("decode_wait_s", 2), ("decision_us", 10), ("tbt_p99_s", 1), ("ttft_s", 1)):
+        a = np.array(vals) * scale
+        assert s[key] == {"mean": pytest.approx(a.mean()), "p50": pytest.approx(np.percentile(a, 50)),
+                          "p90": pytest.approx(np.percentile(a, 90)), "p99": pytest.approx(np.percentile(a, 99))}, key
+    assert s["throughput_rps"] == pytest.approx(10.0) and s["output_tokens_per_s"] == pytest.approx(1000.0)
+    assert s["gbytes_sent"] == 5.0
+    one = summarize([row(0, ttft=0.7)], 1.0, 1.0)
+    assert one["ttft_s"]["mean"] == 0.7 and one["ttft_s"]["p99"] == 0.7
+    untiered = row(1)
+    untiered["tier"] = None
+    assert summarize([untiered], 1.0, 1.0)["tier_share"] == {}
+
+
+def test_rows_of_one_token_requests_and_numpy_values():
+    r = RequestRecord(1, 0.0, 10, 1)
+    r.t_first_token = r.t_done = 1.0
+    r.gaps = np.zeros(0)  # no gap between tokens
+    r.bytes_sent = np.float64(2.5)
+    r.blocks_sent = np.int64(3)
+    x = r.to_row()
+    assert (x["tbt_mean_s"], x["tbt_p99_s"], x["tbt_top10_s"]) == (0.0, 0.0, 0.0)
+    assert x["bytes_sent"] == 2.5 and type(x["bytes_sent"]) is float and type(x["blocks_sent"]) is int
+    pending = RequestRecord(2, 0.0, 10, 1).to_row()
+    assert (pending["tbt_mean_s"], pending["tbt_p99_s"], pending["tbt_top10_s"]) == (None, None, None)
+    g = RequestRecord(3, 0.0, 10, 101)
+    g.t_done = 2.0
+    g.gaps = np.linspace(0.01, 1.0, 100)
+    assert g.to_row()["tbt_p99_s"] == pytest.approx(np.percentile(g.gaps, 99))
+
+
+def test_a_decision_is_copied_into_the_record():
+    from types import SimpleNamespace
+
+    from netkv.topology import FatTree
+
+    topo = FatTree(2, 2)
+    d = SimpleNamespace(prefill_host=0, decode_host=3, tier=3, decision_us=4.5, prefill_choice_us=1.5,
+                        est_transfer_s=0.25, telemetry_age_s=0.1, decode_hit_blocks=2, blocks_to_send=5,
+                        bytes_to_send=1e6)
+    r = RequestRecord(0, 0.0, 100, 5)
+    r.record_decision(d, topo, "counters")
+    x = r.to_row()
+    assert (x["prefill"], x["decode"], x["tier"]) == (topo.hosts[0].name, topo.hosts[3].name, 3)
+    assert (x["decision_us"], x["prefill_choice_us"], x["est_transfer_s"], x["telemetry_age_s"]) == (4.5, 1.5, 0.25, 0.1)
+    assert (x["oracle"], x["decode_hit_blocks"], x["blocks_sent"], x["bytes_sent"]) == ("counters", 2, 5, 1e6)
+
+
+def test_table_alignment_and_missing_counts():
+    s = summarize([row(0)], 2.0, 0.2)
+    lines = format_table({"cache_load_aware": s, "netkv": {"requests": 4}, "x": {}}).splitlines()
+    w = len("cache_load_aware")
+    assert lines[3].startswith("netkv" + " " * (w - 5) + "  ")  # names left-aligned
+    assert lines[3].split()[1] == "0/4" and lines[4].split()[1] == "0/0"
+    done_col = lines[0].index("done") + len("done")
+    assert lines[2][:done_col].endswith("1/1")  # numbers right-aligned under their header
+    assert format_table({}).splitlines()[0].startswith("policy  done  TTFT mean")
+
+
+def test_run_files_are_indented_json_and_the_text_table(tmp_path):
+    a = RunDir.create(tmp_path, "e", "s", None)
+    sums = {"netkv": summarize([row(0)], 2.0, 0.2)}
+    a.write_summary(sums, partial=False)
+    a.write_policy_summary("netkv", {"requests": 1})
+    a.write_meta({"mode": "simulate"})
+    assert (a.root / "summary.json").read_text().startswith('{\n "partial": false,\n "policies": {\n  "netkv"')
+    assert (a.root / "netkv" / "summary.json").read_text() == '{\n "requests": 1\n}'
+    assert (a.root / "meta.json").read_text() == '{\n "mode": "simulate"\n}'
+    assert (a.root / "summary.txt").read_text() == format_table(sums) + "\n"

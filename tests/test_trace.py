@@ -79,3 +79,74 @@ def test_shipped_trace_equals_shared(data_dir):
     a = load_trace(data_dir / "mooncake-conversation.jsonl.gz")
     b = load_trace(SHARED / "data/mooncake/conversation_trace.jsonl")
     assert [(r.arrival_s, r.input_tokens, r.hash_ids) for r in a] == [(r.arrival_s, r.input_tokens, r.hash_ids) for r in b]
+
+
+def test_more_malformed_lines_name_the_line(tmp_path):
+    cases = [
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({**ok(5), "hash_ids": [True, 2]}), "field 'hash_ids' must be a list of integers"),
+        (json.dumps({**ok(5), "hash_ids": 7}), "field 'hash_ids' must be a list of integers"),
+        (json.dumps({**ok(5), "input_length": 600.0}), "field 'input_length' must be an integer, got 600.0"),
+        (json.dumps({**ok(5), "timestamp": 5.5}), "field 'timestamp' must be an integer, got 5.5"),
+        (json.dumps({**ok(5), "output_length": True}), "field 'output_length' must be an integer, got True"),
+    ]
+    for line, msg in cases:
+        p = write(tmp_path, None, raw=json.dumps(ok(0)) + "\n" + line + "\n")
+        with pytest.raises(TraceError) as e:
+            load_trace(p)
+        assert str(e.value) == f"{p}:2: {msg}"
+
+
+def test_an_integral_float_timestamp_is_accepted(tmp_path):
+    p = write(tmp_path, [ok(0), {**ok(0), "timestamp": 1500.0}])
+    assert [r.arrival_s for r in load_trace(p)] == [0.0, 1.5]
+
+
+def test_exact_messages_for_unsorted_missing_and_bad_rate(tmp_path):
+    p = write(tmp_path, [ok(10), ok(5)])
+    with pytest.raises(TraceError) as e:
+        load_trace(p)
+    assert str(e.value) == (f"{p}:2: timestamp 5 is earlier than the previous line's 10 "
+                            "(traces must be sorted; pass sort=True to sort them)")
+    with pytest.raises(TraceError) as e:
+        load_trace(tmp_path / "nope.jsonl")
+    assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: cannot open trace: No such file or directory"
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=r"^rate_multiplier must be > 0$"):
+            load_trace(p, rate_multiplier=bad)
+
+
+def test_sorting_keeps_the_file_order_of_equal_timestamps(tmp_path):
+    rows = [ok(2000, n=100), ok(1000, n=900), ok(1000, n=300), ok(1000, n=600)]
+    reqs = load_trace(write(tmp_path, rows), sort=True)
+    assert [r.input_tokens for r in reqs] == [900, 300, 600, 100] and [r.line for r in reqs] == [2, 3, 4, 1]
+
+
+def test_reading_stops_at_the_end_of_the_window(tmp_path):
+    """A sorted trace is read only up to the first line at or past the window's end: what follows
+    (here a malformed line) is never parsed."""
+    raw = "".join(json.dumps(ok(t)) + "\n" for t in (0, 1000, 2000)) + "{oops\n"
+    p = write(tmp_path, None, raw=raw)
+    assert [r.arrival_s for r in load_trace(p, duration_s=2.0)] == [0.0, 1.0]
+    with pytest.raises(TraceError, match="invalid JSON"):
+        load_trace(p, duration_s=2.5)
+
+
+def test_the_window_start_is_in_trace_seconds(tmp_path):
+    p = write(tmp_path, [ok(t) for t in (999, 1000, 1001, 4000)])
+    reqs = load_trace(p, start_s=1.0)
+    assert [r.line for r in reqs] == [2, 3, 4] and [r.arrival_s for r in reqs] == [0.0, 0.001, 3.0]
+
+
+def test_an_experiment_window_applies_every_trace_key(tmp_path):
+    from netkv.trace import window_from_config
+
+    from conftest import make_exp
+
+    p = write(tmp_path, [ok(t * 1000) for t in range(20)])
+    exp = make_exp(trace={"path": str(p), "start_s": 2.0, "duration_s": 10.0, "requests": 6, "rate_multiplier": 4.0})
+    reqs = window_from_config(exp)
+    assert [r.line for r in reqs] == [3, 4, 5, 6, 7, 8] and reqs[-1].arrival_s == 1.25
+    exp = make_exp(trace={"path": str(p), "duration_s": 3.0, "rate_multiplier": 1.0})
+    exp.trace.requests = None
+    assert len(window_from_config(exp)) == 3
