@@ -211,24 +211,33 @@ def test_est_wait_is_half_a_step_with_room_and_littles_law_without():
 
 
 def test_refreshing_many_slots_at_once_equals_refreshing_each():
-    """Over 16 touched slots the view refreshes its estimates in one vectorised pass."""
+    """Over 16 touched slots the view refreshes its estimates in one vectorised pass; it must agree
+    with the per-slot refresh (idle slots, single sequences, full batches and waiting ones included)."""
     rng = np.random.default_rng(11)
-    hosts = list(range(24))
-    a, b = view(hosts), view(hosts)
+    n = 24
+    act = rng.integers(0, COMPUTE.max_batch + 1, n)
+    act[:4] = [0, 1, COMPUTE.max_batch, 1]
+    queued, inbound = rng.integers(0, 2, n), rng.integers(0, 3, n)
+    kv = rng.integers(0, COMPUTE.kv_blocks, n)
+    import copy
+
+    c = copy.copy(COMPUTE)
+    c.step_b = 2e-4  # the H200 profile's fit has no per-sequence term; give it one so it is checked
+    a, b = ClusterView([P], list(range(n)), c), ClusterView([P], list(range(n)), c)
+    b.step_s()  # b's initial refresh (all slots dirty) happens now, before its state is set
     for v in (a, b):
-        v.active[:] = rng.integers(0, COMPUTE.max_batch + 1, 24) if v is a else a.active
-        v.ctx_total[:] = v.active * 3000.0
-        v.remaining[:] = v.active * 200.0
-        v.queued[:] = rng.integers(0, 2, 24) if v is a else a.queued
-        v.inbound[:] = rng.integers(0, 3, 24) if v is a else a.inbound
-        v.kv_used[:] = rng.integers(0, COMPUTE.kv_blocks, 24) if v is a else a.kv_used
-    a.touch_all()  # vectorised
-    for s in range(24):  # one slot at a time
+        v.active[:] = act
+        v.ctx_total[:] = act * 3000.0
+        v.remaining[:] = act * 200.0
+        v.queued[:], v.inbound[:], v.kv_used[:] = queued, inbound, kv
+    a.touch_all()  # one vectorised pass
+    for s in range(n):  # one slot at a time
         b.touch(s)
         b.step_s()
     for fn in (lambda v: v.step_s(), lambda v: v.est_wait_s(40), lambda v: v.first_step_s(1000)):
         assert np.allclose(fn(a), fn(b))
     assert len(set(np.round(a.est_wait_s(40), 9))) > 10  # the case is not degenerate
+    assert a.step_s()[0] == 0.0 and a.est_wait_s(40)[0] == 0.0
 
 
 def test_the_prefill_choice_weighs_backlog_and_prefix_hits():
@@ -351,3 +360,168 @@ def test_committed_transfers_count_only_when_their_windows_overlap():
     assert o.cost(P, FAR, 1e9, at=20.5)[0] == pytest.approx(2 * base)
     assert o.cost(P, FAR, 1e9, at=12.0)[0] == pytest.approx(base)
     assert o.cost(P, FAR, 1e9, at=22.0)[0] == pytest.approx(base)
+
+
+# ---- terms the first mutation runs found untested -------------------------------------------------
+
+
+def test_least_loaded_breaks_ties_by_kv_use_without_outweighing_a_sequence():
+    pol = registry.create("least_loaded")
+    v = view([FAR, NEAR])
+    v.active[:] = [1, 0]
+    v.kv_used[:] = [0, 100]  # one sequence more outweighs any KV use
+    v.touch_all()
+    assert pol.choose(Query(req(), 0, v), None) == 1
+    v.active[:] = [0, 1]
+    v.kv_used[:] = [COMPUTE.kv_blocks, 0]  # even a full KV cache weighs less than one sequence
+    v.touch_all()
+    assert pol.choose(Query(req(), 0, v), None) == 0
+
+
+class _Recording:
+    """An oracle that records the start time it is asked about."""
+
+    name = "rec"
+
+    def __init__(self):
+        self.at = []
+
+    def cost_row(self, src, dsts, nbytes, at=None):
+        self.at.append(at)
+        return np.zeros(len(dsts)), None
+
+
+def test_netkv_asks_the_oracle_about_the_expected_transfer_start():
+    v = view([FAR, NEAR])
+    o = _Recording()
+    registry.create("netkv").choose(Query(req(), 0, v, transfer_start=12.5), o)
+    assert o.at == [12.5]
+
+
+@pytest.mark.parametrize("name", ["round_robin", "random", "least_loaded", "cache_load_aware", "netkv"])
+def test_no_live_decode_instance_is_an_error(name):
+    v = view([FAR, NEAR])
+    v.set_decode_alive(0, False)
+    v.set_decode_alive(1, False)
+    assert not v.all_alive and list(v.decode_alive) == [False, False]
+    with pytest.raises(RuntimeError, match=r"^no live decode instance$"):
+        registry.create(name).choose(Query(req(), 0, v), _idle_oracle())
+    v.set_decode_alive(0, True)
+    v.set_decode_alive(1, True)
+    assert v.all_alive
+
+
+def test_seeded_policies_repeat_and_differ_by_seed():
+    v = view(list(range(16)))
+    def seq(seed, n=30):
+        pol = registry.create("random", {}, seed)
+        return [pol.choose(Query(req(), 0, v), None) for _ in range(n)]
+
+    assert seq(4) == seq(4) and seq(4) != seq(5)
+    direct = registry.get("random")({})  # the default seed is 0
+    assert [direct.choose(Query(req(), 0, v), None) for _ in range(30)] == seq(0)
+
+
+def test_round_robin_resumes_after_the_slot_it_gave():
+    v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"], TOPO.host_index["h2_0_0_0"]])
+    rr = registry.create("round_robin")
+    assert rr.choose(Query(req(), 0, v), None) == 0
+    v.set_decode_alive(1, False)
+    v.set_decode_alive(2, False)
+    assert [rr.choose(Query(req(), 0, v), None) for _ in range(3)] == [3, 0, 3]
+
+
+def test_the_registry_refuses_nameless_and_duplicate_policies():
+    from netkv.scheduler.policies.base import Policy
+    from netkv.scheduler.policies.registry import _REGISTRY, register
+
+    class Nameless(Policy):
+        pass
+
+    with pytest.raises(TypeError, match=r"^Nameless has no policy name$"):
+        register(Nameless)
+
+    class Imposter(Policy):
+        name = "netkv"
+
+    with pytest.raises(ValueError, match=r"^policy name 'netkv' registered twice$"):
+        register(Imposter)
+    nk = registry.get("netkv")
+    assert register(nk) is nk and _REGISTRY["netkv"] is nk  # registering the same class again is harmless
+
+    class Fresh(Policy):
+        name = "zz_test_fresh"
+
+    try:
+        assert register(Fresh) is Fresh and registry.get("zz_test_fresh") is Fresh
+    finally:
+        _REGISTRY.pop("zz_test_fresh", None)
+
+
+def test_first_step_adds_the_new_sequence_and_its_context():
+    import copy
+
+    c = copy.copy(COMPUTE)
+    c.step_b = 2e-4  # the H200 profile's fit has no per-sequence term; give it one so it is checked
+    v = ClusterView([P], [FAR, NEAR], c)
+    v.active[:] = [3, 0]
+    v.ctx_total[:] = [6000.0, 0.0]
+    v.touch_all()
+    got = v.first_step_s(2000)
+    assert got[0] == pytest.approx(c.step_a + 4 * c.step_b + (6000 + 2000) * c.step_c)
+    assert got[1] == pytest.approx(c.step_a + 1 * c.step_b + 2000 * c.step_c)
+
+
+# ---- oracle details -------------------------------------------------------------------------------
+
+
+def test_a_row_over_a_dead_link_is_exact_and_quiet():
+    import warnings
+
+    lk = ROUTING.path(P, FAR)[3]
+    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
+    o = CounterOracle(TOPO, ROUTING, lambda: dead, lambda: 10.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings leak out of the row computation
+        row, age = o.cost_row(P, np.array([FAR, NEAR, FAR]), np.array([0.0, 1e9, 1e9]))
+    assert row[0] == 0.0 and math.isinf(row[2]) and age == 0.25
+    assert row[1] == pytest.approx(1e9 / (400e9 / 8))
+
+
+def test_cost_row_counts_committed_transfers_in_the_window_asked_about():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    dsts = np.array([FAR, NEAR])
+    base, age = o.cost_row(P, dsts, np.array([1e9, 1e9]))
+    assert age == 0.0
+    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21 on P's uplinks and FAR's path
+    during, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=20.5)
+    before, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=12.0)
+    assert during[0] == pytest.approx(2 * base[0]) and before[0] == pytest.approx(base[0])
+
+
+def test_rows_follow_the_source_and_the_routing():
+    """The row cache is keyed by source and routing state: same destination array, other source or
+    a rerouted path, other answer."""
+    r = ROUTING.__class__(TOPO)
+    lk = r.path(P, FAR)[3]  # P's edge -> aggregation link towards FAR, 90% busy
+    rates = np.zeros(TOPO.n_links)
+    rates[lk] = 0.9 * TOPO.capacity_bps[lk]
+    snap = Snapshot(10.0, rates)
+    o = CounterOracle(TOPO, r, lambda: snap, lambda: 10.0)
+    dsts = np.array([FAR, NEAR])
+    nb = np.array([1e9, 1e9])
+    from_p, _ = o.cost_row(P, dsts, nb)
+    other = TOPO.host_index["h1_1_1_1"]
+    from_other, _ = o.cost_row(other, dsts, nb)
+    assert from_p[0] == pytest.approx(1e9 / (0.25 * 400e9 / 8))  # the floor on P's congested path
+    assert from_other[0] == pytest.approx(1e9 / (400e9 / 8)) and from_other[0] < from_p[0]
+    # take that link down in the routing: the path moves off it
+    r.set_down([lk])
+    moved, _ = o.cost_row(P, dsts, nb)
+    assert lk not in r.path(P, FAR) and moved[0] < from_p[0]
+    # FAR's own link down: no path at all, an infinite cost (the row stays finite for NEAR)
+    r.set_down([r.path(P, FAR)[-1]])
+    gone, _ = o.cost_row(P, dsts, nb)
+    assert math.isinf(gone[0]) and math.isfinite(gone[1])
+    assert math.isinf(o.cost(P, FAR, 1e9)[0])

@@ -195,3 +195,48 @@ def test_component_recompute_equals_global_maxmin():
         for f in fl:
             load[f.links] += f.rate
         assert np.allclose(net.link_rate, load)
+
+
+def test_background_report_sums_every_on_period(tmp_path):
+    """A 40 Gbit/s on/off elephant with nothing else on its path: delivered at exactly its rate over
+    every on-period, and the time on adds up across cycles; an entry that never starts reports None."""
+    raw = steer_exp(tmp_path, [
+        {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 40, "on_s": 0.75, "off_s": 0.5, "start_s": 0.25},
+        {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "start_s": 10000.0},
+    ], n=4)
+    exp = from_dict(raw, None)
+    sim = Simulation(exp, "netkv")
+    sim.run()
+    rep = sim.background_report()
+    assert [r["entry"] for r in rep] == [0, 1]
+    on, never = rep
+    # the run ends at the last completion; count the on-time the schedule gives up to then
+    t, want = 0.25, 0.0
+    while t < sim.now:
+        want += min(0.75, sim.now - t)
+        t += 1.25
+    assert on["on_s"] == pytest.approx(want) and on["on_s"] > 2 * 0.75
+    assert on["delivered_gbps_on"] == pytest.approx(40.0)
+    assert (on["src"], on["dst"]) == ("h1_0_0_2", "h1_0_0_3")
+    assert never["on_s"] == 0.0 and never["delivered_gbps_on"] is None
+
+
+def test_a_short_on_period_still_reports_its_rate(tmp_path):
+    raw = steer_exp(tmp_path, [{"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 10, "on_s": 0.5,
+                                "off_s": 1e6}], n=2)
+    sim = Simulation(from_dict(raw, None), "netkv")
+    sim.run()
+    (r,) = sim.background_report()
+    assert r["on_s"] == pytest.approx(0.5) and r["delivered_gbps_on"] == pytest.approx(10.0)
+
+
+def test_removing_a_flow_frees_its_share():
+    net = FlowNetwork(np.array([10.0, 10.0]))
+    a = net.add(0.0, [0], 100.0)
+    b = net.add(0.0, [0, 1], 100.0)
+    assert (a.rate, b.rate) == pytest.approx((5.0, 5.0))
+    net.remove(1.0, a.id)
+    assert a.id not in net.flows and b.rate == pytest.approx(10.0)
+    assert net.link_rate == pytest.approx([10.0, 10.0]) and list(net.link_flows) == [1, 1]
+    net.remove(2.0, a.id)  # removing it twice is harmless
+    assert b.rate == pytest.approx(10.0) and net.counters == pytest.approx([20.0, 15.0])
