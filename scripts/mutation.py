@@ -72,11 +72,12 @@ def stage(source: Path) -> None:
 
 
 def ensure_mutmut(python: str) -> None:
+    probe = "import importlib.metadata as m; print(m.version('mutmut'))"
     try:
-        out = subprocess.run([python, "-m", "mutmut", "--version"], capture_output=True, text=True)
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
     except OSError as e:
         sys.exit(f"mutation: cannot run {python}: {e}")
-    if out.returncode != 0 or MUTMUT_VERSION not in out.stdout:
+    if out.stdout.strip() != MUTMUT_VERSION:
         print(f"installing mutmut=={MUTMUT_VERSION} into {Path(python).parent.parent}", flush=True)
         subprocess.run([python, "-m", "pip", "install", "-q", f"mutmut=={MUTMUT_VERSION}"], check=True)
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0,
                     help="try only N mutants drawn at random (seeded) from all of them: an estimate of the score")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--names", type=Path, help="try the mutants listed in this file (one name per line, e.g. "
+                    "another run's sample.txt; names no longer generated are skipped)")
     ap.add_argument("--only", nargs="+", metavar="GLOB", default=[],
                     help="try only mutants whose names match, e.g. 'netkv.kvcache*' (the score covers those)")
     args = ap.parse_args(argv)
@@ -134,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         stage(args.source.resolve())
         env = {k: v for k, v in os.environ.items() if k != "NETKV_REQUIRE_ROOT_TESTS"}
         run = [*mutmut_cmd(args.python), "run", "--max-children", str(args.max_children)]
-        if args.sample:
+        if args.sample or args.names:
             # generates the mutants and the test map, then stops (asserting that nothing matched)
             subprocess.run([*run, NOTHING], cwd=STAGE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             names = sorted(load_results())
             if not names:
                 print("mutation: mutmut generated no mutants (run without --sample to see why)", file=sys.stderr)
                 return 1
-            rng = random.Random(args.seed)
-            picked = sorted(rng.sample(names, min(args.sample, len(names))))
-            print(f"sampled {len(picked)} of {len(names)} mutants (seed {args.seed})", flush=True)
+            if args.names:
+                wanted = [n for n in args.names.read_text().split() if n]
+                picked = sorted(set(wanted) & set(names))
+                print(f"{len(picked)} of the {len(wanted)} mutants in {args.names} are generated here", flush=True)
+            else:
+                rng = random.Random(args.seed)
+                picked = sorted(rng.sample(names, min(args.sample, len(names))))
+                print(f"sampled {len(picked)} of {len(names)} mutants (seed {args.seed})", flush=True)
+            (STAGE / "sample.txt").write_text("\n".join(picked) + "\n")
             run += picked
         elif args.only:
             run += args.only
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     results = load_results()
-    if args.sample or args.only:  # only the sampled or selected mutants were tried
+    if args.sample or args.only or args.names:  # only the sampled or selected mutants were tried
         results = {n: r for n, r in results.items() if r["status"] != "not checked"}
     if not results:
         print(f"mutation: no mutmut results in {STAGE} (run without --report-only first)", file=sys.stderr)

@@ -227,3 +227,54 @@ def test_set_overrides_reach_into_tables_and_take_bare_words(tmp_path):
         apply_overrides({"trace": {"requests": 3}}, ["trace.requests.x=1"], "f")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides({}, ["=5"], "f")
+
+
+def test_messages_that_list_what_is_known(tmp_path):
+    from netkv.config import _SECTIONS  # noqa: F401
+
+    cases = [
+        ({"topology": {"kk": 3}}, "topology.kk: unknown key (known: k, gpus_per_server, gpu_link_gbps, "
+         "server_link_gbps, edge_link_gbps, core_link_gbps, oversubscription, routing)"),
+        ({"bogus": 1}, "bogus: unknown top-level key (known: background, compute, emulation, model, name, placement, "
+         "policies, policy, seed, slo, telemetry, topology, trace)"),
+        ({"policies": ["netkv", "magic"]}, "policies: unknown policy 'magic' (known: cache_load_aware, least_loaded, "
+         "netkv, random, round_robin)"),
+        ({"placement": {"layout": "zigzag"}}, "placement.layout: unknown layout 'zigzag' (known: mixed-server, "
+         "alternate-servers, split-pods, random, explicit)"),
+        ({"placement": {"layout": "explicit", "prefill": ["h9_0_0_0"], "decode": ["h0_0_0_1"]}},
+         "placement: unknown host 'h9_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)"),
+        ({"background": [{"src": "h0_0_0_0", "dst": "h7_0_0_0"}]},
+         "background[0].dst: unknown host 'h7_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)"),
+    ]
+    for override, message in cases:
+        with pytest.raises(ConfigError) as e:
+            make_exp(**override)
+        assert str(e.value) == f"<experiment>: {message}"
+    p = tmp_path / "bad.toml"
+    p.write_text("[topology]\nk = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value) == f"{p}: topology.k: must be an even integer >= 2, got 3"
+    with pytest.raises(ConfigError) as e:
+        load(p, ["topology.k=4", "placement.layout=zigzag"])
+    assert str(e.value).startswith(f"{p}: placement.layout: unknown layout 'zigzag'")
+
+
+@pytest.mark.parametrize("buckets", [0, 2, 4, 8, 16, 32, 64, 128, 256])
+def test_every_power_of_two_bucket_count_is_accepted(buckets):
+    assert make_exp(emulation={"fair_queue_buckets": buckets}).emulation.fair_queue_buckets == buckets
+
+
+@pytest.mark.parametrize("cc", ["cubic", "reno", "bbr"])
+def test_every_congestion_control_is_accepted(cc):
+    assert make_exp(emulation={"tcp_congestion_control": cc}).emulation.tcp_congestion_control == cc
+
+
+def test_the_raw_document_and_values_with_equals_signs_are_kept(tmp_path):
+    from netkv.config import apply_overrides
+
+    exp = make_exp(trace={"requests": 7})
+    assert exp.raw["trace"]["requests"] == 7 and exp.raw["topology"]["k"] == 2
+    assert apply_overrides({}, ["name=a=b"], "f") == {"name": "a=b"}
+    # a relative path without a file stays relative
+    assert make_exp().resolve("x/t.jsonl") == Path("x/t.jsonl")
