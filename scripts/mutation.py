@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ CORE = [
     "netkv/config.py",
 ]
 MUTMUT_VERSION = "3.8.1"  # pinned: mutmut's 3.x config keys and meta-file format change between releases
+MEMORY_LIMIT_GB = 4
 
 
 def stage(source: Path) -> None:
@@ -103,6 +105,13 @@ def load_equivalent() -> dict[str, str]:
     return {m["name"]: m["why"] for m in data.get("mutant", [])}
 
 
+def _limit_memory() -> None:
+    """Some mutants make the simulator loop while allocating; cap each process's address space so
+    they end with MemoryError (a kill) instead of taking the machine's memory."""
+    limit = MEMORY_LIMIT_GB << 30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def mutmut_cmd(python: str) -> list[str]:
     # the console script, not `python -m mutmut`: the trampolines import `mutmut.__main__`, which must
     # not be the running __main__ module (it would run its module-level setup a second time)
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.only:
             run += args.only
         print(f"staged in {STAGE}; running mutmut on the core modules (this takes a while)", flush=True)
-        rc = subprocess.run(run, cwd=STAGE, env=env).returncode
+        rc = subprocess.run(run, cwd=STAGE, env=env, preexec_fn=_limit_memory).returncode
         if rc != 0:
             print(f"mutation: mutmut exited {rc}", file=sys.stderr)
             return 1
