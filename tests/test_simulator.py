@@ -240,3 +240,23 @@ def test_removing_a_flow_frees_its_share():
     assert net.link_rate == pytest.approx([10.0, 10.0]) and list(net.link_flows) == [1, 1]
     net.remove(2.0, a.id)  # removing it twice is harmless
     assert b.rate == pytest.approx(10.0) and net.counters == pytest.approx([20.0, 15.0])
+
+
+def test_progress_bar_counts_finished_requests(capsys, monkeypatch):
+    import tqdm
+
+    seen = {}
+
+    class Spy(tqdm.tqdm):
+        def close(self):
+            seen.update(n=self.n, total=self.total, desc=self.desc)
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", Spy)
+    exp = make_exp(trace={"requests": 12})
+    Simulation(exp, "round_robin", progress=True).run()
+    assert seen == {"n": 12, "total": 12, "desc": "simulate round_robin"}
+    assert "simulate round_robin" in capsys.readouterr().err
+    seen.clear()
+    Simulation(exp, "round_robin", progress=False).run()
+    assert seen == {} and capsys.readouterr().err == ""
