@@ -525,3 +525,53 @@ def test_rows_follow_the_source_and_the_routing():
     gone, _ = o.cost_row(P, dsts, nb)
     assert math.isinf(gone[0]) and math.isfinite(gone[1])
     assert math.isinf(o.cost(P, FAR, 1e9)[0])
+
+
+def test_argmin_takes_the_cheapest_live_slot_and_any_live_one_when_none_is_reachable():
+    from netkv.scheduler.policies.base import Policy
+
+    pol = Policy({}, seed=0)
+    v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"]])
+    v.set_decode_alive(0, False)
+    assert all(pol.argmin(np.array([0.0, 2.0, 1.0]), v) == 2 for _ in range(10))
+    inf = np.full(3, np.inf)
+    assert {pol.argmin(inf, v) for _ in range(40)} == {1, 2}  # unreachable everywhere: any live slot
+
+
+def test_the_decision_records_its_estimate_for_the_expected_start_and_its_wall_times():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    v = view([FAR])
+    s = Scheduler("netkv", {}, 1, v, o, TOPO)
+    base = s.decide(req(1024))
+    o.commit("far-future", P, FAR, 25e9, 1.0, start=1000.0)  # overlaps nothing near now
+    d = s.decide(req(1024))
+    assert d.transfer_start == pytest.approx(10.0 + COMPUTE.prefill_s(1024))
+    assert d.est_transfer_s == base.est_transfer_s
+    assert 0 < d.decision_us < 1e6 and 0 < d.prefill_choice_us < 1e6  # microseconds of wall time
+
+
+def test_commit_ignores_empty_transfers_and_unusable_estimates():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    base = o.cost(P, FAR, 1e9)[0]
+    o.commit("empty", P, FAR, 0.0, 1.0)
+    assert "empty" not in o.committed
+    o.commit("no-estimate", P, FAR, 1e9, math.inf)  # recorded, but with no rate to count
+    assert o.committed["no-estimate"].rate == 0.0 and o.cost(P, FAR, 1e9)[0] == base
+
+
+def test_register_refuses_a_class_without_a_name_attribute():
+    from netkv.scheduler.policies.registry import register
+
+    class Bare:
+        pass
+
+    with pytest.raises(TypeError, match="Bare has no policy name"):
+        register(Bare)
+
+
+def test_view_arrays_hold_host_indices_even_when_empty():
+    v = ClusterView([], [], COMPUTE)
+    assert v.decode_hosts.dtype == np.int64 and v.prefill_hosts.dtype == np.int64
+    assert v.n_decode == 0 and v.n_prefill == 0

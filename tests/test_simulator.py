@@ -260,3 +260,68 @@ def test_progress_bar_counts_finished_requests(capsys, monkeypatch):
     seen.clear()
     Simulation(exp, "round_robin", progress=False).run()
     assert seen == {} and capsys.readouterr().err == ""
+
+
+def test_experiment_policy_parameters_reach_the_policy():
+    exp = make_exp(policy={"cache_load_aware": {"overlap_weight": 123.0}})
+    sim = Simulation(exp, "cache_load_aware")
+    assert sim.sched.policy.params == {"overlap_weight": 123.0}
+    assert Simulation(make_exp(), "cache_load_aware").sched.policy.params == {"overlap_weight": 1.0}
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "cache_load_aware", "netkv"])
+def test_every_counter_of_the_view_returns_to_zero(policy):
+    """After the run every request has left: no sequence inbound, queued or running, no KV reserved
+    or pending, no prefill queued; and each row names its policy."""
+    exp = make_exp(trace={"requests": 60, "rate_multiplier": 8.0}, compute={"max_batch": 4})
+    sim = Simulation(exp, policy)
+    rows = [r.to_row() for r in sim.run()]
+    v = sim.view
+    for name in ("inbound", "queued", "active", "kv_used", "kv_pending", "prefill_queued"):
+        assert not getattr(v, name).any(), name
+    assert np.allclose(v.ctx_total, 0) and np.allclose(v.remaining, 0)
+    assert {r["policy"] for r in rows} == {policy}
+    assert any(r["decode_wait_s"] > 0 for r in rows)  # the small batch made some wait
+
+
+def test_folded_decode_without_a_context_term_matches_the_reference():
+    """A profile whose iteration time does not grow with context (step_c = 0): steps are constant
+    and a sequence joins at the next whole step."""
+    import copy
+
+    exp = make_exp(
+        placement={"layout": "explicit", "prefill": ["h0_0_0_0", "h0_0_0_1", "h1_0_0_0"], "decode": ["h1_0_0_3"]},
+        compute={"max_batch": 3, "decode_kv_blocks": 200},
+        trace={"requests": 25, "rate_multiplier": 20.0},
+    )
+    probe = Simulation(exp, "round_robin")
+    c = copy.copy(probe.compute)
+    c.step_c = 0.0
+    sim = Simulation(exp, "round_robin", compute=c)
+    recs = sim.run()
+    first, done, gaps = _reference_decode([(r.t_transfer_end, r.id, r.input_tokens, r.output_tokens) for r in recs], c)
+    for r in recs:
+        assert r.t_first_token == pytest.approx(first[r.id], abs=1e-9)
+        assert r.t_done == pytest.approx(done[r.id], abs=1e-9)
+
+
+def test_flow_network_details():
+    net = FlowNetwork(np.array([1.0, 10.0]))
+    assert net.link_flows.dtype.kind == "i"
+    versions = [net.version]
+    f = net.add(0.0, [0], 2.0)  # a flow of 2 bytes at 1 byte/s
+    versions.append(net.version)
+    assert net.next_completion() == (pytest.approx(2.0), f)
+    g = net.add(0.0, [1], 5.0)
+    versions.append(net.version)
+    net.remove_many([f.id, g.id])
+    versions.append(net.version)
+    assert versions == sorted(set(versions)) and net.next_completion() is None
+
+
+def test_maxmin_gives_pathless_flows_their_demand():
+    from netkv.simulator.maxmin import maxmin_rates
+
+    rates = maxmin_rates([np.array([0]), np.array([], dtype=np.int64), np.array([], dtype=np.int64)],
+                         np.array([10.0]), np.array([np.inf, 3.0, np.inf]))
+    assert list(rates) == [10.0, 3.0, 0.0]
