@@ -118,9 +118,25 @@ def mutmut_cmd(python: str) -> list[str]:
     return [str(Path(python).parent / "mutmut")]
 
 
-def mutant_diff(python: str, name: str) -> str:
-    out = subprocess.run([*mutmut_cmd(python), "show", name], cwd=STAGE, capture_output=True, text=True)
-    return out.stdout.strip()
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.load(sys.stdin):
+    out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+json.dump(out, sys.stdout)
+"""
+
+
+def mutant_diffs(python: str, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff, from mutmut's own code in one process (`mutmut show` once per name is slow)."""
+    if not names:
+        return {}
+    out = subprocess.run([python, "-c", _DIFFS], cwd=STAGE, input=json.dumps(names), capture_output=True, text=True)
+    if out.returncode != 0:
+        return {n: f"(no diff: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'mutmut failed'})"
+                for n in names}
+    return json.loads(out.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,21 +187,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation: mutmut exited {rc}", file=sys.stderr)
             return 1
 
-    results = load_results()
-    if args.sample or args.only or args.names:  # only the sampled or selected mutants were tried
-        results = {n: r for n, r in results.items() if r["status"] != "not checked"}
+    generated = load_results()
+    # only tried mutants count (a --sample, --only or --names run leaves the others "not checked")
+    results = {n: r for n, r in generated.items() if r["status"] != "not checked"}
+    untried = len(generated) - len(results)
     if not results:
         print(f"mutation: no mutmut results in {STAGE} (run without --report-only first)", file=sys.stderr)
         return 1
     equivalent = load_equivalent()
-    stale = sorted(set(equivalent) - set(results))
+    stale = sorted(set(equivalent) - set(generated))
     by_file: dict[str, dict[str, int]] = {}
     survivors = []
     for name, r in sorted(results.items()):
         st = "equivalent" if name in equivalent else r["status"]
         by_file.setdefault(r["file"], {}).setdefault(st, 0)
         by_file[r["file"]][st] += 1
-        if st in ("survived", "no tests", "not checked", "skipped", "suspicious"):
+        if st in ("survived", "no tests", "skipped", "suspicious"):
             survivors.append((name, r["file"], st))
     total = len(results)
     n_eq = sum(1 for n in results if n in equivalent)
@@ -194,19 +211,22 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = ["# Mutation testing report (scripts/mutation.py)", "",
              f"Score: **{killed} killed / {total - n_eq}** = {score:.1%} "
-             f"({total} mutants, {n_eq} equivalent excluded: tests/mutation_equivalent.toml)", "",
+             f"({total} mutants tried of {len(generated)} generated, {n_eq} equivalent excluded: "
+             "tests/mutation_equivalent.toml)", "",
              "| file | killed | timeout | survived | no tests | equivalent |", "|---|---|---|---|---|---|"]
     for f, c in sorted(by_file.items()):
         lines.append(f"| {f} | {c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | "
                      f"{c.get('no tests', 0)} | {c.get('equivalent', 0)} |")
     lines += ["", f"## Survivors ({len(survivors)})", ""]
+    diffs = mutant_diffs(args.python, [n for n, _f, _st in survivors])
     for name, f, st in survivors:
-        lines += [f"### {name} ({st})", "", "```diff", mutant_diff(args.python, name), "```", ""]
+        lines += [f"### {name} ({st})", "", "```diff", diffs.get(name, "").strip(), "```", ""]
     if stale:
         lines += ["## Listed as equivalent but no longer generated", ""] + [f"- {n}" for n in stale]
     (STAGE / "report.md").write_text("\n".join(lines) + "\n")
     print(f"mutation score: {killed} killed / {total - n_eq} = {score:.1%} "
-          f"({total} mutants, {n_eq} equivalent, {len(survivors)} surviving); report: {STAGE / 'report.md'}")
+          f"({total} tried of {len(generated)}, {n_eq} equivalent, {len(survivors)} surviving); "
+          f"report: {STAGE / 'report.md'}")
     return 0
 
 
