@@ -93,8 +93,11 @@ def load_results() -> dict[str, dict]:
         data = json.loads(meta.read_text())
         src = str(meta.relative_to(STAGE / "mutants"))[: -len(".meta")]
         for name, code in data.get("exit_code_by_key", {}).items():
-            status = status_by_exit_code.get(code, "killed")
-            out[name] = {"file": src, "status": "killed" if status == "segfault" else status}
+            if code is not None and code < 0 and code not in (-24,):
+                status = "killed"  # the test process crashed under the mutant (e.g. its memory cap: SIGABRT/SIGSEGV)
+            else:
+                status = status_by_exit_code[code]  # mutmut's own reading; unknown codes are "suspicious"
+            out[name] = {"file": src, "status": status}
     return out
 
 
@@ -190,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     generated = load_results()
     # only tried mutants count (a --sample, --only or --names run leaves the others "not checked")
     results = {n: r for n, r in generated.items() if r["status"] != "not checked"}
-    untried = len(generated) - len(results)
     if not results:
         print(f"mutation: no mutmut results in {STAGE} (run without --report-only first)", file=sys.stderr)
         return 1
@@ -198,15 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     stale = sorted(set(equivalent) - set(generated))
     by_file: dict[str, dict[str, int]] = {}
     survivors = []
+    wrongly_listed: list[str] = []
     for name, r in sorted(results.items()):
-        st = "equivalent" if name in equivalent else r["status"]
+        caught = r["status"] in ("killed", "timeout")
+        if name in equivalent and caught:
+            wrongly_listed.append(name)  # a test tells it apart: it is not equivalent
+        st = "equivalent" if name in equivalent and not caught else r["status"]
         by_file.setdefault(r["file"], {}).setdefault(st, 0)
         by_file[r["file"]][st] += 1
         if st in ("survived", "no tests", "skipped", "suspicious"):
             survivors.append((name, r["file"], st))
     total = len(results)
-    n_eq = sum(1 for n in results if n in equivalent)
-    killed = sum(1 for n, r in results.items() if n not in equivalent and r["status"] in ("killed", "timeout"))
+    n_eq = sum(1 for n in results if n in equivalent and n not in wrongly_listed)
+    killed = sum(1 for r in results.values() if r["status"] in ("killed", "timeout"))
     score = killed / max(1, total - n_eq)
 
     lines = ["# Mutation testing report (scripts/mutation.py)", "",
@@ -223,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"### {name} ({st})", "", "```diff", diffs.get(name, "").strip(), "```", ""]
     if stale:
         lines += ["## Listed as equivalent but no longer generated", ""] + [f"- {n}" for n in stale]
+    if wrongly_listed:
+        lines += ["## Listed as equivalent but killed by a test (remove them from the list)", ""]
+        lines += [f"- {n}" for n in wrongly_listed]
+        print(f"mutation: {len(wrongly_listed)} mutants listed as equivalent were killed: see the report",
+              file=sys.stderr)
     (STAGE / "report.md").write_text("\n".join(lines) + "\n")
     print(f"mutation score: {killed} killed / {total - n_eq} = {score:.1%} "
           f"({total} tried of {len(generated)}, {n_eq} equivalent, {len(survivors)} surviving); "
