@@ -575,3 +575,38 @@ def test_view_arrays_hold_host_indices_even_when_empty():
     v = ClusterView([], [], COMPUTE)
     assert v.decode_hosts.dtype == np.int64 and v.prefill_hosts.dtype == np.int64
     assert v.n_decode == 0 and v.n_prefill == 0
+
+
+def test_a_new_snapshot_object_is_read_even_with_the_same_version():
+    snaps = [Snapshot(10.0, np.zeros(TOPO.n_links))]
+    o = CounterOracle(TOPO, ROUTING, lambda: snaps[-1], lambda: 10.0)
+    idle = o.cost(P, FAR, 1e9)[0]
+    snaps.append(congested_snapshot(P, FAR, util=0.5))
+    snaps[-1].version = 0  # a source that does not number its snapshots
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * idle)
+    row, _ = o.cost_row(P, np.array([FAR]), np.array([1e9]))
+    assert row[0] == pytest.approx(2 * idle)
+
+
+def test_a_zero_time_estimate_is_committed_without_a_rate():
+    o = CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
+    o.commit("instant", P, FAR, 1e9, 0.0)
+    assert o.committed["instant"].rate == 0.0 and o.committed["instant"].duration == 0.0
+
+
+def test_unknown_policy_parameters_name_the_known_ones():
+    with pytest.raises(ValueError) as e:
+        registry.create("netkv", {"bogus": 1})
+    assert str(e.value) == "unknown parameter 'bogus' (known: transfer_weight, wait_weight)"
+    with pytest.raises(ValueError) as e:
+        registry.create("round_robin", {"x": 1})
+    assert str(e.value) == "unknown parameter 'x' (known: none)"
+    with pytest.raises(ValueError, match=r"^parameter 'wait_weight' must be a number, got True$"):
+        registry.create("netkv", {"wait_weight": True})
+
+
+def test_view_counts_are_integers():
+    v = view([FAR, NEAR])
+    for name in ("active", "queued", "inbound", "kv_used", "kv_pending", "prefill_queued"):
+        assert getattr(v, name).dtype.kind == "i", name
+    assert v._kv_free.dtype.kind == "i" and v._batch_full.dtype == bool

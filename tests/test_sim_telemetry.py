@@ -132,3 +132,24 @@ def test_a_simultaneous_request_sees_the_first_requests_committed_transfer(tmp_p
         assert d1.est_transfer_s == pytest.approx(static)
     # in the flow model the two share the uplink: each takes twice as long as alone
     assert rows[0]["transfer_s"] == pytest.approx(2 * static, rel=1e-6)
+
+
+def test_a_sample_published_at_the_decision_instant_is_used(tmp_path):
+    """Binary-exact times: sampled at 0.25 s, published at 0.75 s, and a request arriving at 0.75 s
+    sees it (published at or before now)."""
+    exp = _exp(tmp_path, [0.0, 0.75], background=False, telemetry={"poll_interval_s": 0.25, "publish_delay_s": 0.5})
+    sim = Simulation(exp, "netkv")
+    rec = Recorder(sim)
+    rec.run()
+    (_t0, first, _d0), (t1, seen, _d1) = rec.decisions
+    assert first is None and t1 == 0.75 and seen.sampled_at == 0.25
+
+
+def test_the_oracle_learns_when_each_transfer_starts(tmp_path):
+    sim = Simulation(_exp(tmp_path, [0.0, 0.5, 1.0], background=False), "netkv")
+    started = []
+    real = sim.oracle.started
+    sim.oracle.started = lambda key, t: (started.append((key, t)), real(key, t))
+    rows = [r.to_row() for r in sim.run()]
+    assert started == [(r["id"], pytest.approx(r["t_prefill_end"])) for r in rows]
+    assert sim.oracle.committed == {}  # each released when its KV arrived
