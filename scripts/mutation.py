@@ -1,6 +1,7 @@
 """Mutation testing of the core modules with mutmut: stage, run, score, report the survivors.
 
-    .venv/bin/python scripts/mutation.py [--max-children N] [--sample N] [--source DIR] [--stage DIR]
+    .venv/bin/python scripts/mutation.py [--sample N [--seed S] | --names FILE | --only GLOB ...]
+                                          [--max-children N] [--source DIR] [--stage DIR] [--report-only]
 
 mutmut (https://github.com/boxed/mutmut) copies the code it mutates into `mutants/` and imports it
 from there, so this script first stages the installed layout of the project (the top-level folders
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="try only mutants whose names match, e.g. 'netkv.kvcache*' (the score covers those)")
     args = ap.parse_args(argv)
     STAGE = args.stage.resolve()
+    if args.sample < 0:
+        ap.error(f"--sample must be >= 0, got {args.sample}")
+    if args.names is not None and not args.names.is_file():
+        ap.error(f"--names {args.names}: no such file")
+    if not (args.source / "pyproject.toml").is_file():
+        ap.error(f"--source {args.source}: not a checkout of this project (no pyproject.toml)")
 
     if not args.report_only:
         ensure_mutmut(args.python)
@@ -180,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                 rng = random.Random(args.seed)
                 picked = sorted(rng.sample(names, min(args.sample, len(names))))
                 print(f"sampled {len(picked)} of {len(names)} mutants (seed {args.seed})", flush=True)
+            if not picked:  # an empty name list would make mutmut try every mutant
+                print("mutation: none of the requested mutants is generated here", file=sys.stderr)
+                return 1
             (STAGE / "sample.txt").write_text("\n".join(picked) + "\n")
             run += picked
         elif args.only:
