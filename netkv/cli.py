@@ -14,10 +14,21 @@ def _load(path, overrides=None):
     return load(path, overrides)
 
 
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it (exit 2)."""
+
+
 def _check_policies(names) -> None:
-    for p in names or []:
+    for i, p in enumerate(names or []):
         if p not in _policy_names():
-            raise SystemExit(f"netkv: error: --policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+            raise UsageError(f"--policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+        if p in names[:i]:
+            raise UsageError(f"--policy: '{p}' given twice")
+
+
+def _check_requests(n) -> None:
+    if n is not None and n < 1:
+        raise UsageError(f"--requests: must be >= 1, got {n}")
 
 
 def _print_outputs(root: Path) -> None:
@@ -31,10 +42,11 @@ def _print_outputs(root: Path) -> None:
 def cmd_simulate(a) -> int:
     from .simulator.run import simulate_experiment
 
+    _check_requests(a.requests)
+    _check_policies(a.policy)
     exp = _load(a.experiment, a.set)
     if a.requests is not None:
         exp.trace.requests = a.requests
-    _check_policies(a.policy)
     run, _ = simulate_experiment(exp, a.policy, Path(a.out), progress=not a.quiet and sys.stderr.isatty())
     _print_outputs(run.root)
     return 0
@@ -45,8 +57,9 @@ def cmd_emulate(a) -> int:
     from .fabric import FabricError, require_root
     from .report import make_plots
 
-    exp = _load(a.experiment, a.set)
+    _check_requests(a.requests)
     _check_policies(a.policy)
+    exp = _load(a.experiment, a.set)
     try:
         require_root()
         run, _ = emulate_experiment(exp, a.policy, Path(a.out), cli=a.cli, requests=a.requests)
@@ -113,7 +126,7 @@ def cmd_report(a) -> int:
     try:
         doc = run.read_summary()
     except FileNotFoundError:
-        raise SystemExit(f"netkv: error: {a.run_dir}: no summary.json (not a run directory)")
+        raise UsageError(f"{a.run_dir}: no summary.json (not a run directory)") from None
     if doc.get("partial"):
         print("(partial run: not every policy finished)")
     print(format_table(doc["policies"]))
@@ -252,7 +265,7 @@ def cmd_compare(a) -> int:
 
     for d in (a.run_a, a.run_b):
         if not (Path(d) / "summary.json").exists():
-            raise SystemExit(f"netkv: error: {d}: no summary.json (not a run directory)")
+            raise UsageError(f"{d}: no summary.json (not a run directory)")
     cmp = compare_runs(a.run_a, a.run_b)
     if a.json:
         Path(a.json).write_text(json.dumps(cmp, indent=1))
@@ -334,7 +347,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, TraceError, ProfileError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, TraceError, ProfileError, FileNotFoundError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -274,6 +274,9 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     policies = raw.get("policies", list(POLICY_NAMES))
     if not isinstance(policies, list) or not policies:
         _fail(where, "policies", "expected a non-empty list of policy names")
+    for i, pol in enumerate(policies):
+        if pol in policies[:i]:
+            _fail(where, "policies", f"'{pol}' listed twice")
     from .scheduler.policies import registry  # noqa: F401  (lazy: avoid an import cycle)
 
     secs = {name_: _section(where, name_, cls, raw.get(name_, {})) for name_, cls in _SECTIONS.items()}

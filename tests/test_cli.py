@@ -66,7 +66,7 @@ def test_bad_input_one_line_error(tmp_path, content, needle):
 
 def test_report_on_non_run_dir(tmp_path):
     p = run("report", str(tmp_path))
-    assert p.returncode != 0 and "summary.json" in p.stderr
+    assert p.returncode == 2 and p.stderr.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
 
 
 def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):

@@ -100,6 +100,7 @@ BAD = [
     ({"seed": True}, "seed: expected an integer, got True"),
     ({"policies": []}, "policies: expected a non-empty list of policy names"),
     ({"policies": "netkv"}, "policies: expected a non-empty list of policy names"),
+    ({"policies": ["netkv", "random", "netkv"]}, "policies: 'netkv' listed twice"),
     ({"policy": []}, "policy: expected a table of per-policy tables"),
     ({"policy": {"magic": {}}}, "policy.magic: unknown policy (known: cache_load_aware, least_loaded, netkv, random, round_robin)"),
     ({"policy": {"netkv": {"transfer_weight": "x"}}}, "policy.netkv: parameter 'transfer_weight' must be a number, got 'x'"),
