@@ -350,8 +350,9 @@ def main(argv=None) -> int:
     except (UsageError, ConfigError, TraceError, ProfileError, FileNotFoundError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("netkv: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        where = f"; partial results kept in {e}" if str(e) else ""
+        print(f"netkv: interrupted{where}", file=sys.stderr)
         return 130
 
 

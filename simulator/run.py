@@ -52,6 +52,8 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
             summaries[pol] = s
             meta["wall_s"][pol] = wall
             log(f"  {pol}: {wall:.2f} s wall, {sim.events} events")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(str(run.root)) from None  # says where the partial results are
     finally:
         partial = len(summaries) < len(policies)
         meta["partial"] = partial

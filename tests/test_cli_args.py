@@ -32,3 +32,15 @@ def test_report_and_compare_on_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
+
+
+def test_an_interrupted_simulation_says_where_its_partial_results_are(tmp_path, capsys, monkeypatch):
+    from netkv.simulator import run as simrun
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simrun.Simulation, "run", interrupted)
+    assert main(["simulate", SMOKE, "--out", str(tmp_path), "--quiet"]) == 130
+    (run,) = tmp_path.iterdir()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"netkv: interrupted; partial results kept in {run}"

@@ -124,9 +124,10 @@ def test_a_simulation_stopped_early_is_marked_partial(tmp_path, monkeypatch, sma
         return real(self)
 
     monkeypatch.setattr(simrun.Simulation, "run", second_one_interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:
         simrun.simulate_experiment(small_exp, ["round_robin", "netkv"], tmp_path, progress=False, log=lambda *a: None)
     (run,) = tmp_path.iterdir()
+    assert str(e.value) == str(run)  # the interrupt says where the partial results are
     doc = json.loads((run / "summary.json").read_text())
     assert doc["partial"] is True and list(doc["policies"]) == ["round_robin"]
     assert json.loads((run / "meta.json").read_text())["partial"] is True
