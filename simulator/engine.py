@@ -33,6 +33,7 @@ from ..trace import BLOCK_TOKENS, window_from_config
 from .network import FlowNetwork
 
 ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF = range(7)
+_PERIODIC = (POLL, BG_ON, BG_OFF)  # events that recur for ever; the others move requests along
 
 
 class _Req:
@@ -122,6 +123,7 @@ class Simulation:
         self._bg_since = [0.0] * len(self.bg)
         self._heap: list = []
         self._seq = 0
+        self._work = 0  # queued events that can move a request along (not periodic ones)
         self._progress = progress
         self.finished = 0
         self.events = 0
@@ -129,6 +131,8 @@ class Simulation:
     # ---- event queue -------------------------------------------------------------------------
     def _push(self, t, kind, a=None, b=None):
         self._seq += 1
+        if kind not in _PERIODIC:
+            self._work += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
     def run(self) -> list[RequestRecord]:
@@ -157,12 +161,18 @@ class Simulation:
                 t, _, kind, a, b = heapq.heappop(self._heap)
                 self.now = t
                 self.events += 1
+                if kind not in _PERIODIC:
+                    self._work -= 1
+                elif self._work == 0:
+                    # only polls and background toggles are left: nothing can finish a request
+                    break
                 handlers[kind](a, b)
         finally:
             if bar is not None:
                 bar.close()
         if self.finished < n:
-            raise RuntimeError(f"simulation stalled with {n - self.finished} unfinished requests")
+            raise RuntimeError(f"simulation stalled at t = {self.now:.3f} s with {n - self.finished} unfinished "
+                               "requests and no event left that could finish them")
         return [r.rec for r in reqs]
 
     # ---- arrivals and prefill ----------------------------------------------------------------
@@ -243,6 +253,7 @@ class Simulation:
         self._schedule_net()
 
     def _poll_event(self, _a, _b):
+        self._published()  # move past samples already published: the queue holds only unpublished ones
         self.net.advance(self.now)
         rates = (self.net.counters - self._last_counters) / self._poll
         self._last_counters = self.net.counters.copy()

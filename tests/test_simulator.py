@@ -353,3 +353,27 @@ def test_a_flow_over_a_dead_link_never_completes():
     net = FlowNetwork(np.array([0.0, 10.0]))
     f = net.add(0.0, [0, 1], 5.0)
     assert f.rate == 0.0 and net.next_completion() is None
+
+
+def test_a_stalled_simulation_stops_with_an_error_instead_of_polling_for_ever(monkeypatch):
+    """If no queued event can finish the remaining requests (here: KV never arrives), the run ends
+    with a message, although the controller's polls and the elephants would go on for ever."""
+    import signal
+
+    exp = make_exp(trace={"requests": 5},
+                   background=[{"src": ["h0_0_0_0"], "dst": ["h1_0_0_1"], "on_s": 0.5, "off_s": 0.5}])
+    sim = Simulation(exp, "netkv")
+    monkeypatch.setattr(sim, "_kv_arrived", lambda r: None)
+
+    def hung(*_):
+        raise TimeoutError("the simulation kept running")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(RuntimeError, match=r"simulation stalled at t = [\d.]+ s with 5 unfinished requests"):
+            sim.run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(sim._snaps) <= 1  # published samples are not kept while nothing reads them
