@@ -186,6 +186,8 @@ def _coerce(where: str, key: str, value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             _fail(where, key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            _fail(where, key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -246,9 +248,11 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     p = Path(path)
     where = str(p)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

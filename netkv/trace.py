@@ -112,22 +112,26 @@ def load_trace(
         raise TraceError(f"{path}: cannot open trace: {e.strerror}") from None
     start_ms = start_s * 1000.0
     end_ms = math.inf if duration_s is None else start_ms + duration_s * 1000.0
-    with fh:
-        for lineno, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            where = f"{path}:{lineno}"
-            ts, inp, out, ids = parse_line(text, where)
-            if ts < last_ts and not sort:
-                raise TraceError(
-                    f"{where}: timestamp {ts} is earlier than the previous line's {last_ts} "
-                    "(traces must be sorted; pass sort=True to sort them)"
-                )
-            last_ts = max(last_ts, ts)
-            rows.append((ts, lineno, inp, out, ids))
-            # early exit once past the window (only valid for sorted input)
-            if not sort and ts >= end_ms:
-                break
+    try:
+        with fh:
+            for lineno, text in enumerate(fh, 1):
+                if not text.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                ts, inp, out, ids = parse_line(text, where)
+                if ts < last_ts and not sort:
+                    raise TraceError(
+                        f"{where}: timestamp {ts} is earlier than the previous line's {last_ts} "
+                        "(traces must be sorted; pass sort=True to sort them)"
+                    )
+                last_ts = max(last_ts, ts)
+                rows.append((ts, lineno, inp, out, ids))
+                # early exit once past the window (only valid for sorted input)
+                if not sort and ts >= end_ms:
+                    break
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # a corrupt or truncated gzip; bytes that are not UTF-8
+        what = f"not UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else (str(e) or type(e).__name__)
+        raise TraceError(f"{path}: cannot read the trace after {len(rows)} requests: {what}") from None
     if sort:
         rows.sort(key=lambda r: (r[0], r[1]))
     selected = [r for r in rows if start_ms <= r[0] < end_ms]

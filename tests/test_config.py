@@ -279,3 +279,24 @@ def test_the_raw_document_and_values_with_equals_signs_are_kept(tmp_path):
     assert apply_overrides({}, ["name=a=b"], "f") == {"name": "a=b"}
     # a relative path without a file stays relative
     assert make_exp().resolve("x/t.jsonl") == Path("x/t.jsonl")
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"policy": {"netkv": {"transfer_weight": float("nan")}}}, "policy.netkv: parameter 'transfer_weight' must be a finite number >= 0, got nan"),
+    ({"policy": {"netkv": {"wait_weight": float("inf")}}}, "policy.netkv: parameter 'wait_weight' must be a finite number >= 0, got inf"),
+    ({"policy": {"cache_load_aware": {"overlap_weight": -1}}}, "policy.cache_load_aware: parameter 'overlap_weight' must be a finite number >= 0, got -1"),
+    ({"trace": {"rate_multiplier": float("inf")}}, "trace.rate_multiplier: expected a finite number, got inf"),
+    ({"topology": {"core_link_gbps": float("inf")}}, "topology.core_link_gbps: expected a finite number, got inf"),
+])
+def test_non_finite_or_negative_numbers_are_refused(override, message):
+    with pytest.raises(ConfigError) as e:
+        make_exp(**override)
+    assert str(e.value) == f"<experiment>: {message}"
+
+
+def test_a_toml_file_that_is_not_utf8(tmp_path):
+    p = tmp_path / "latin.toml"
+    p.write_bytes(b"name = \"caf\xe9\"\n")
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value) == f"{p}: not UTF-8 text (byte 11); TOML files are UTF-8"

@@ -150,3 +150,20 @@ def test_an_experiment_window_applies_every_trace_key(tmp_path):
     exp = make_exp(trace={"path": str(p), "duration_s": 3.0, "rate_multiplier": 1.0})
     exp.trace.requests = None
     assert len(window_from_config(exp)) == 3
+
+
+def test_unreadable_files_are_trace_errors(tmp_path):
+    import gzip
+
+    good = "".join(json.dumps(ok(t)) + "\n" for t in range(0, 50000, 1000)).encode()
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(b"this is not gzip at all\n" * 10)
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(good)[:-20])
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(ok(0)).encode() + b"\n{\"caf\xe9\": 1}\n")
+    for p, says in ((corrupt, "Not a gzipped file"), (truncated, "end-of-stream marker"), (latin, "not UTF-8")):
+        with pytest.raises(TraceError) as e:
+            load_trace(p)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: cannot read the trace after ") and says in msg and "\n" not in msg

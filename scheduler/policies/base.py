@@ -57,6 +57,8 @@ class Policy:
                 raise ValueError(f"unknown parameter '{k}' (known: {known})")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"parameter '{k}' must be a number, got {v!r}")
+            if not np.isfinite(v) or v < 0:  # weights: nan/inf/negative would silently change the policy
+                raise ValueError(f"parameter '{k}' must be a finite number >= 0, got {v!r}")
 
     def choose(self, q: Query, oracle) -> int:
         """Return the decode slot for the query (only slots with view.decode_alive set)."""
