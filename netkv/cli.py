@@ -78,6 +78,12 @@ def cmd_emulate(a) -> int:
     return 0
 
 
+def _strategy_names() -> list[str]:
+    from .topology.routing import STRATEGIES
+
+    return list(STRATEGIES)
+
+
 def _policy_names():
     from .scheduler.policies import registry
 
@@ -96,7 +102,11 @@ def cmd_topo(a) -> int:
     else:
         from .topology import FatTree
 
-        topo = FatTree(a.k, a.gpus)
+        try:
+            topo = FatTree(a.k, a.gpus)
+        except ValueError as e:  # the message names the experiment key; say which flag instead
+            msg = str(e).replace("topology.k", "--k").replace("topology.gpus_per_server", "--gpus")
+            raise UsageError(msg.replace("topology: k/2 * gpus_per_server", "--k/2 * --gpus")) from None
         routing = Routing(topo, a.routing)
         pre = dec = None
     s = topo.summary()
@@ -301,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", nargs="?", help="experiment TOML file (else --k/--gpus)")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--gpus", type=int, default=4, help="GPUs per server")
-    p.add_argument("--routing", default="sum-mod")
+    p.add_argument("--routing", default="sum-mod", choices=_strategy_names(), help="path choice among equal-cost paths")
     p.add_argument("--json", help="write the description (nodes, ids, links) to this file")
     p.add_argument("--routes", action="store_true", help="include every host pair's routed path in --json")
     p.set_defaults(fn=cmd_topo)

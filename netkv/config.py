@@ -418,7 +418,10 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     # Checks that need the built topology (host names) happen here so errors surface at load time.
     from .cluster import build_topology, expand_hosts, placement
 
-    topo = build_topology(exp)
+    try:
+        topo = build_topology(exp)
+    except ValueError as e:  # limits of the ID scheme (k <= 64, hosts of an edge in one /24)
+        raise ConfigError(f"{where}: {e}") from None
     for i, bg in enumerate(exp.background):
         for side in ("src", "dst"):
             try:

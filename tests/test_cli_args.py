@@ -44,3 +44,35 @@ def test_an_interrupted_simulation_says_where_its_partial_results_are(tmp_path, 
     assert main(["simulate", SMOKE, "--out", str(tmp_path), "--quiet"]) == 130
     (run,) = tmp_path.iterdir()
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"netkv: interrupted; partial results kept in {run}"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["topo", "--k", "3"], "--k must be an even integer >= 2, got 3"),
+    (["topo", "--k", "66", "--gpus", "1"], "--k must be <= 64 (ID scheme limit), got 66"),
+    (["topo", "--gpus", "0"], "--gpus must be >= 1, got 0"),
+    (["topo", "--k", "4", "--gpus", "128"], "--k/2 * --gpus must be <= 254 (hosts of one edge share an IP /24)"),
+])
+def test_topology_flags_are_checked(capsys, args, message):
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"netkv: error: {message}"]
+
+
+def test_routing_choices_come_from_the_strategies(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["topo", "--routing", "zigzag"])
+    assert e.value.code == 2
+    assert "invalid choice: 'zigzag' (choose from" in capsys.readouterr().err
+
+
+def test_id_scheme_limits_are_config_errors():
+    from netkv.config import ConfigError
+
+    from conftest import make_exp
+
+    with pytest.raises(ConfigError) as e:
+        make_exp(topology={"k": 66, "gpus_per_server": 1})
+    assert str(e.value) == "<experiment>: topology.k must be <= 64 (ID scheme limit), got 66"
+    with pytest.raises(ConfigError) as e:
+        make_exp(topology={"k": 4, "gpus_per_server": 128})
+    assert str(e.value) == ("<experiment>: topology: k/2 * gpus_per_server must be <= 254 "
+                            "(hosts of one edge share an IP /24)")
