@@ -352,13 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .compute import ProfileError
     from .config import ConfigError
+    from .results import RunDirError
     from .trace import TraceError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, ConfigError, TraceError, ProfileError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, TraceError, ProfileError, RunDirError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output or input path that cannot be used (a file, a directory, no permission)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"netkv: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         where = f"; partial results kept in {e}" if str(e) else ""

@@ -212,6 +212,17 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class RunDirError(ValueError):
+    """A file of a run directory is not what netkv wrote (corrupt or edited); names the file and line."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: corrupt ({e.msg} at line {e.lineno})") from None
+
+
 class RunDir:
     """Layout and atomic writers of one run's output directory."""
 
@@ -252,11 +263,19 @@ class RunDir:
         atomic_write(self.root / "summary.txt", format_table(summaries) + "\n")
 
     def read_summary(self) -> dict:
-        return json.loads((self.root / "summary.json").read_text())
+        return _read_json(self.root / "summary.json")
 
     def read_policy_summary(self, policy: str) -> dict:
-        return json.loads((self.root / policy / "summary.json").read_text())
+        return _read_json(self.root / policy / "summary.json")
 
     def read_requests(self, policy: str) -> list[dict]:
-        with open(self.root / policy / "requests.jsonl") as fh:
-            return [json.loads(x) for x in fh if x.strip()]
+        path = self.root / policy / "requests.jsonl"
+        out = []
+        with open(path) as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise RunDirError(f"{path}:{n}: corrupt ({e.msg})") from None
+        return out

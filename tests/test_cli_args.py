@@ -76,3 +76,32 @@ def test_id_scheme_limits_are_config_errors():
         make_exp(topology={"k": 4, "gpus_per_server": 128})
     assert str(e.value) == ("<experiment>: topology: k/2 * gpus_per_server must be <= 254 "
                             "(hosts of one edge share an IP /24)")
+
+
+def test_unusable_paths_and_corrupt_run_files(tmp_path, capsys):
+    import shutil
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert main(["simulate", SMOKE, "--out", str(a_file), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"netkv: error: {a_file}") and "Not a directory" in err[0]
+    assert main(["topo", "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"netkv: error: {tmp_path}: Is a directory"]
+    # a real run, then damaged copies of it
+    assert main(["simulate", SMOKE, "--out", str(tmp_path / "runs"), "--quiet", "--policy", "netkv"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    (bad / "summary.json").write_text('{"partial": fal')
+    assert main(["report", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"netkv: error: {bad / 'summary.json'}: corrupt (Expecting value at line 1)"]
+    shutil.copy(run / "summary.json", bad / "summary.json")
+    with open(bad / "netkv" / "requests.jsonl", "a") as fh:
+        fh.write("{oops\n")
+    assert main(["compare", str(run), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"netkv: error: {bad / 'netkv' / 'requests.jsonl'}:41: corrupt")
