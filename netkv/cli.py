@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .compare import CompareError
     from .compute import ProfileError
     from .config import ConfigError
     from .results import RunDirError
@@ -358,7 +359,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, ConfigError, TraceError, ProfileError, RunDirError) as e:
+    except (UsageError, ConfigError, TraceError, ProfileError, RunDirError, CompareError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output or input path that cannot be used (a file, a directory, no permission)

@@ -8,6 +8,10 @@ import numpy as np
 
 from .results import RunDir
 
+class CompareError(ValueError):
+    """The two runs do not replay the same requests, so a request-by-request comparison is meaningless."""
+
+
 METRICS = ("ttft_s", "transfer_s", "prefill_s", "queue_s", "decode_wait_s", "tbt_mean_s", "e2e_s")
 
 
@@ -24,6 +28,11 @@ def compare_runs(a: str | Path, b: str | Path) -> dict:
         rows_a = {r["id"]: r for r in ra.read_requests(pol) if r["status"] == "completed"}
         rows_b = {r["id"]: r for r in rb.read_requests(pol) if r["status"] == "completed"}
         ids = sorted(rows_a.keys() & rows_b.keys())
+        for i in ids:
+            ka, kb = (tuple(r.get(k) for k in ("arrival_s", "input_tokens", "output_tokens")) for r in (rows_a[i], rows_b[i]))
+            if ka != kb:
+                raise CompareError(f"{a} and {b} replay different requests ({pol}, request {i}: arrival, input, "
+                                   f"output = {ka} vs {kb}); compare runs of one experiment and trace window")
         res = {"requests": len(ids)}
         if not ids:
             out[pol] = res

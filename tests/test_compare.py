@@ -45,3 +45,18 @@ def test_relative_errors_per_request_and_over_the_same_pair(tmp_path):
     # B against A is a different question: errors relative to the other run
     back = compare_runs(b, a)["p"]["transfer_s_same_pair"]
     assert back["rel_err_p50"] == pytest.approx((0.1 / 1.1 + 1.0) / 2)
+
+
+def test_runs_of_different_requests_are_refused(tmp_path):
+    from netkv.compare import CompareError
+
+    pair = {"prefill": "P", "decode": "D"}
+    a = _run(tmp_path / "a", [{"id": 0, "arrival_s": 0.0, "input_tokens": 100, "output_tokens": 5, **pair},
+                              {"id": 1, "arrival_s": 1.0, "input_tokens": 200, "output_tokens": 5, **pair}])
+    b = _run(tmp_path / "b", [{"id": 0, "arrival_s": 0.0, "input_tokens": 100, "output_tokens": 5, **pair},
+                              {"id": 1, "arrival_s": 1.0, "input_tokens": 999, "output_tokens": 5, **pair}])
+    with pytest.raises(CompareError) as e:
+        compare_runs(a, b)
+    assert str(e.value) == (f"{a} and {b} replay different requests (p, request 1: arrival, input, output = "
+                            "(1.0, 200, 5) vs (1.0, 999, 5)); compare runs of one experiment and trace window")
+    assert compare_runs(a, a)["p"]["requests"] == 2
