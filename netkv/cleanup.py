@@ -117,6 +117,26 @@ def stale_state_entries() -> list[Path]:
     return out
 
 
+def live_runs() -> list[str]:
+    """Runs still going (a state entry whose owner process is alive, other than this process), each
+    described with its pid, what it is, its run directory when known, and its state entry."""
+    out = []
+    for e in state_entries():
+        pid = owner_pid(e)
+        if pid is None or pid == os.getpid() or not psutil.pid_exists(pid):
+            continue
+        info = {}
+        if e.is_dir() and (e / "owner.json").is_file():
+            try:
+                info = json.loads((e / "owner.json").read_text())
+            except ValueError:
+                info = {}
+        what = info.get("what") or ("netkv net up" if e.name == "net.json" else "netkv emulate")
+        where = f", run directory {info['run_dir']}" if info.get("run_dir") else ""
+        out.append(f"pid {pid} ({what}{where}; state {e})")
+    return out
+
+
 def find_leftovers() -> list[str]:
     """Human-readable list of leftover emulation state (empty when the machine is clean)."""
     items = []
@@ -136,8 +156,9 @@ def find_leftovers() -> list[str]:
     return items
 
 
-def clean(verbose: bool = True) -> list[str]:
-    """Remove every leftover; returns what is still there afterwards (empty = clean)."""
+def clean(verbose: bool = True, force: bool = False) -> list[str]:
+    """Remove every leftover; returns what is still there afterwards (empty = clean). State entries of
+    live runs are kept unless `force` (the command line refuses to run at all then, without --force)."""
     log = print if verbose else (lambda *a, **k: None)
     procs = processes() + mininet_shells()
     for p in procs:
@@ -165,7 +186,7 @@ def clean(verbose: bool = True) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
-    stale = stale_state_entries()  # a live run's entries stay (their owner pid still runs)
+    stale = state_entries() if force else stale_state_entries()  # a live run's entries stay
     for f in stale:
         if f.is_dir() and not f.is_symlink():
             shutil.rmtree(f, ignore_errors=True)  # per-run socket directories

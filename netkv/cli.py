@@ -204,10 +204,14 @@ def cmd_net_up(a) -> int:
 
 
 def cmd_net_status(a) -> int:
-    from .cleanup import STATE_DIR, find_leftovers, owner_pid, stale_state_entries
+    from .cleanup import STATE_DIR, find_leftovers, live_runs, owner_pid, stale_state_entries
     from .fabric import http_json
 
     state = STATE_DIR / "net.json"
+    live = [r for r in live_runs() if "netkv net up" not in r]
+    if live and (not state.exists() or state in stale_state_entries()):
+        print("an emulated run is live: " + "; ".join(live) + " (its bridges and processes are not leftovers)")
+        return 0
     if not state.exists() or state in stale_state_entries():
         left = find_leftovers()
         gone = f": {state} names pid {owner_pid(state)}, which is gone" if state.exists() else ""
@@ -255,14 +259,18 @@ def cmd_net_down(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from .cleanup import clean, find_leftovers
+    from .cleanup import clean, find_leftovers, live_runs
 
+    live = live_runs()
+    if live and not a.force:
+        raise UsageError("a run is live: " + "; ".join(live) + "; `netkv clean` would destroy it: stop it "
+                         "first (Ctrl-C, or kill its pid), or pass --force")
     before = find_leftovers()
     if not before:
         print("nothing to clean")
         return 0
     print("found: " + "; ".join(before))
-    left = clean()
+    left = clean(force=a.force)
     if left:
         print("still present: " + "; ".join(left), file=sys.stderr)
         return 1
@@ -335,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_net_down)
 
     p = sub.add_parser("clean", help="remove leftovers of crashed emulated runs (bridges, veths, processes)")
+    p.add_argument("--force", action="store_true", help="also when a run is live (destroys it)")
     p.set_defaults(fn=cmd_clean)
 
     p = sub.add_parser("compare", help="compare two runs request by request (e.g. simulated vs emulated)")

@@ -8,6 +8,7 @@ written and marked partial), tears everything down and keeps what was written.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -107,6 +108,11 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
     guard = FidelityGuard()
     agents: dict[str, subprocess.Popen] = {}
     try:
+        # mark this run as live before any bridge exists, so that `netkv net status` and `netkv clean`
+        # name it instead of calling its fabric leftovers
+        sock_dir.mkdir(parents=True, exist_ok=True)
+        (sock_dir / "owner.json").write_text(json.dumps(
+            {"what": f"netkv emulate {exp.path or exp.name}", "run_dir": str(run.root)}))
         with Fabric(spec, logs, log=log) as fab:
             meta["fabric_up_s"] = fab.timings.get("ready_s")
             failed = fab.reachability()

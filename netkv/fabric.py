@@ -157,6 +157,10 @@ class Fabric:
             check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
         except ValueError as e:
             raise FabricError(str(e)) from None
+        live = cleanup.live_runs()
+        if live:
+            raise FabricError("another emulated run is live: " + "; ".join(live) + "; one machine holds one "
+                              "fabric at a time: wait for it to end or stop it (Ctrl-C, or kill its pid)")
         left = cleanup.find_leftovers()
         if left:
             raise FabricError("emulation leftovers found: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")

@@ -156,3 +156,35 @@ def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, sta
     (tmp_path / f"sock-20261127-000000-{dead}").mkdir()
     (tmp_path / "stray.txt").write_text("")
     assert "2 stale state entries" in cleanup.find_leftovers()[0]
+
+
+def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, monkeypatch):
+    """While another process's run is live, `net status` names it, `clean` refuses without --force,
+    and a new fabric refuses to start on top of it."""
+    import os
+
+    from netkv import cleanup
+    from netkv.cli import main
+
+    other = os.getppid()  # alive, and not this process
+    live = tmp_path / f"sock-20261127-000000-{other}"
+    live.mkdir()
+    (live / "owner.json").write_text(json.dumps({"what": "netkv emulate demo.toml", "run_dir": "/r/demo-emu"}))
+    monkeypatch.setattr(cleanup, "ovs_bridges", lambda: ["s0_0_0", "e0_0"])  # its fabric
+    desc = f"pid {other} (netkv emulate demo.toml, run directory /r/demo-emu; state {live})"
+    assert cleanup.live_runs() == [desc]
+    assert main(["net", "status"]) == 0
+    assert capsys.readouterr().out.strip() == (f"an emulated run is live: {desc} "
+                                               "(its bridges and processes are not leftovers)")
+    assert main(["clean"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"netkv: error: a run is live: {desc}") and "--force" in err[0]
+    assert live.exists()
+    from netkv.fabric import Fabric, FabricError, FabricSpec
+
+    monkeypatch.setattr("netkv.fabric.require_root", lambda: None)
+    with pytest.raises(FabricError, match=rf"another emulated run is live: pid {other} "):
+        Fabric(FabricSpec(k=2, gpus=2), tmp_path / "logs").preflight()
+    # the owner's own process does not see itself as another live run
+    monkeypatch.setattr(os, "getpid", lambda: other)
+    assert cleanup.live_runs() == []
