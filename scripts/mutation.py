@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.source / "pyproject.toml").is_file():
         ap.error(f"--source {args.source}: not a checkout of this project (no pyproject.toml)")
 
+    wanted = [n for n in args.names.read_text().split() if n] if args.names else []  # before staging wipes STAGE
     if not args.report_only:
         ensure_mutmut(args.python)
         stage(args.source.resolve())
@@ -180,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
                 print("mutation: mutmut generated no mutants (run without --sample to see why)", file=sys.stderr)
                 return 1
             if args.names:
-                wanted = [n for n in args.names.read_text().split() if n]
                 picked = sorted(set(wanted) & set(names))
                 print(f"{len(picked)} of the {len(wanted)} mutants in {args.names} are generated here", flush=True)
             else:
