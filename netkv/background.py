@@ -18,6 +18,7 @@ higher than the elephant alone, and a source that also sends does on the first l
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -32,6 +33,12 @@ import numpy as np
 from .simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
+# Client source ports: 30000 + server port + 64 x m keeps the low bits (the fair-queue bucket) of a
+# pair; m runs on across on-periods and across runs in this process (starting at a pid-dependent
+# point), so that no client binds a 4-tuple still in TIME_WAIT from a run a few seconds earlier
+# (iperf3 --cport fails with "Address already in use" then).
+CPORT_SLOTS = 400  # 35,4xx + 64 x 399 < 65,536
+_cport_seq = itertools.count(os.getpid() % CPORT_SLOTS)
 BASE_PORT = 5400
 SETTLE_S = 2.0  # wall seconds after a flow starts or stops before its counters count as steady (TCP converging)
 
@@ -238,11 +245,11 @@ class BackgroundTraffic:
         for th in self._threads:
             th.start()
 
-    def _client_args(self, k: int, secs: int, cycle: int) -> list[str]:
+    def _client_args(self, k: int, secs: int) -> list[str]:
         p = self.pairs[k]
         # the source port picks the fair-queue bucket (u32 hash on its low bits): keep it per pair,
-        # but vary it by multiples of 64 between on-periods so that no 4-tuple is reused at once
-        cport = 30000 + p.port + 64 * (cycle % 8)
+        # but never reuse a recent one (see CPORT_SLOTS)
+        cport = 30000 + p.port + 64 * (next(_cport_seq) % CPORT_SLOTS)
         args = ["iperf3", "-c", self.fab.topo.hosts[p.dst].ip, "-p", str(p.port), "-t", str(secs),
                 "--cport", str(cport), "--forceflush", "-i", "1"]
         bg = self.exp.background[p.entry]
@@ -276,7 +283,7 @@ class BackgroundTraffic:
                 with open(self._log(k, "client"), "ab") as f:
                     f.write(f"--- start {time.strftime('%H:%M:%S')} cycle {cycle} -t {secs}\n".encode())
                     f.flush()
-                    proc = host.popen(self._client_args(k, secs, cycle), stdout=f, stderr=subprocess.STDOUT,
+                    proc = host.popen(self._client_args(k, secs), stdout=f, stderr=subprocess.STDOUT,
                                       env=self.env)
                 self._clients[k] = proc
                 cycle += 1
