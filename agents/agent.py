@@ -29,11 +29,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..compute import compute_from_config
-from ..config import load
-from ..kvcache import PrefixCache
-from ..trace import BLOCK_TOKENS
-from .protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
+from netkv.compute import compute_from_config
+from netkv.config import load
+from netkv.kvcache import PrefixCache
+from netkv.trace import BLOCK_TOKENS
+from netkv.agents.protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
 
 
 class Agent:
@@ -172,7 +172,7 @@ class PrefillAgent(Agent):
         t.add_done_callback(self._transfers.discard)
 
     async def _transfer(self, job: _Job, pace):
-        from .protocol import block_sizes
+        from netkv.agents.protocol import block_sizes
 
         sizes = block_sizes(job.send_from_token, job.input, self.kv_tok, self.byte_scale)
         t0 = time.time()

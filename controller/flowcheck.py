@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..topology import FatTree
+from netkv.topology import FatTree
 
 _FIELD = re.compile(r"(\w+)=([^,\s]+)")
 

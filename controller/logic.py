@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..topology import FatTree, LinkRates, NoPathError, Routing
+from netkv.topology import FatTree, LinkRates, NoPathError, Routing
 
 P_ARP, P_DOWN, P_PAIR, P_UP, P_MISS = 200, 100, 50, 10, 0
 CONTROLLER = "CONTROLLER"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _load(path, overrides=None):
-    from .config import load
+    from netkv.config import load
 
     return load(path, overrides)
 
@@ -32,7 +32,7 @@ def _check_requests(n) -> None:
 
 
 def _print_outputs(root: Path) -> None:
-    from .report import make_plots
+    from netkv.report import make_plots
 
     plots = make_plots(root)
     print(f"results: {root}")
@@ -40,7 +40,7 @@ def _print_outputs(root: Path) -> None:
 
 
 def cmd_simulate(a) -> int:
-    from .simulator.run import simulate_experiment
+    from netkv.simulator.run import simulate_experiment
 
     _check_requests(a.requests)
     _check_policies(a.policy)
@@ -53,9 +53,9 @@ def cmd_simulate(a) -> int:
 
 
 def cmd_emulate(a) -> int:
-    from .emulate import emulate_experiment
-    from .fabric import FabricError, require_root
-    from .report import make_plots
+    from netkv.emulation.run import emulate_experiment
+    from netkv.emulation.fabric import FabricError, require_root
+    from netkv.report import make_plots
 
     _check_requests(a.requests)
     _check_policies(a.policy)
@@ -79,20 +79,20 @@ def cmd_emulate(a) -> int:
 
 
 def _strategy_names() -> list[str]:
-    from .topology.routing import STRATEGIES
+    from netkv.topology.routing import STRATEGIES
 
     return list(STRATEGIES)
 
 
 def _policy_names():
-    from .scheduler.policies import registry
+    from netkv.scheduler.policies import registry
 
     return registry.names()
 
 
 def cmd_topo(a) -> int:
-    from .cluster import build_topology, placement
-    from .topology import Routing
+    from netkv.topology.placement import build_topology, placement
+    from netkv.topology import Routing
 
     if a.experiment:
         exp = _load(a.experiment)
@@ -100,7 +100,7 @@ def cmd_topo(a) -> int:
         routing = Routing(topo, exp.topology.routing)
         pre, dec = placement(exp, topo)
     else:
-        from .topology import FatTree
+        from netkv.topology import FatTree
 
         try:
             topo = FatTree(a.k, a.gpus)
@@ -129,8 +129,8 @@ def cmd_topo(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import make_plots
-    from .results import RunDir, format_table
+    from netkv.report import make_plots
+    from netkv.results import RunDir, format_table
 
     run = RunDir(Path(a.run_dir))
     try:
@@ -146,7 +146,7 @@ def cmd_report(a) -> int:
 
 
 def _spec_from_args(a):
-    from .fabric import FabricSpec
+    from netkv.emulation.fabric import FabricSpec
 
     if a.experiment:
         spec = FabricSpec.from_experiment(_load(a.experiment))
@@ -164,9 +164,9 @@ def cmd_net_up(a) -> int:
     import signal
     import time
 
-    from .cleanup import STATE_DIR
-    from .fabric import Fabric, FabricError
-    from .fidelity import FidelityGuard
+    from netkv.emulation.cleanup import STATE_DIR
+    from netkv.emulation.fabric import Fabric, FabricError
+    from netkv.emulation.fidelity import FidelityGuard
 
     spec = _spec_from_args(a)
     log_dir = Path(a.log_dir)
@@ -204,8 +204,8 @@ def cmd_net_up(a) -> int:
 
 
 def cmd_net_status(a) -> int:
-    from .cleanup import STATE_DIR, find_leftovers, live_runs, owner_pid, stale_state_entries
-    from .fabric import http_json
+    from netkv.emulation.cleanup import STATE_DIR, find_leftovers, live_runs, owner_pid, stale_state_entries
+    from netkv.emulation.fabric import http_json
 
     state = STATE_DIR / "net.json"
     live = [r for r in live_runs() if "netkv net up" not in r]
@@ -238,7 +238,7 @@ def cmd_net_down(a) -> int:
     import signal
     import time
 
-    from .cleanup import STATE_DIR, find_leftovers
+    from netkv.emulation.cleanup import STATE_DIR, find_leftovers
 
     state = STATE_DIR / "net.json"
     if state.exists():
@@ -259,7 +259,7 @@ def cmd_net_down(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from .cleanup import clean, find_leftovers, live_runs
+    from netkv.emulation.cleanup import clean, find_leftovers, live_runs
 
     live = live_runs()
     if live and not a.force:
@@ -279,7 +279,7 @@ def cmd_clean(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .compare import compare_runs, format_comparison
+    from netkv.compare import compare_runs, format_comparison
 
     for d in (a.run_a, a.run_b):
         if not (Path(d) / "summary.json").exists():
@@ -359,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .compare import CompareError
-    from .compute import ProfileError
-    from .config import ConfigError
-    from .results import RunDirError
-    from .trace import TraceError
+    from netkv.compare import CompareError
+    from netkv.compute import ProfileError
+    from netkv.config import ConfigError
+    from netkv.results import RunDirError
+    from netkv.trace import TraceError
 
     args = build_parser().parse_args(argv)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import RunDir
+from netkv.results import RunDir
 
 class CompareError(ValueError):
     """The two runs do not replay the same requests, so a request-by-request comparison is meaningless."""

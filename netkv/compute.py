@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trace import BLOCK_TOKENS
+from netkv.trace import BLOCK_TOKENS
 
 
 @dataclass(frozen=True)

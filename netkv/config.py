@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import DATA_DIR
+from netkv import DATA_DIR
 
 POLICY_NAMES = ("round_robin", "random", "least_loaded", "cache_load_aware", "netkv")
 LAYOUTS = ("mixed-server", "alternate-servers", "split-pods", "random", "explicit")
@@ -281,7 +281,7 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     for i, pol in enumerate(policies):
         if pol in policies[:i]:
             _fail(where, "policies", f"'{pol}' listed twice")
-    from .scheduler.policies import registry  # noqa: F401  (lazy: avoid an import cycle)
+    from netkv.scheduler.policies import registry  # noqa: F401  (lazy: avoid an import cycle)
 
     secs = {name_: _section(where, name_, cls, raw.get(name_, {})) for name_, cls in _SECTIONS.items()}
     for pol in policies:
@@ -306,7 +306,7 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     _positive(where, "topology.gpus_per_server", t.gpus_per_server)
     if t.oversubscription < 1:
         _fail(where, "topology.oversubscription", f"must be >= 1, got {t.oversubscription}")
-    from .topology.routing import STRATEGIES
+    from netkv.topology.routing import STRATEGIES
 
     if t.routing not in STRATEGIES:
         _fail(where, "topology.routing", f"unknown strategy '{t.routing}' (known: {', '.join(STRATEGIES)})")
@@ -322,7 +322,7 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
         _fail(where, "placement", "'prefill'/'decode' host lists are only used with layout = 'explicit'")
 
     m: ModelCfg = secs["model"]
-    from .compute import MODEL_PRESETS
+    from netkv.compute import MODEL_PRESETS
 
     custom = [m.layers, m.kv_heads, m.head_dim, m.dtype_bytes]
     if "preset" not in raw.get("model", {}) and any(v is not None for v in custom):
@@ -416,7 +416,7 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
         policy_params=policy_params, raw=raw, **secs,
     )
     # Checks that need the built topology (host names) happen here so errors surface at load time.
-    from .cluster import build_topology, expand_hosts, placement
+    from netkv.topology.placement import build_topology, expand_hosts, placement
 
     try:
         topo = build_topology(exp)

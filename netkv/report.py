@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import RunDir
+from netkv.results import RunDir
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:

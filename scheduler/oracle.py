@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..topology import FatTree, NoPathError, Routing
+from netkv.topology import FatTree, NoPathError, Routing
 
 
 class Oracle(Protocol):

@@ -27,18 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..agents.protocol import block_sizes, read_msg, send_msg
-from ..cluster import build_topology, placement
-from ..compute import compute_from_config
-from ..config import load
-from ..fabric import http_json
-from ..kvcache import PrefixCache
-from ..results import RequestRecord, RunDir, summarize
-from ..topology import Routing
-from ..trace import BLOCK_TOKENS, window_from_config
-from .core import Scheduler
-from .oracle import CounterOracle, Snapshot, StaticOracle
-from .view import ClusterView
+from netkv.agents.protocol import block_sizes, read_msg, send_msg
+from netkv.topology.placement import build_topology, placement
+from netkv.compute import compute_from_config
+from netkv.config import load
+from netkv.emulation.fabric import http_json
+from netkv.kvcache import PrefixCache
+from netkv.results import RequestRecord, RunDir, summarize
+from netkv.topology import Routing
+from netkv.trace import BLOCK_TOKENS, window_from_config
+from netkv.scheduler.core import Scheduler
+from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
+from netkv.scheduler.view import ClusterView
 
 
 class _Live:

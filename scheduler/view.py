@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compute import ComputeModel
-from ..kvcache import BlockIndex
+from netkv.compute import ComputeModel
+from netkv.kvcache import BlockIndex
 
 
 class ClusterView:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from netkv import cleanup
-from netkv.fabric import Fabric, FabricSpec
-from netkv.fidelity import FidelityGuard
+from netkv.emulation import cleanup
+from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.fidelity import FidelityGuard
 from netkv.simulator.maxmin import maxmin_rates
 from netkv.topology import Routing
 

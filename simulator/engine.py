@@ -21,16 +21,16 @@ from collections import deque
 
 import numpy as np
 
-from ..cluster import background_pairs, build_topology, placement
-from ..compute import compute_from_config
-from ..kvcache import PrefixCache
-from ..results import RequestRecord
-from ..scheduler.core import Scheduler
-from ..scheduler.oracle import CounterOracle, Snapshot, StaticOracle
-from ..scheduler.view import ClusterView
-from ..topology import Routing
-from ..trace import BLOCK_TOKENS, window_from_config
-from .network import FlowNetwork
+from netkv.topology.placement import background_pairs, build_topology, placement
+from netkv.compute import compute_from_config
+from netkv.kvcache import PrefixCache
+from netkv.results import RequestRecord
+from netkv.scheduler.core import Scheduler
+from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
+from netkv.scheduler.view import ClusterView
+from netkv.topology import Routing
+from netkv.trace import BLOCK_TOKENS, window_from_config
+from netkv.simulator.network import FlowNetwork
 
 ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF = range(7)
 _PERIODIC = (POLL, BG_ON, BG_OFF)  # events that recur for ever; the others move requests along

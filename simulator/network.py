@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .maxmin import maxmin_rates
+from netkv.simulator.maxmin import maxmin_rates
 
 
 @dataclass(slots=True)

@@ -6,12 +6,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
-from ..cluster import build_topology, placement
-from ..compute import compute_from_config
-from ..results import RunDir, format_table, summarize
-from ..trace import window_from_config
-from .engine import Simulation
+from netkv import __version__
+from netkv.topology.placement import build_topology, placement
+from netkv.compute import compute_from_config
+from netkv.results import RunDir, format_table, summarize
+from netkv.trace import window_from_config
+from netkv.simulator.engine import Simulation
 
 
 def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path("results"),

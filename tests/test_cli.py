@@ -99,7 +99,7 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
 @pytest.fixture
 def state_only(tmp_path, monkeypatch):
     """cleanup sees no bridges, veths or processes, and tmp_path as its state directory."""
-    from netkv import cleanup
+    from netkv.emulation import cleanup
 
     for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
         monkeypatch.setattr(cleanup, fn, lambda: [])
@@ -109,7 +109,7 @@ def state_only(tmp_path, monkeypatch):
 
 def test_clean_removes_stale_socket_dirs(tmp_path, state_only):
     """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
-    from netkv import cleanup
+    from netkv.emulation import cleanup
 
     import os
 
@@ -140,7 +140,7 @@ def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, sta
     so a new run refuses to start and `netkv net status` says how to clean."""
     import os
 
-    from netkv import cleanup
+    from netkv.emulation import cleanup
     from netkv.cli import main
 
     dead = 2**22 + 12345  # above the largest possible pid_max (2**22): never a live process
@@ -163,7 +163,7 @@ def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, 
     and a new fabric refuses to start on top of it."""
     import os
 
-    from netkv import cleanup
+    from netkv.emulation import cleanup
     from netkv.cli import main
 
     other = os.getppid()  # alive, and not this process
@@ -180,9 +180,9 @@ def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"netkv: error: a run is live: {desc}") and "--force" in err[0]
     assert live.exists()
-    from netkv.fabric import Fabric, FabricError, FabricSpec
+    from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
 
-    monkeypatch.setattr("netkv.fabric.require_root", lambda: None)
+    monkeypatch.setattr("netkv.emulation.fabric.require_root", lambda: None)
     with pytest.raises(FabricError, match=rf"another emulated run is live: pid {other} "):
         Fabric(FabricSpec(k=2, gpus=2), tmp_path / "logs").preflight()
     # the owner's own process does not see itself as another live run

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from netkv import cleanup
+from netkv.emulation import cleanup
 from netkv.agents.protocol import block_sizes
 from netkv.config import load
-from netkv.emulate import emulate_experiment
+from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
-from netkv.background import BackgroundError
+from netkv.emulation.background import BackgroundError
 from netkv.simulator.run import simulate_experiment
 
 from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, steer_exp, to_toml

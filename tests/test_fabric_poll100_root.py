@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 
-from netkv.fabric import Fabric, FabricSpec
+from netkv.emulation.fabric import Fabric, FabricSpec
 
 from test_fabric_root import rates_during_iperf
 

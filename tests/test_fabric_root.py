@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from netkv.controller.flowcheck import parse_dump, walk
-from netkv.fabric import Fabric, FabricSpec, http_json
+from netkv.emulation.fabric import Fabric, FabricSpec, http_json
 from netkv.topology import Routing
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from netkv import cleanup
-from netkv.fabric import Fabric, FabricError, FabricSpec
+from netkv.emulation import cleanup
+from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
 
 from conftest import REPO
 

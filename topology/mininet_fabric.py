@@ -21,7 +21,7 @@ from mininet.node import OVSSwitch, Switch
 from mininet.topo import Topo
 
 try:  # importable as a package module and as a plain `mn --custom` file
-    from .fattree import FatTree, LinkRates
+    from netkv.topology.fattree import FatTree, LinkRates
 except (ImportError, KeyError):  # mn --custom exec()s this file without a package
     import inspect
     import os

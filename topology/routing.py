@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 
-from .fattree import FatTree
+from netkv.topology.fattree import FatTree
 
 
 class Strategy:

@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ...trace import BLOCK_TOKENS
+from netkv.trace import BLOCK_TOKENS
 
 
 class Query:

@@ -8,8 +8,8 @@ candidate will hold once the request joins (its load). `overlap_weight` is tuned
 scripts/tune_cache_load_aware.py (a sweep on the simulator; see docs/policies.md).
 """
 
-from .base import Policy
-from .registry import register
+from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.registry import register
 
 
 @register

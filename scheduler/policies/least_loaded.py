@@ -1,7 +1,7 @@
 """least_loaded: the decode instance with the fewest sequences (running + waiting + inbound)."""
 
-from .base import Policy
-from .registry import register
+from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.registry import register
 
 
 @register

@@ -5,8 +5,8 @@ prefill instance to d, plus d's expected wait before the sequence joins its batc
 iteration time with the sequence in it. All terms are numpy arrays over candidates.
 """
 
-from .base import Policy
-from .registry import register
+from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.registry import register
 
 
 @register

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .base import Policy
-from .registry import register
+from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.registry import register
 
 
 @register

@@ -23,7 +23,7 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    from .. import policies as pkg
+    from netkv.scheduler import policies as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in ("registry", "base"):

@@ -1,7 +1,7 @@
 """round_robin: cycle through decode instances, skipping dead ones."""
 
-from .base import Policy
-from .registry import register
+from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.registry import register
 
 
 @register

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .simulator.maxmin import maxmin_rates
+from netkv.simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
 # Client source ports: 30000 + server port + 64 x m keeps the low bits (the fair-queue bucket) of a
@@ -60,7 +60,7 @@ class BgPair:
 
 
 def pairs_of(topo, background) -> list[BgPair]:
-    from .cluster import background_pairs
+    from netkv.topology.placement import background_pairs
 
     out = []
     for i, bg in enumerate(background):
@@ -341,7 +341,7 @@ class BackgroundMonitor:
         self._thread.start()
 
     def _run(self) -> None:
-        from .fabric import http_json
+        from netkv.emulation.fabric import http_json
 
         while not self._stop.wait(self.every):
             try:

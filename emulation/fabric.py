@@ -18,9 +18,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cleanup
-from .topology import FatTree
-from .topology.fattree import LinkRates
+from netkv.emulation import cleanup
+from netkv.topology import FatTree
+from netkv.topology.fattree import LinkRates
 
 
 class FabricError(RuntimeError):
@@ -151,7 +151,7 @@ class Fabric:
         """Everything that can refuse a start before anything is created: root and tools, link
         rates Mininet can shape, no leftovers of an earlier run."""
         require_root()
-        from .topology.mininet_fabric import check_rates
+        from netkv.topology.mininet_fabric import check_rates
 
         try:
             check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
@@ -224,7 +224,7 @@ class Fabric:
         from mininet.net import Mininet
         from mininet.node import RemoteController
 
-        from .topology.mininet_fabric import NetKVFatTree, UserOVSSwitch
+        from netkv.topology.mininet_fabric import NetKVFatTree, UserOVSSwitch
 
         setLogLevel("error")
         s = self.spec
@@ -249,7 +249,7 @@ class Fabric:
         script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
         subprocess.run(["sh", "-s"], input=script, text=True, check=False, capture_output=True)
         if self.spec.fair_buckets > 0:
-            from .topology.mininet_fabric import emulated_mbps, fair_queue_batch
+            from netkv.topology.mininet_fabric import emulated_mbps, fair_queue_batch
 
             lines = []
             for n in names:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from .topology import FatTree, LinkRates
+from netkv.topology import FatTree, LinkRates
 
 
 def build_topology(exp) -> FatTree:

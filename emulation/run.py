@@ -18,16 +18,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .background import BackgroundError, BackgroundMonitor, BackgroundTraffic, delivered_report, format_report
-from .cleanup import STATE_DIR
-from .cluster import build_topology, placement
-from .compute import compute_from_config
-from .fabric import Fabric, FabricSpec
-from .fidelity import FidelityGuard
-from .results import RunDir, format_table
-from .topology import Routing
-from .trace import window_from_config
+from netkv import __version__
+from netkv.emulation.background import BackgroundError, BackgroundMonitor, BackgroundTraffic, delivered_report, format_report
+from netkv.emulation.cleanup import STATE_DIR
+from netkv.topology.placement import build_topology, placement
+from netkv.compute import compute_from_config
+from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.fidelity import FidelityGuard
+from netkv.results import RunDir, format_table
+from netkv.topology import Routing
+from netkv.trace import window_from_config
 
 AGENT_ENV = {"NETKV_RUN": "netkv"}
 
