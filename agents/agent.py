@@ -279,11 +279,6 @@ class DecodeAgent(Agent):
             self.waitq.append(s)
             self.wake.set()
 
-    def _room(self, s: _Seq) -> bool:
-        if not self.batch:
-            return True
-        return len(self.batch) < self.compute.max_batch and self.kv_used + s.need <= self.compute.kv_blocks
-
     def _state(self) -> None:
         self.emit("state", active=len(self.batch), queued=len(self.waitq), kv_used=self.kv_used,
                   ctx_total=sum(s.ctx for s in self.batch), remaining=sum(s.remaining for s in self.batch),
@@ -297,7 +292,7 @@ class DecodeAgent(Agent):
                 await self.wake.wait()
             changed = False
             t_admit = time.time()
-            while self.waitq and self._room(self.waitq[0]):
+            while self.waitq and self.compute.admits(len(self.batch), self.kv_used, self.waitq[0].need):
                 s = self.waitq.popleft()
                 self.batch.append(s)
                 self.kv_used += s.need

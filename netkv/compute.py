@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netkv.registry import Registry
 from netkv.trace import BLOCK_TOKENS
 
 
@@ -49,15 +50,14 @@ class ModelSpec:
 
 
 # Llama 3 shapes (Meta model cards): 8B 32 layers, 70B 80 layers; both 8 KV heads of dim 128.
-MODEL_PRESETS = {
-    "llama3-8b": ModelSpec("llama3-8b", 32, 8, 128, 2, 8.03),
-    "llama3-70b": ModelSpec("llama3-70b", 80, 8, 128, 2, 70.6),
-}
+MODEL_PRESETS: Registry[ModelSpec] = Registry("model preset")
+for _m in (ModelSpec("llama3-8b", 32, 8, 128, 2, 8.03), ModelSpec("llama3-70b", 80, 8, 128, 2, 70.6)):
+    MODEL_PRESETS.add(_m.name, _m)
 
 
 def model_from_config(m) -> ModelSpec:
     if m.preset is not None:
-        return MODEL_PRESETS[m.preset]
+        return MODEL_PRESETS.get(m.preset)
     return ModelSpec("custom", m.layers, m.kv_heads, m.head_dim, m.dtype_bytes, m.params_b)
 
 
@@ -175,6 +175,12 @@ class ComputeModel:
 
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / BLOCK_TOKENS)
+
+    def admits(self, batch: int, kv_used: int, need: int) -> bool:
+        """The admission rule of a decode instance (simulator and agents alike): a sequence joins a
+        running batch of `batch` sequences holding `kv_used` blocks if the batch has room and its
+        `need` blocks fit; an idle instance takes any request, even one larger than its KV budget."""
+        return batch == 0 or (batch < self.max_batch and kv_used + need <= self.kv_blocks)
 
     def describe(self) -> dict:
         return {

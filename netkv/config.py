@@ -7,6 +7,8 @@ experiments/*.toml. Units: link rates in Gbit/s, times in seconds, all in real-c
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -16,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from netkv import DATA_DIR
+from netkv.compute import MODEL_PRESETS
 
-POLICY_NAMES = ("round_robin", "random", "least_loaded", "cache_load_aware", "netkv")
-LAYOUTS = ("mixed-server", "alternate-servers", "split-pods", "random", "explicit")
 
 
 class ConfigError(ValueError):
@@ -88,7 +89,7 @@ class SloCfg:
 
 @dataclass
 class TelemetryCfg:
-    oracle: str = "counters"  # "counters" or "static"
+    oracle: str = "counters"  # a name in netkv.scheduler.oracle.ORACLES: "counters" or "static"
     poll_interval_s: float = 1.0
     publish_delay_s: float = 0.0
     count_committed: bool = True
@@ -129,7 +130,7 @@ class Experiment:
     name: str
     path: Path | None
     seed: int
-    policies: list[str]
+    policies: list[str]  # empty: every registered policy (filled in when the cluster is built)
     topology: TopologyCfg
     placement: PlacementCfg
     model: ModelCfg
@@ -143,6 +144,15 @@ class Experiment:
     raw: dict
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied on top of the file
 
+    @property
+    def where(self) -> str:
+        """How errors name this experiment: its file, or <experiment>."""
+        return str(self.path) if self.path else "<experiment>"
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        """A ConfigError naming this experiment's file and `key` (for checks made after loading)."""
+        return ConfigError(f"{self.where}: {key}: {msg}")
+
     def resolve(self, ref: str) -> Path:
         """A path from the file: 'builtin:NAME' is shipped data; relative paths are relative to the file."""
         if ref.startswith("builtin:"):
@@ -155,17 +165,6 @@ class Experiment:
 
 # ------------------------------------------------------------------------------------------------
 # validation helpers
-
-_SECTIONS = {
-    "topology": TopologyCfg,
-    "placement": PlacementCfg,
-    "model": ModelCfg,
-    "compute": ComputeCfg,
-    "trace": TraceCfg,
-    "slo": SloCfg,
-    "telemetry": TelemetryCfg,
-    "emulation": EmulationCfg,
-}
 
 def _fail(where: str, key: str, msg: str):
     raise ConfigError(f"{where}: {key}: {msg}")
@@ -262,43 +261,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     return exp
 
 
-def from_dict(raw: dict, path: Path | None = None) -> Experiment:
-    """Build a validated Experiment from an already-parsed TOML document."""
-    where = str(path) if path else "<experiment>"
-    known = {"name", "seed", "policies", "policy", "background", *_SECTIONS}
-    for key in raw:
-        if key not in known:
-            _fail(where, key, f"unknown top-level key (known: {', '.join(sorted(known))})")
-    name = raw.get("name", path.stem if path else "experiment")
-    if not isinstance(name, str) or not name or "/" in name:
-        _fail(where, "name", "must be a non-empty string without '/'")
-    seed = raw.get("seed", 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        _fail(where, "seed", f"expected an integer, got {seed!r}")
-    policies = raw.get("policies", list(POLICY_NAMES))
-    if not isinstance(policies, list) or not policies:
-        _fail(where, "policies", "expected a non-empty list of policy names")
-    for i, pol in enumerate(policies):
-        if pol in policies[:i]:
-            _fail(where, "policies", f"'{pol}' listed twice")
-    from netkv.scheduler.policies import registry  # noqa: F401  (lazy: avoid an import cycle)
-
-    secs = {name_: _section(where, name_, cls, raw.get(name_, {})) for name_, cls in _SECTIONS.items()}
-    for pol in policies:
-        if pol not in registry.names():
-            _fail(where, "policies", f"unknown policy '{pol}' (known: {', '.join(registry.names())})")
-    policy_params = raw.get("policy", {})
-    if not isinstance(policy_params, dict):
-        _fail(where, "policy", "expected a table of per-policy tables")
-    for pol, params in policy_params.items():
-        if pol not in registry.names():
-            _fail(where, f"policy.{pol}", f"unknown policy (known: {', '.join(registry.names())})")
-        try:
-            registry.get(pol).validate_params(params)
-        except ValueError as e:
-            _fail(where, f"policy.{pol}", str(e))
-
-    t: TopologyCfg = secs["topology"]
+def _check_topology(where: str, t: TopologyCfg) -> None:
     for key in ("gpu_link_gbps", "server_link_gbps", "edge_link_gbps", "core_link_gbps"):
         _positive(where, f"topology.{key}", getattr(t, key))
     if t.k < 2 or t.k % 2:
@@ -306,14 +269,9 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     _positive(where, "topology.gpus_per_server", t.gpus_per_server)
     if t.oversubscription < 1:
         _fail(where, "topology.oversubscription", f"must be >= 1, got {t.oversubscription}")
-    from netkv.topology.routing import STRATEGIES
 
-    if t.routing not in STRATEGIES:
-        _fail(where, "topology.routing", f"unknown strategy '{t.routing}' (known: {', '.join(STRATEGIES)})")
 
-    pl: PlacementCfg = secs["placement"]
-    if pl.layout not in LAYOUTS:
-        _fail(where, "placement.layout", f"unknown layout '{pl.layout}' (known: {', '.join(LAYOUTS)})")
+def _check_placement(where: str, pl: PlacementCfg) -> None:
     if not 0 < pl.prefill_fraction < 1:
         _fail(where, "placement.prefill_fraction", f"must be in (0, 1), got {pl.prefill_fraction}")
     if pl.layout == "explicit" and (not pl.prefill or not pl.decode):
@@ -321,24 +279,24 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     if pl.layout != "explicit" and (pl.prefill or pl.decode):
         _fail(where, "placement", "'prefill'/'decode' host lists are only used with layout = 'explicit'")
 
-    m: ModelCfg = secs["model"]
-    from netkv.compute import MODEL_PRESETS
 
+def _check_model(where: str, m: ModelCfg, given: dict) -> None:
     custom = [m.layers, m.kv_heads, m.head_dim, m.dtype_bytes]
-    if "preset" not in raw.get("model", {}) and any(v is not None for v in custom):
+    if "preset" not in given and any(v is not None for v in custom):
         m.preset = None
     if m.preset is not None:
         if m.preset not in MODEL_PRESETS:
             _fail(where, "model.preset", f"unknown preset '{m.preset}' (known: {', '.join(MODEL_PRESETS)})")
         if any(v is not None for v in custom):
             _fail(where, "model", "give either 'preset' or layers/kv_heads/head_dim/dtype_bytes, not both")
-    else:
-        for key in ("layers", "kv_heads", "head_dim", "dtype_bytes", "params_b"):
-            if getattr(m, key) is None:
-                _fail(where, f"model.{key}", "required when no preset is given")
-            _positive(where, f"model.{key}", getattr(m, key))
+        return
+    for key in ("layers", "kv_heads", "head_dim", "dtype_bytes", "params_b"):
+        if getattr(m, key) is None:
+            _fail(where, f"model.{key}", "required when no preset is given")
+        _positive(where, f"model.{key}", getattr(m, key))
 
-    c: ComputeCfg = secs["compute"]
+
+def _check_compute(where: str, c: ComputeCfg) -> None:
     _positive(where, "compute.tensor_parallel", c.tensor_parallel)
     _positive(where, "compute.gpu_memory_gb", c.gpu_memory_gb)
     _positive(where, "compute.max_batch", c.max_batch)
@@ -347,25 +305,27 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     if not 0 < c.memory_utilization <= 1:
         _fail(where, "compute.memory_utilization", f"must be in (0, 1], got {c.memory_utilization}")
 
-    tr: TraceCfg = secs["trace"]
+
+def _check_trace(where: str, tr: TraceCfg) -> None:
     _positive(where, "trace.start_s", tr.start_s, allow_zero=True)
     _positive(where, "trace.duration_s", tr.duration_s)
     _positive(where, "trace.requests", tr.requests)
     _positive(where, "trace.rate_multiplier", tr.rate_multiplier)
 
-    s: SloCfg = secs["slo"]
+
+def _check_slo(where: str, s: SloCfg) -> None:
     _positive(where, "slo.ttft_s", s.ttft_s)
     _positive(where, "slo.tbt_s", s.tbt_s)
 
-    te: TelemetryCfg = secs["telemetry"]
-    if te.oracle not in ("counters", "static"):
-        _fail(where, "telemetry.oracle", f"must be 'counters' or 'static', got '{te.oracle}'")
+
+def _check_telemetry(where: str, te: TelemetryCfg) -> None:
     _positive(where, "telemetry.poll_interval_s", te.poll_interval_s)
     _positive(where, "telemetry.publish_delay_s", te.publish_delay_s, allow_zero=True)
     if not 0 < te.floor_fraction < 1:
         _fail(where, "telemetry.floor_fraction", f"must be in (0, 1), got {te.floor_fraction}")
 
-    em: EmulationCfg = secs["emulation"]
+
+def _check_emulation(where: str, em: EmulationCfg) -> None:
     _positive(where, "emulation.bandwidth_scale", em.bandwidth_scale)
     _positive(where, "emulation.time_dilation", em.time_dilation)
     _positive(where, "emulation.queue_ms", em.queue_ms)
@@ -380,56 +340,124 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     if not 576 <= em.mtu <= 9000:
         _fail(where, "emulation.mtu", f"must be within 576..9000, got {em.mtu}")
 
-    bgs = []
+
+# name -> (section class, its checks); checks that need the built topology or a registry of the
+# models (layouts, routing strategies, oracles, policies, host names) run when the cluster is built
+# (netkv.scheduler.cluster), beside the code that knows those names
+_SECTIONS: dict[str, tuple[type, Any]] = {
+    "topology": (TopologyCfg, _check_topology),
+    "placement": (PlacementCfg, _check_placement),
+    "model": (ModelCfg, None),
+    "compute": (ComputeCfg, _check_compute),
+    "trace": (TraceCfg, _check_trace),
+    "slo": (SloCfg, _check_slo),
+    "telemetry": (TelemetryCfg, _check_telemetry),
+    "emulation": (EmulationCfg, _check_emulation),
+}
+
+
+def parse_section(name: str, table, where: str = "<experiment>"):
+    """One validated section (e.g. the controller's [topology]) from its table."""
+    cls, check = _SECTIONS[name]
+    sec = _section(where, name, cls, table)
+    if name == "model":
+        _check_model(where, sec, table)
+    elif check is not None:
+        check(where, sec)
+    return sec
+
+
+def _background(where: str, i: int, b) -> BackgroundCfg:
+    key = f"background[{i}]"
+    if not isinstance(b, dict):
+        _fail(where, key, "expected a table")
+    for k_ in b:
+        if k_ not in BackgroundCfg.__dataclass_fields__:
+            _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(BackgroundCfg.__dataclass_fields__)})")
+    for req in ("src", "dst"):
+        if req not in b:
+            _fail(where, f"{key}.{req}", "required")
+        if isinstance(b[req], str):
+            b = {**b, req: [b[req]]}
+        if not isinstance(b[req], list) or not all(isinstance(x, str) for x in b[req]) or not b[req]:
+            _fail(where, f"{key}.{req}", "expected a host name, a selector or a list of them")
+    bg = BackgroundCfg(src=b["src"], dst=b["dst"])
+    for k_ in ("start_s", "on_s", "off_s", "rate_gbps"):
+        if k_ in b and b[k_] is not None:
+            v = b[k_]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                _fail(where, f"{key}.{k_}", f"expected a number, got {v!r}")
+            setattr(bg, k_, float(v))
+    _positive(where, f"{key}.start_s", bg.start_s, allow_zero=True)
+    _positive(where, f"{key}.on_s", bg.on_s)
+    _positive(where, f"{key}.off_s", bg.off_s, allow_zero=True)
+    _positive(where, f"{key}.rate_gbps", bg.rate_gbps)
+    return bg
+
+
+def _policies(where: str, raw: dict) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The policy list (empty: every registered policy) and per-policy parameter tables; names and
+    parameters are checked against the policy registry when the cluster is built."""
+    policies = raw.get("policies", [])
+    if not isinstance(policies, list) or ("policies" in raw and not policies):
+        _fail(where, "policies", "expected a non-empty list of policy names")
+    for i, pol in enumerate(policies):
+        if not isinstance(pol, str):
+            _fail(where, "policies", f"expected policy names, got {pol!r}")
+        if pol in policies[:i]:
+            _fail(where, "policies", f"'{pol}' listed twice")
+    params = raw.get("policy", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        _fail(where, "policy", "expected a table of per-policy tables")
+    return list(policies), params
+
+
+def from_dict(raw: dict, path: Path | None = None) -> Experiment:
+    """Build an Experiment from an already-parsed document, each section validated on its own."""
+    where = str(path) if path else "<experiment>"
+    known = {"name", "seed", "policies", "policy", "background", *_SECTIONS}
+    for key in raw:
+        if key not in known:
+            _fail(where, key, f"unknown top-level key (known: {', '.join(sorted(known))})")
+    name = raw.get("name", path.stem if path else "experiment")
+    if not isinstance(name, str) or not name or "/" in name:
+        _fail(where, "name", "must be a non-empty string without '/'")
+    seed = raw.get("seed", 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        _fail(where, "seed", f"expected an integer, got {seed!r}")
+    policies, policy_params = _policies(where, raw)
+    secs = {n: parse_section(n, raw.get(n, {}), where) for n in _SECTIONS}
     raw_bg = raw.get("background", [])
     if not isinstance(raw_bg, list):
         _fail(where, "background", "expected an array of tables ([[background]])")
-    for i, b in enumerate(raw_bg):
-        key = f"background[{i}]"
-        if not isinstance(b, dict):
-            _fail(where, key, "expected a table")
-        for k_ in b:
-            if k_ not in BackgroundCfg.__dataclass_fields__:
-                _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(BackgroundCfg.__dataclass_fields__)})")
-        for req in ("src", "dst"):
-            if req not in b:
-                _fail(where, f"{key}.{req}", "required")
-            if isinstance(b[req], str):
-                b = {**b, req: [b[req]]}
-            if not isinstance(b[req], list) or not all(isinstance(x, str) for x in b[req]) or not b[req]:
-                _fail(where, f"{key}.{req}", "expected a host name, a selector or a list of them")
-        bg = BackgroundCfg(src=b["src"], dst=b["dst"])
-        for k_ in ("start_s", "on_s", "off_s", "rate_gbps"):
-            if k_ in b:
-                v = b[k_]
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    _fail(where, f"{key}.{k_}", f"expected a number, got {v!r}")
-                setattr(bg, k_, float(v))
-        _positive(where, f"{key}.start_s", bg.start_s, allow_zero=True)
-        _positive(where, f"{key}.on_s", bg.on_s)
-        _positive(where, f"{key}.off_s", bg.off_s, allow_zero=True)
-        _positive(where, f"{key}.rate_gbps", bg.rate_gbps)
-        bgs.append(bg)
+    bgs = [_background(where, i, b) for i, b in enumerate(raw_bg)]
+    return Experiment(name=name, path=path, seed=seed, policies=policies, background=bgs,
+                      policy_params=policy_params, raw=raw, **secs)
 
-    exp = Experiment(
-        name=name, path=path, seed=seed, policies=list(policies), background=bgs,
-        policy_params=policy_params, raw=raw, **secs,
-    )
-    # Checks that need the built topology (host names) happen here so errors surface at load time.
-    from netkv.topology.placement import build_topology, expand_hosts, placement
 
+def to_dict(exp: Experiment) -> dict:
+    """The validated experiment as one JSON-able document (paths made absolute, defaults filled in):
+    what the orchestrator hands the scheduler service and every agent (`load_json` reads it back)."""
+    doc: dict[str, Any] = {"name": exp.name, "seed": exp.seed, "policies": list(exp.policies)}
+    for n in _SECTIONS:  # None is every optional key's default (TOML has no null)
+        doc[n] = {k: v for k, v in dataclasses.asdict(getattr(exp, n)).items() if v is not None}
+    for sec, key in (("compute", "profile"), ("trace", "path")):
+        ref = doc[sec][key]
+        if not ref.startswith("builtin:"):
+            doc[sec][key] = str(exp.resolve(ref).resolve())
+    doc["policy"] = exp.policy_params
+    doc["background"] = [{k: v for k, v in dataclasses.asdict(b).items() if v is not None and v != math.inf}
+                         for b in exp.background]
+    return doc
+
+
+def load_json(path: str | Path) -> Experiment:
+    """Read an experiment written by `to_dict` (JSON); validated again like a TOML file."""
+    p = Path(path)
     try:
-        topo = build_topology(exp)
-    except ValueError as e:  # limits of the ID scheme (k <= 64, hosts of an edge in one /24)
-        raise ConfigError(f"{where}: {e}") from None
-    for i, bg in enumerate(exp.background):
-        for side in ("src", "dst"):
-            try:
-                expand_hosts(topo, getattr(bg, side))
-            except ValueError as e:
-                _fail(where, f"background[{i}].{side}", str(e))
-    try:
-        placement(exp, topo)
-    except ValueError as e:
-        _fail(where, "placement", str(e))
-    return exp
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: not a JSON experiment: {e}") from None
+    return from_dict(raw, p)

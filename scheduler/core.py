@@ -61,7 +61,7 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         p_slot, p_hits, p_finish = self.choose_prefill(req)
         t1 = time.perf_counter_ns()
-        clock = getattr(self.oracle, "clock", None)
+        clock = self.oracle.clock
         q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
         d_slot = self.policy.choose(q, self.oracle)
         t2 = time.perf_counter_ns()

@@ -16,20 +16,52 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
+from netkv.registry import Registry
 from netkv.topology import FatTree, NoPathError, Routing
 
 
-class Oracle(Protocol):
-    """`at`: when the transfer is expected to start (real-cluster seconds; None = now)."""
+ORACLES: Registry[type] = Registry("oracle")
 
-    def cost(self, src: int, dst: int, nbytes: float, at: float | None = None) -> tuple[float, float | None]: ...
+
+class Oracle:
+    """The interface every oracle offers. `at`: when the transfer is expected to start
+    (real-cluster seconds; None = now).
+
+    The scheduler tells every oracle about its own transfers (`commit` when decided, `started`,
+    `release` when the KV arrived or the request failed); an oracle without use for them ignores
+    them. `uses_telemetry`: the oracle reads snapshots (the drivers poll or fetch them only then);
+    `clock`: real-cluster now, or None for an oracle that does not look at time."""
+
+    name = "base"
+    uses_telemetry = False
+    clock: Callable[[], float] | None = None
+
+    @classmethod
+    def from_config(cls, topo: FatTree, routing: Routing, te, source: Callable[[], Snapshot | None],
+                    clock: Callable[[], float]) -> Oracle:
+        """The oracle for a [telemetry] section (`netkv.config.TelemetryCfg`)."""
+        raise NotImplementedError
+
+    def cost(self, src: int, dst: int, nbytes: float, at: float | None = None) -> tuple[float, float | None]:
+        raise NotImplementedError
 
     def cost_row(self, src: int, dsts: np.ndarray, nbytes: np.ndarray,
-                 at: float | None = None) -> tuple[np.ndarray, float | None]: ...
+                 at: float | None = None) -> tuple[np.ndarray, float | None]:
+        raise NotImplementedError
+
+    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float,
+               start: float | None = None) -> None:
+        """The scheduler has decided on a transfer expected to start at `start`."""
+
+    def started(self, key, t: float) -> None:
+        """The transfer `key` started at `t`."""
+
+    def release(self, key) -> None:
+        """The transfer `key` ended (or its request failed)."""
 
 
 @dataclass
@@ -96,10 +128,15 @@ def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: n
     return nbytes / bottleneck if bottleneck > 0 else math.inf
 
 
-class StaticOracle:
+@ORACLES.register(order=1)
+class StaticOracle(Oracle):
     """Transfer time from path capacities alone."""
 
     name = "static"
+
+    @classmethod
+    def from_config(cls, topo, routing, te, source, clock) -> StaticOracle:
+        return cls(topo, routing)
 
     def __init__(self, topo: FatTree, routing: Routing):
         self.topo = topo
@@ -123,10 +160,16 @@ class _Committed:
     started_at: float | None = None
 
 
-class CounterOracle:
+@ORACLES.register(order=0)
+class CounterOracle(Oracle):
     """Transfer time from the residual bandwidth that sampled port counters show."""
 
     name = "counters"
+    uses_telemetry = True
+
+    @classmethod
+    def from_config(cls, topo, routing, te, source, clock) -> CounterOracle:
+        return cls(topo, routing, source, clock, te.floor_fraction, te.count_committed)
 
     def __init__(self, topo: FatTree, routing: Routing, source: Callable[[], Snapshot | None],
                  clock: Callable[[], float], floor_fraction: float = 0.25,

@@ -21,34 +21,29 @@ from collections import deque
 
 import numpy as np
 
-from netkv.topology.placement import background_pairs, build_topology, placement
-from netkv.compute import compute_from_config
-from netkv.kvcache import PrefixCache
+from netkv.config import Experiment
 from netkv.results import RequestRecord
-from netkv.scheduler.core import Scheduler
-from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
-from netkv.scheduler.view import ClusterView
-from netkv.topology import Routing
-from netkv.trace import BLOCK_TOKENS, window_from_config
+from netkv.scheduler.cluster import Cluster
+from netkv.scheduler.oracle import Snapshot
+from netkv.scheduler.runtime import Runtime, Tracked
 from netkv.simulator.network import FlowNetwork
+from netkv.trace import window_from_config
 
 ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF = range(7)
 _PERIODIC = (POLL, BG_ON, BG_OFF)  # events that recur for ever; the others move requests along
 
 
-class _Req:
-    __slots__ = ("req", "rec", "dec", "need", "remaining", "ctx", "tokens", "runs", "est_prefill", "flow")
+class _Req(Tracked):
+    """A request with the simulator's decode state."""
 
-    def __init__(self, req, rec):
-        self.req = req
-        self.rec = rec
-        self.dec = None
-        self.need = 0
+    __slots__ = ("remaining", "ctx", "tokens", "runs", "flow")
+
+    def __init__(self, req, policy):
+        super().__init__(req, policy)
         self.remaining = req.output_tokens
         self.ctx = req.input_tokens
         self.tokens = 0
         self.runs: list[tuple[float, float, int]] = []
-        self.est_prefill = 0.0
         self.flow = None
 
 
@@ -81,41 +76,26 @@ def _steps_time(s0: float, dl: float, m: int) -> float:
 class Simulation:
     """One policy over one trace window on the modelled cluster."""
 
-    def __init__(self, exp, policy: str, requests=None, *, topo=None, compute=None, progress=None):
-        self.exp = exp
+    def __init__(self, cluster: Cluster | Experiment, policy: str, requests=None, *, compute=None, progress=None):
+        if not isinstance(cluster, Cluster):  # an experiment: build its cluster here
+            cluster = Cluster.build(cluster, compute)
+        exp = self.exp = cluster.exp
         self.policy = policy
-        self.topo = topo or build_topology(exp)
-        self.routing = Routing(self.topo, exp.topology.routing)
-        self.compute = compute or compute_from_config(exp)
         self.requests = requests if requests is not None else window_from_config(exp)
-        pre, dec = placement(exp, self.topo)
-        self.view = ClusterView(pre, dec, self.compute)
-        self.net = FlowNetwork(self.topo.capacity_bps)
         self.now = 0.0
         te = exp.telemetry
         self._poll = te.poll_interval_s
         self._delay = te.publish_delay_s
         self._snaps: deque[tuple[float, Snapshot]] = deque()
         self._snap: Snapshot | None = None
+        self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published)
+        self.topo, self.compute, self.routing = rt.topo, rt.compute, rt.routing
+        self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
+        self.net = FlowNetwork(self.topo.capacity_bps)
         self._last_counters = np.zeros(self.topo.n_links)
-        if te.oracle == "counters":
-            self.oracle = CounterOracle(self.topo, self.routing, self._published, lambda: self.now,
-                                        te.floor_fraction, te.count_committed)
-        else:
-            self.oracle = StaticOracle(self.topo, self.routing)
-        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view,
-                               self.oracle, self.topo)
-        self.prefills = [
-            _Prefill(i, int(h), PrefixCache(self.compute.prefill_cache_blocks, i, self.view.prefill_index))
-            for i, h in enumerate(pre)
-        ]
-        self.decodes = [
-            _Decode(i, int(h), PrefixCache(self.compute.kv_blocks, i, self.view.decode_index))
-            for i, h in enumerate(dec)
-        ]
-        self._busy_until = np.zeros(len(pre))  # per prefill slot: when the running prefill ends
-        self._queued_est = np.zeros(len(pre))  # per prefill slot: estimated work queued behind it
-        self.bg = [background_pairs(self.topo, b) for b in exp.background]
+        self.prefills = [_Prefill(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.prefill_hosts, rt.prefill_caches))]
+        self.decodes = [_Decode(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.decode_hosts, rt.decode_caches))]
+        self.bg = cluster.background
         self._bg_flows: list[list[int]] = [[] for _ in self.bg]
         # per background pair: bytes delivered and seconds on, for background_report()
         self._bg_sent = [[0.0] * len(p) for p in self.bg]
@@ -136,12 +116,11 @@ class Simulation:
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
     def run(self) -> list[RequestRecord]:
-        reqs = [_Req(r, RequestRecord(r.id, r.arrival_s, r.input_tokens, r.output_tokens, policy=self.policy))
-                for r in self.requests]
+        reqs = [_Req(r, self.policy) for r in self.requests]
         self._reqs = reqs
         for i, r in enumerate(reqs):
             self._push(r.req.arrival_s, ARRIVAL, i)
-        if isinstance(self.oracle, CounterOracle):
+        if self.oracle.uses_telemetry:
             self._push(0.0, POLL)
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
@@ -178,54 +157,27 @@ class Simulation:
     # ---- arrivals and prefill ----------------------------------------------------------------
     def _arrival(self, i, _):
         r = self._reqs[i]
-        v = self.view
-        now = self.now
-        np.maximum(self._busy_until - now, 0.0, out=v.prefill_backlog_s)
-        v.prefill_backlog_s += self._queued_est
-        d = self.sched.decide(r.req)
-        r.dec = d
-        r.rec.record_decision(d, self.topo, self.oracle.name)
-        r.need = self.compute.blocks_for(r.req.input_tokens + r.req.output_tokens)
-        dd = self.decodes[d.decode_slot]
-        dd.cache.touch(r.req.hash_ids[: d.decode_hit_blocks])
-        v.inbound[d.decode_slot] += 1
-        v.kv_pending[d.decode_slot] += r.need
-        v.touch(d.decode_slot)
-        if isinstance(self.oracle, CounterOracle):
-            self.oracle.commit(r.req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s,
-                               d.transfer_start)
+        d = self.rt.decide(r, self.now)
         p = self.prefills[d.prefill_slot]
-        r.est_prefill = self.compute.prefill_s(r.req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
-        self._queued_est[p.slot] += r.est_prefill
         p.queue.append(r)
-        v.prefill_queued[p.slot] += 1
         if p.current is None:
             self._start_prefill(p)
 
     def _start_prefill(self, p: _Prefill):
         r = p.queue.popleft()
-        self.view.prefill_queued[p.slot] -= 1
-        self._queued_est[p.slot] -= r.est_prefill
-        hits = p.cache.match(r.req.hash_ids)
-        p.cache.touch(r.req.hash_ids[:hits])
-        dur = self.compute.prefill_s(r.req.input_tokens - hits * BLOCK_TOKENS)
-        r.rec.prefill_hit_blocks = hits
-        r.rec.t_prefill_start = self.now
+        dur = self.rt.prefill_started(r, p.slot, p.cache.match(r.req.hash_ids), self.now)
         p.current = r
-        self._busy_until[p.slot] = self.now + dur
         self._push(self.now + dur, PREFILL_DONE, p.slot)
 
     def _prefill_done(self, slot, _):
         p = self.prefills[slot]
         r = p.current
         p.current = None
-        r.rec.t_prefill_end = self.now
-        p.cache.insert(r.req.hash_ids)
+        self.rt.prefill_ended(r, slot, self.now)
         if r.dec.bytes_to_send > 0:
             links = self.routing.path(r.dec.prefill_host, r.dec.decode_host)
             r.flow = self.net.add(self.now, links, r.dec.bytes_to_send, tag=r)
-            if isinstance(self.oracle, CounterOracle):
-                self.oracle.started(r.req.id, self.now)
+            self.rt.transfer_started(r, self.now)
             self._schedule_net()
         else:
             self._kv_arrived(r)
@@ -246,10 +198,7 @@ class Simulation:
                 if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)]
         self.net.remove_many(f.id for f in done)
         for f in done:
-            r = f.tag
-            if isinstance(self.oracle, CounterOracle):
-                self.oracle.release(r.req.id)
-            self._kv_arrived(r)
+            self._kv_arrived(f.tag)
         self._schedule_net()
 
     def _poll_event(self, _a, _b):
@@ -306,21 +255,14 @@ class Simulation:
 
     # ---- decode ------------------------------------------------------------------------------
     def _room(self, D: _Decode, r: _Req) -> bool:
-        c = self.compute
-        if not D.batch:
-            return True  # an idle instance takes any request, even one larger than its KV budget
-        return len(D.batch) < c.max_batch and self.view.kv_used[D.slot] + r.need <= c.kv_blocks
+        return self.compute.admits(len(D.batch), int(self.view.kv_used[D.slot]), r.need)
 
     def _kv_arrived(self, r: _Req):
         now = self.now
-        r.rec.t_transfer_end = now
         D = self.decodes[r.dec.decode_slot]
-        v = self.view
-        v.inbound[D.slot] -= 1
-        D.cache.insert(r.req.hash_ids)
+        self.rt.kv_arrived(r, D.slot, now)
         D.waitq.append(r)
-        v.queued[D.slot] += 1
-        v.touch(D.slot)
+        self.view.queued[D.slot] += 1
         if not D.batch:
             self._admit(D)
             self._start_segment(D)
@@ -393,13 +335,11 @@ class Simulation:
             r = D.waitq.popleft()
             v.queued[D.slot] -= 1
             D.batch.append(r)
-            r.rec.t_admit = self.now
+            self.rt.admitted(r, D.slot, self.now)
             v.active[D.slot] += 1
             v.kv_used[D.slot] += r.need
-            v.kv_pending[D.slot] -= r.need
             v.ctx_total[D.slot] += r.ctx
             v.remaining[D.slot] += r.remaining
-            v.touch(D.slot)
         D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
 
     def _start_segment(self, D: _Decode):

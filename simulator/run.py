@@ -7,21 +7,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from netkv import __version__
-from netkv.topology.placement import build_topology, placement
-from netkv.compute import compute_from_config
 from netkv.results import RunDir, format_table, summarize
-from netkv.trace import window_from_config
+from netkv.scheduler.cluster import Cluster
 from netkv.simulator.engine import Simulation
+from netkv.trace import window_from_config
 
 
 def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path("results"),
                         progress: bool = True, log=print) -> tuple[RunDir, dict]:
-    """Simulate every policy on the same trace window; returns the run dir and the summaries."""
+    """Simulate every policy on the same trace window; returns the run dir and the summaries.
+    `exp`: a built Cluster, or an Experiment (its cluster is built here)."""
+    cluster = exp if isinstance(exp, Cluster) else Cluster.build(exp)
+    exp, topo, compute = cluster.exp, cluster.topo, cluster.compute
     policies = policies or exp.policies
-    topo = build_topology(exp)
-    compute = compute_from_config(exp)
     requests = window_from_config(exp)
-    pre, dec = placement(exp, topo)
+    pre, dec = cluster.prefill_hosts, cluster.decode_hosts
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run = RunDir.create(out, f"{exp.name}-sim", stamp, exp.path)
     meta = {
@@ -38,7 +38,7 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
     try:
         for pol in policies:
             t0 = time.perf_counter()
-            sim = Simulation(exp, pol, requests, topo=topo, compute=compute, progress=progress)
+            sim = Simulation(cluster, pol, requests, progress=progress)
             recs = sim.run()
             wall = time.perf_counter() - t0
             rows = [r.to_row() for r in recs]

@@ -141,7 +141,15 @@ class FatTree:
                 raise ValueError(f"topology: link rate for tier '{lvl}' must be > 0")
         if self.rates.oversubscription < 1:
             raise ValueError("topology.oversubscription must be >= 1")
-        self._build()
+        self._build_nodes()
+        self._build_links()
+
+    @classmethod
+    def from_config(cls, t) -> FatTree:
+        """The fat-tree of an experiment's [topology] section (`netkv.config.TopologyCfg`)."""
+        rates = LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
+                          t.oversubscription)
+        return cls(t.k, t.gpus_per_server, rates)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -173,7 +181,7 @@ class FatTree:
         return self.n_servers + self.n_edge + self.n_agg + self.n_core
 
     # ---- construction ------------------------------------------------------------------------
-    def _build(self):
+    def _build_nodes(self):
         k, h, G = self.k, self.half, self.gpus_per_server
         self.hosts: list[Node] = []
         self.servers: list[Node] = []
@@ -198,6 +206,8 @@ class FatTree:
         self.nodes = {n.name: n for n in self.hosts + self.switches}
         self.host_index = {n.name: n.index for n in self.hosts}
 
+    def _build_links(self):
+        h, G = self.half, self.gpus_per_server
         # Directed links in blocks so that ids follow from coordinates (see _lid_* helpers).
         H, S, E, A = self.n_hosts, self.n_servers, self.n_edge, self.n_agg
         self._base = {

@@ -1,4 +1,4 @@
-"""Cluster assembly from an experiment: topology, role placement and host selectors.
+"""Role placement on the fat-tree (a registry of layouts) and host selectors.
 
 Placement layouts (fraction f = placement.prefill_fraction of instances are prefill):
   mixed-server       in every server the first round(G*f) GPUs are prefill, the rest decode
@@ -16,14 +16,8 @@ from __future__ import annotations
 
 import random
 
-from netkv.topology import FatTree, LinkRates
-
-
-def build_topology(exp) -> FatTree:
-    t = exp.topology
-    rates = LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
-                      t.oversubscription)
-    return FatTree(t.k, t.gpus_per_server, rates)
+from netkv.registry import Registry
+from netkv.topology.fattree import FatTree
 
 
 def expand_hosts(topo: FatTree, selectors: list[str]) -> list[int]:
@@ -54,41 +48,54 @@ def expand_hosts(topo: FatTree, selectors: list[str]) -> list[int]:
     return out
 
 
-def placement(exp, topo: FatTree) -> tuple[list[int], list[int]]:
-    """(prefill hosts, decode hosts) for the experiment's layout."""
-    pl = exp.placement
-    f = pl.prefill_fraction
+LAYOUTS: Registry = Registry("layout")
+
+
+@LAYOUTS.register("mixed-server", order=0)
+def _mixed_server(pl, topo: FatTree, seed: int):
     G = topo.gpus_per_server
-    hosts = topo.hosts
-    if pl.layout == "explicit":
-        pre = expand_hosts(topo, pl.prefill)
-        dec = expand_hosts(topo, pl.decode)
-        both = set(pre) & set(dec)
-        if both:
-            raise ValueError(f"hosts in both prefill and decode: {', '.join(hosts[h].name for h in sorted(both))}")
-    elif pl.layout == "mixed-server":
-        n_pre = round(G * f)
-        if not 0 < n_pre < G:
-            raise ValueError(f"layout 'mixed-server' needs 0 < round(gpus_per_server * prefill_fraction) < {G}")
-        pre = [n.index for n in hosts if n.c < n_pre]
-        dec = [n.index for n in hosts if n.c >= n_pre]
-    elif pl.layout == "alternate-servers":
-        is_pre = [int((i + 1) * f) > int(i * f) for i in range(topo.n_servers)]
-        pre = [n.index for n in hosts if is_pre[n.index // G]]
-        dec = [n.index for n in hosts if not is_pre[n.index // G]]
-    elif pl.layout == "split-pods":
-        n_pods = round(topo.k * f)
-        if not 0 < n_pods < topo.k:
-            raise ValueError("layout 'split-pods' needs 0 < round(k * prefill_fraction) < k")
-        pre = [n.index for n in hosts if n.pod < n_pods]
-        dec = [n.index for n in hosts if n.pod >= n_pods]
-    elif pl.layout == "random":
-        idx = list(range(topo.n_hosts))
-        random.Random(exp.seed).shuffle(idx)
-        n_pre = max(1, min(topo.n_hosts - 1, round(topo.n_hosts * f)))
-        pre, dec = sorted(idx[:n_pre]), sorted(idx[n_pre:])
-    else:  # validated earlier
-        raise ValueError(f"unknown layout {pl.layout}")
+    n_pre = round(G * pl.prefill_fraction)
+    if not 0 < n_pre < G:
+        raise ValueError(f"layout 'mixed-server' needs 0 < round(gpus_per_server * prefill_fraction) < {G}")
+    return [n.index for n in topo.hosts if n.c < n_pre], [n.index for n in topo.hosts if n.c >= n_pre]
+
+
+@LAYOUTS.register("alternate-servers", order=1)
+def _alternate_servers(pl, topo: FatTree, seed: int):
+    f, G = pl.prefill_fraction, topo.gpus_per_server
+    is_pre = [int((i + 1) * f) > int(i * f) for i in range(topo.n_servers)]
+    return ([n.index for n in topo.hosts if is_pre[n.index // G]],
+            [n.index for n in topo.hosts if not is_pre[n.index // G]])
+
+
+@LAYOUTS.register("split-pods", order=2)
+def _split_pods(pl, topo: FatTree, seed: int):
+    n_pods = round(topo.k * pl.prefill_fraction)
+    if not 0 < n_pods < topo.k:
+        raise ValueError("layout 'split-pods' needs 0 < round(k * prefill_fraction) < k")
+    return [n.index for n in topo.hosts if n.pod < n_pods], [n.index for n in topo.hosts if n.pod >= n_pods]
+
+
+@LAYOUTS.register("random", order=3)
+def _random(pl, topo: FatTree, seed: int):
+    idx = list(range(topo.n_hosts))
+    random.Random(seed).shuffle(idx)
+    n_pre = max(1, min(topo.n_hosts - 1, round(topo.n_hosts * pl.prefill_fraction)))
+    return sorted(idx[:n_pre]), sorted(idx[n_pre:])
+
+
+@LAYOUTS.register("explicit", order=4)
+def _explicit(pl, topo: FatTree, seed: int):
+    pre, dec = expand_hosts(topo, pl.prefill), expand_hosts(topo, pl.decode)
+    both = set(pre) & set(dec)
+    if both:
+        raise ValueError(f"hosts in both prefill and decode: {', '.join(topo.hosts[h].name for h in sorted(both))}")
+    return pre, dec
+
+
+def placement(pl, topo: FatTree, seed: int) -> tuple[list[int], list[int]]:
+    """(prefill hosts, decode hosts) for a placement section (`seed`: the experiment's, for 'random')."""
+    pre, dec = LAYOUTS.get(pl.layout)(pl, topo, seed)
     if not pre or not dec:
         raise ValueError("placement leaves no prefill or no decode instance")
     return pre, dec

@@ -17,7 +17,10 @@ import zlib
 
 import numpy as np
 
+from netkv.registry import Registry
 from netkv.topology.fattree import FatTree
+
+STRATEGIES: Registry[type] = Registry("routing strategy")
 
 
 class Strategy:
@@ -30,6 +33,7 @@ class Strategy:
         return np.array([self.choose(src, int(d), int(m)) for d, m in zip(dsts, n)], dtype=np.int64)
 
 
+@STRATEGIES.register(order=0)
 class SumMod(Strategy):
     name = "sum-mod"
 
@@ -40,6 +44,7 @@ class SumMod(Strategy):
         return (src + dsts) % n
 
 
+@STRATEGIES.register(order=1)
 class DstMod(Strategy):
     name = "dst-mod"
 
@@ -50,6 +55,7 @@ class DstMod(Strategy):
         return dsts % n
 
 
+@STRATEGIES.register(order=2)
 class Hash(Strategy):
     name = "hash"
 
@@ -57,16 +63,8 @@ class Hash(Strategy):
         return zlib.crc32(f"{src}>{dst}".encode()) % n
 
 
-STRATEGIES = {s.name: s for s in (SumMod, DstMod, Hash)}
-
-
 def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        raise ValueError(
-            f"topology.routing: unknown strategy '{name}' (choose from {', '.join(STRATEGIES)})"
-        ) from None
+    return STRATEGIES.get(name)()
 
 
 class NoPathError(RuntimeError):

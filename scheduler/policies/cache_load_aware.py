@@ -15,6 +15,7 @@ from netkv.scheduler.policies.registry import register
 @register
 class CacheLoadAware(Policy):
     name = "cache_load_aware"
+    order = 3  # position in the default policy list (baselines first)
     defaults = {"overlap_weight": 1.0}
 
     def choose(self, q, oracle):

@@ -7,6 +7,7 @@ from netkv.scheduler.policies.registry import register
 @register
 class LeastLoaded(Policy):
     name = "least_loaded"
+    order = 2  # position in the default policy list (baselines first)
 
     def choose(self, q, oracle):
         v = q.view

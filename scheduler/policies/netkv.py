@@ -12,6 +12,7 @@ from netkv.scheduler.policies.registry import register
 @register
 class NetKV(Policy):
     name = "netkv"
+    order = 4  # position in the default policy list (baselines first)
     defaults = {"transfer_weight": 1.0, "wait_weight": 1.0}
 
     def choose(self, q, oracle):

@@ -9,6 +9,7 @@ from netkv.scheduler.policies.registry import register
 @register
 class Random(Policy):
     name = "random"
+    order = 1  # position in the default policy list (baselines first)
 
     def choose(self, q, oracle):
         live = np.flatnonzero(q.view.decode_alive)

@@ -7,6 +7,7 @@ from netkv.scheduler.policies.registry import register
 @register
 class RoundRobin(Policy):
     name = "round_robin"
+    order = 0  # position in the default policy list (baselines first)
 
     def __init__(self, params, seed=0):
         super().__init__(params, seed)

@@ -1,0 +1,84 @@
+"""The modelled cluster, built once from a loaded experiment: fat-tree, compute, placement, background.
+
+`Cluster.build(exp)` is also where the checks that need the models happen — names looked up in the
+registries (routing strategies, layouts, oracles, policies and their parameters), the ID scheme's
+limits, host names and selectors — so that every entry point (CLI, simulator, emulation) reports a
+bad experiment as one line naming the file and key before anything runs. `load()` = read the file
+(netkv.config) + build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from netkv.compute import ComputeModel, compute_from_config
+from netkv.config import ConfigError, Experiment
+from netkv.config import load as load_experiment
+from netkv.scheduler.oracle import ORACLES
+from netkv.scheduler.policies.registry import POLICIES
+from netkv.topology import STRATEGIES, FatTree
+from netkv.topology.placement import LAYOUTS, background_pairs, expand_hosts, placement
+
+
+@dataclass
+class Cluster:
+    """What every run of an experiment shares: the fat-tree, the compute model and the roles."""
+
+    exp: Experiment
+    topo: FatTree
+    compute: ComputeModel
+    prefill_hosts: list[int]
+    decode_hosts: list[int]
+    background: list[list[tuple[int, int]]]  # per [[background]] entry: its (src, dst) host pairs
+
+    @classmethod
+    def build(cls, exp: Experiment, compute: ComputeModel | None = None) -> Cluster:
+        """Check the experiment against the models and assemble its cluster (ConfigError naming the
+        key on any problem). Fills in the default policy list (every registered policy)."""
+        _check_names(exp)
+        try:
+            topo = FatTree.from_config(exp.topology)
+        except ValueError as e:  # limits of the ID scheme (k <= 64, hosts of an edge in one /24)
+            raise ConfigError(f"{exp.where}: {e}") from None
+        try:
+            pre, dec = placement(exp.placement, topo, exp.seed)
+        except ValueError as e:
+            raise exp.error("placement", str(e)) from None
+        bg = []
+        for i, b in enumerate(exp.background):
+            for side in ("src", "dst"):
+                try:
+                    expand_hosts(topo, getattr(b, side))
+                except ValueError as e:
+                    raise exp.error(f"background[{i}].{side}", str(e)) from None
+            try:
+                bg.append(background_pairs(topo, b))
+            except ValueError as e:
+                raise exp.error(f"background[{i}]", str(e)) from None
+        return cls(exp, topo, compute or compute_from_config(exp), pre, dec, bg)
+
+
+def _check_names(exp: Experiment) -> None:
+    for key, reg, name in (("topology.routing", STRATEGIES, exp.topology.routing),
+                           ("placement.layout", LAYOUTS, exp.placement.layout),
+                           ("telemetry.oracle", ORACLES, exp.telemetry.oracle)):
+        if name not in reg:
+            raise exp.error(key, f"unknown {reg.kind} '{name}' (known: {', '.join(reg.names())})")
+    for pol in exp.policies:
+        if pol not in POLICIES:
+            raise exp.error("policies", f"unknown policy '{pol}' (known: {', '.join(POLICIES.names())})")
+    for pol, params in exp.policy_params.items():
+        if pol not in POLICIES:
+            raise exp.error(f"policy.{pol}", f"unknown policy (known: {', '.join(POLICIES.names())})")
+        try:
+            POLICIES.get(pol).validate_params(params)
+        except ValueError as e:
+            raise exp.error(f"policy.{pol}", str(e)) from None
+    if not exp.policies:
+        exp.policies = POLICIES.names()
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Cluster:
+    """Read an experiment file and build its cluster: every check, one line per problem."""
+    return Cluster.build(load_experiment(path, overrides))
