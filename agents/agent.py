@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netkv.compute import compute_from_config
-from netkv.config import load
+from netkv.config import ConfigError, load_json
 from netkv.kvcache import PrefixCache
 from netkv.trace import BLOCK_TOKENS
 from netkv.agents.protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
@@ -330,11 +330,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="NetKV prefill/decode agent (runs inside a Mininet host)")
     ap.add_argument("--role", choices=("prefill", "decode"), required=True)
     ap.add_argument("--host", required=True)
-    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--experiment", required=True, help="the run's experiment.json (netkv.config.to_dict)")
     ap.add_argument("--sock-dir", required=True)
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override, as for netkv emulate")
     a = ap.parse_args(argv)
-    exp = load(a.experiment, a.set)
+    try:
+        exp = load_json(a.experiment)
+    except ConfigError as e:
+        print(f"netkv agent: error: {e}", file=sys.stderr)
+        return 2
     cls = PrefillAgent if a.role == "prefill" else DecodeAgent
 
     async def run():

@@ -24,7 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from netkv.topology import FatTree, LinkRates, NoPathError, Routing
+from netkv.config import parse_section
+from netkv.topology import FatTree, NoPathError, Routing
 
 P_ARP, P_DOWN, P_PAIR, P_UP, P_MISS = 200, 100, 50, 10, 0
 CONTROLLER = "CONTROLLER"
@@ -89,11 +90,10 @@ class FabricLogic:
 
     @classmethod
     def from_config(cls, cfg: dict, clock=time.time) -> FabricLogic:
-        """Build from the JSON the network runner hands the controller."""
-        rates = LinkRates(cfg["gpu_gbps"], cfg["server_gbps"], cfg["edge_gbps"], cfg["core_gbps"],
-                          cfg.get("oversubscription", 1.0))
-        topo = FatTree(cfg["k"], cfg["gpus"], rates)
-        return cls(topo, cfg.get("routing", "sum-mod"), cfg.get("bandwidth_scale", 1.0),
+        """Build from the JSON the network runner hands the controller (its [topology] section is
+        parsed and checked by netkv.config, like an experiment file's)."""
+        t = parse_section("topology", cfg["topology"], "controller config")
+        return cls(FatTree.from_config(t), t.routing, cfg.get("bandwidth_scale", 1.0),
                    cfg.get("publish_delay", 0.0), cfg.get("floor_fraction", 0.25), clock)
 
     # ---- rules -------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ class BackgroundMonitor:
         self._thread.start()
 
     def _run(self) -> None:
-        from netkv.emulation.fabric import http_json
+        from netkv.controller.client import http_json
 
         while not self._stop.wait(self.every):
             try:

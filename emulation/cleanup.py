@@ -6,22 +6,21 @@ Only objects named by this project's ID scheme (switches s/e/a/c..., hosts h...,
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
 
+from netkv.emulation import statedir
+
 NODE_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)$")
 INTF_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)-eth\d+$")
-STATE_DIR = Path(os.environ.get("NETKV_STATE_DIR", "/run/netkv"))
 # command-line markers of processes this project starts
-PROC_MARKERS = ("netkv.controller.launcher", "netkv.agents.", "netkv-bg-iperf", "netkv.fabric-holder")
+PROC_MARKERS = ("netkv.controller.launcher", "netkv.agents.", "netkv-bg-iperf")
 CLEAN_HINT = "run `netkv clean` (as root) to remove them"
 
 
@@ -88,55 +87,6 @@ def mininet_shells() -> list[psutil.Process]:
     return out
 
 
-def state_entries() -> list[Path]:
-    """Files and per-run socket directories in the state directory."""
-    return sorted(STATE_DIR.glob("*")) if STATE_DIR.exists() else []
-
-
-def owner_pid(entry: Path) -> int | None:
-    """PID of the process that owns a state entry: sock-<stamp>-<pid> directories carry it in their
-    name, net.json in its "pid" field; None when the entry names no owner."""
-    m = re.match(r"^sock-.*-(\d+)$", entry.name)
-    if m:
-        return int(m.group(1))
-    if entry.name == "net.json":
-        try:
-            return int(json.loads(entry.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return None
-
-
-def stale_state_entries() -> list[Path]:
-    """State entries whose owner is gone (or unknown): what a run killed hard leaves behind."""
-    out = []
-    for e in state_entries():
-        pid = owner_pid(e)
-        if pid is None or not psutil.pid_exists(pid):
-            out.append(e)
-    return out
-
-
-def live_runs() -> list[str]:
-    """Runs still going (a state entry whose owner process is alive, other than this process), each
-    described with its pid, what it is, its run directory when known, and its state entry."""
-    out = []
-    for e in state_entries():
-        pid = owner_pid(e)
-        if pid is None or pid == os.getpid() or not psutil.pid_exists(pid):
-            continue
-        info = {}
-        if e.is_dir() and (e / "owner.json").is_file():
-            try:
-                info = json.loads((e / "owner.json").read_text())
-            except ValueError:
-                info = {}
-        what = info.get("what") or ("netkv net up" if e.name == "net.json" else "netkv emulate")
-        where = f", run directory {info['run_dir']}" if info.get("run_dir") else ""
-        out.append(f"pid {pid} ({what}{where}; state {e})")
-    return out
-
-
 def find_leftovers() -> list[str]:
     """Human-readable list of leftover emulation state (empty when the machine is clean)."""
     items = []
@@ -149,9 +99,9 @@ def find_leftovers() -> list[str]:
     procs = processes() + mininet_shells()
     if procs:
         items.append(f"{len(procs)} processes (pids {', '.join(str(p.pid) for p in procs[:6])})")
-    stale = stale_state_entries()
+    stale = statedir.stale_state_entries()
     if stale:
-        items.append(f"{len(stale)} stale state entries in {STATE_DIR} ({', '.join(e.name for e in stale[:3])}"
+        items.append(f"{len(stale)} stale state entries in {statedir.STATE_DIR} ({', '.join(e.name for e in stale[:3])}"
                      f"{', ...' if len(stale) > 3 else ''})")
     return items
 
@@ -186,13 +136,13 @@ def clean(verbose: bool = True, force: bool = False) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
-    stale = state_entries() if force else stale_state_entries()  # a live run's entries stay
+    stale = statedir.state_entries() if force else statedir.stale_state_entries()  # a live run's entries stay
     for f in stale:
         if f.is_dir() and not f.is_symlink():
             shutil.rmtree(f, ignore_errors=True)  # per-run socket directories
         else:
             f.unlink(missing_ok=True)
     if stale:
-        log(f"removed {len(stale)} stale state entries from {STATE_DIR}")
+        log(f"removed {len(stale)} stale state entries from {statedir.STATE_DIR}")
     time.sleep(0.2)
     return find_leftovers()

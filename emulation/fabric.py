@@ -7,6 +7,7 @@ stops Mininet, the controller and every process the run started, then checks not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,13 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netkv.emulation import cleanup
+from netkv.controller.client import http_json
+from netkv.emulation import cleanup, statedir
+from netkv.config import TopologyCfg, parse_section
 from netkv.topology import FatTree
-from netkv.topology.fattree import LinkRates
 
 
 class FabricError(RuntimeError):
@@ -31,10 +32,7 @@ class FabricError(RuntimeError):
 class FabricSpec:
     """Everything needed to build one emulated fabric (wall-clock units)."""
 
-    k: int = 2
-    gpus: int = 2
-    rates: LinkRates = field(default_factory=LinkRates)
-    routing: str = "sum-mod"
+    topology: TopologyCfg = field(default_factory=lambda: TopologyCfg(k=2, gpus_per_server=2))
     bandwidth_scale: float = 4000.0
     mtu: int = 9000
     queue_ms: float = 5.0
@@ -50,12 +48,9 @@ class FabricSpec:
 
     @classmethod
     def from_experiment(cls, exp, **overrides) -> FabricSpec:
-        t, em, te = exp.topology, exp.emulation, exp.telemetry
+        em, te = exp.emulation, exp.telemetry
         spec = cls(
-            k=t.k, gpus=t.gpus_per_server,
-            rates=LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
-                            t.oversubscription),
-            routing=t.routing, bandwidth_scale=em.bandwidth_scale, mtu=em.mtu, queue_ms=em.queue_ms,
+            topology=exp.topology, bandwidth_scale=em.bandwidth_scale, mtu=em.mtu, queue_ms=em.queue_ms,
             max_link_mbps=em.max_link_mbps, qdisc=em.qdisc, fair_buckets=em.fair_queue_buckets,
             tcp_cc=em.tcp_congestion_control,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
@@ -67,15 +62,23 @@ class FabricSpec:
             setattr(spec, k, v)
         return spec
 
+    @classmethod
+    def for_fattree(cls, k: int, gpus: int, **kw) -> FabricSpec:
+        """A fabric of the default link rates (`netkv net up --k --gpus`, tests, benchmarks)."""
+        return cls(topology=parse_section("topology", {"k": k, "gpus_per_server": gpus}, "--k/--gpus"), **kw)
+
+    @property
+    def routing(self) -> str:
+        return self.topology.routing
+
     def fattree(self) -> FatTree:
-        return FatTree(self.k, self.gpus, self.rates)
+        return FatTree.from_config(self.topology)
 
     def controller_config(self) -> dict:
-        r = self.rates
+        """What the controller is started with: the [topology] section as the experiment has it (the
+        controller parses it with netkv.config, as every process does) and the telemetry in wall time."""
         return {
-            "k": self.k, "gpus": self.gpus, "gpu_gbps": r.gpu, "server_gbps": r.server,
-            "edge_gbps": r.edge, "core_gbps": r.core, "oversubscription": r.oversubscription,
-            "routing": self.routing, "bandwidth_scale": self.bandwidth_scale,
+            "topology": dataclasses.asdict(self.topology), "bandwidth_scale": self.bandwidth_scale,
             "poll_interval": self.poll_interval, "publish_delay": self.publish_delay,
             "floor_fraction": self.floor_fraction,
         }
@@ -89,11 +92,6 @@ def require_root() -> None:
             raise FabricError(f"'{tool}' is missing: run scripts/setup.sh as root")
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
         raise FabricError("Open vSwitch is not running: run scripts/setup.sh (it starts ovsdb-server and ovs-vswitchd)")
-
-
-def http_json(url: str, timeout: float = 2.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (127.0.0.1 only)
-        return json.loads(r.read())
 
 
 class Fabric:
@@ -157,7 +155,7 @@ class Fabric:
             check_rates(self.topo, self.spec.bandwidth_scale, self.spec.max_link_mbps)
         except ValueError as e:
             raise FabricError(str(e)) from None
-        live = cleanup.live_runs()
+        live = statedir.live_runs()
         if live:
             raise FabricError("another emulated run is live: " + "; ".join(live) + "; one machine holds one "
                               "fabric at a time: wait for it to end or stop it (Ctrl-C, or kill its pid)")

@@ -19,21 +19,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from netkv import __version__
+from netkv.config import to_dict
+from netkv.emulation import statedir
 from netkv.emulation.background import BackgroundError, BackgroundMonitor, BackgroundTraffic, delivered_report, format_report
-from netkv.emulation.cleanup import STATE_DIR
-from netkv.topology.placement import build_topology, placement
-from netkv.compute import compute_from_config
 from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_table
+from netkv.scheduler.cluster import Cluster
 from netkv.topology import Routing
 from netkv.trace import window_from_config
 
 AGENT_ENV = {"NETKV_RUN": "netkv"}
+EXPERIMENT_JSON = "experiment.json"  # the validated experiment every process of the run reads
 
 
-def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir: Path,
-                 overrides: list[str] = ()) -> dict[str, subprocess.Popen]:
+def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir: Path) -> dict[str, subprocess.Popen]:
     procs = {}
     sock_dir.mkdir(parents=True, exist_ok=True)
     for role, hosts in (("prefill", pre), ("decode", dec)):
@@ -42,8 +42,7 @@ def start_agents(fab: Fabric, exp_path: Path, pre, dec, sock_dir: Path, log_dir:
             logf = open(log_dir / f"agent-{name}.log", "wb")
             procs[name] = fab.host(name).popen(
                 [sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", name,
-                 "--experiment", str(exp_path), "--sock-dir", str(sock_dir),
-                 *[x for ov in overrides for x in ("--set", ov)]],
+                 "--experiment", str(exp_json), "--sock-dir", str(sock_dir)],
                 stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **AGENT_ENV})
             logf.close()
     deadline = time.monotonic() + 120
@@ -69,134 +68,147 @@ def stop_agents(procs: dict[str, subprocess.Popen]) -> None:
             p.wait(timeout=5)
 
 
+class _Run:
+    """One `netkv emulate`: the cluster, its run directory and what has been collected so far."""
+
+    def __init__(self, cluster: Cluster, policies: list[str], out: Path, log):
+        exp = cluster.exp
+        self.cluster, self.exp, self.policies, self.log = cluster, exp, policies, log
+        self.reqs = window_from_config(exp)
+        self.spec = FabricSpec.from_experiment(exp)
+        Fabric(self.spec, Path("."), log=log).preflight()  # refuse before writing anything
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        self.run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
+        self.logs = self.run.root / "logs"
+        self.logs.mkdir()
+        self.exp_json = self.run.root / EXPERIMENT_JSON
+        self.exp_json.write_text(json.dumps(to_dict(exp), indent=1))
+        self.stamp = stamp
+        self.summaries: dict[str, dict] = {}
+        self.interrupted = False
+        topo = cluster.topo
+        self.meta = {
+            "mode": "emulate", "experiment": exp.name, "netkv_version": __version__, "started_utc": stamp,
+            "seed": exp.seed, "policies": policies, "requests": len(self.reqs),
+            "prefill_instances": len(cluster.prefill_hosts), "decode_instances": len(cluster.decode_hosts),
+            "topology": topo.summary(), "compute": cluster.compute.describe(),
+            "emulation": {k: getattr(exp.emulation, k) for k in exp.emulation.__dataclass_fields__},
+            "byte_scale": exp.emulation.byte_scale, "overrides": exp.overrides, "wall_s": {}, "partial": True,
+        }
+        self.run.write_meta(self.meta)
+
+    def policy(self, fab: Fabric, sock_dir: Path, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor,
+               agents, on_running) -> None:
+        """Replay the trace with one policy: background on, the scheduler service, results collected."""
+        bg.start()
+        if bg.pairs:
+            mon.start()
+        t0 = time.monotonic()
+        args = [sys.executable, "-m", "netkv.scheduler.service", "--experiment", str(self.exp_json),
+                "--policy", pol, "--run-dir", str(self.run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
+        self.log(f"policy {pol}: replaying")
+        svc = subprocess.Popen(args, start_new_session=True)
+        bg_error = None
+        try:
+            if on_running is not None:
+                on_running(fab, agents, pol)
+            while (rc := svc.poll()) is None:
+                bg_error = bg.error()
+                if bg_error:
+                    svc.send_signal(signal.SIGINT)  # it writes what it has, marked partial
+                    rc = svc.wait(timeout=120)
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            svc.send_signal(signal.SIGINT)
+            svc.wait(timeout=120)
+            rc = 130
+        finally:
+            mon.stop()
+            bg.stop()
+        self.meta["wall_s"][pol] = time.monotonic() - t0
+        if bg_error:
+            raise BackgroundError(f"policy {pol}: {bg_error} (logs in {self.logs})")
+        try:
+            self.summaries[pol] = RunDir(self.run.root).read_policy_summary(pol)
+        except FileNotFoundError:
+            raise RuntimeError(f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
+                               "no results; its error is printed above") from None
+        if bg.pairs:
+            self._background(pol, bg, mon)
+
+    def _background(self, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor) -> None:
+        topo = self.cluster.topo
+        rep = delivered_report(topo, Routing(topo, self.exp.topology.routing), bg.pairs, mon.snapshots,
+                               self.spec.poll_interval, self.spec.bandwidth_scale, since=mon.started_at)
+        self.summaries[pol]["background"] = rep
+        RunDir(self.run.root).write_policy_summary(pol, self.summaries[pol])
+        self.meta.setdefault("background", {})[pol] = rep
+        for line in format_report(rep):
+            self.log(f"policy {pol}: {line}")
+
+    def finish(self, guard: FidelityGuard) -> None:
+        s = self.summaries
+        partial = self.interrupted or len(s) < len(self.policies) or any(x.get("partial") for x in s.values())
+        self.meta["partial"] = partial
+        self.meta["fidelity"] = guard.report()
+        self.run.write_meta(self.meta)
+        if s:
+            self.run.write_summary(s, partial)
+
+
 def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: bool = False,
-                       requests: int | None = None, log=print, on_running=None) -> tuple[RunDir, dict]:
+                       log=print, on_running=None) -> tuple[RunDir, dict]:
     """Run the experiment's policies on the emulated testbed; returns the run dir and summaries.
 
+    `exp`: a built Cluster, or an Experiment (its cluster is built here); it must come from a file.
     `on_running(fabric, agents, policy)` is called once per policy after its scheduler started
     (tests use it to inject failures)."""
-    if exp.path is None:
+    cluster = exp if isinstance(exp, Cluster) else Cluster.build(exp)
+    if cluster.exp.path is None:
         raise ValueError("emulate needs an experiment file on disk")
-    policies = policies or exp.policies
-    if requests is not None:
-        exp.trace.requests = requests
-    topo = build_topology(exp)
-    compute = compute_from_config(exp)
-    reqs = window_from_config(exp)
-    pre, dec = placement(exp, topo)
-    spec = FabricSpec.from_experiment(exp)
-    Fabric(spec, Path("."), log=log).preflight()  # refuse before writing anything
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
-    logs = run.root / "logs"
-    logs.mkdir()
-    sock_dir = STATE_DIR / f"sock-{stamp}-{os.getpid()}"
-    meta = {
-        "mode": "emulate", "experiment": exp.name, "netkv_version": __version__, "started_utc": stamp,
-        "seed": exp.seed, "policies": policies, "requests": len(reqs), "prefill_instances": len(pre),
-        "decode_instances": len(dec), "topology": topo.summary(), "compute": compute.describe(),
-        "emulation": {k: getattr(exp.emulation, k) for k in exp.emulation.__dataclass_fields__},
-        "byte_scale": exp.emulation.byte_scale, "overrides": exp.overrides, "wall_s": {}, "partial": True,
-    }
-    run.write_meta(meta)
-    summaries: dict[str, dict] = {}
-    interrupted = False
-    D = exp.emulation.time_dilation
-    span = reqs[-1].arrival_s * D
-    log(f"emulating {len(reqs)} requests ({span:.0f} s of wall-clock arrivals per policy, time dilation {D:g}) on "
-        f"{len(pre)} prefill + {len(dec)} decode agents, k={topo.k} fat-tree -> {run.root}")
+    r = _Run(cluster, policies or cluster.exp.policies, out, log)
+    D = cluster.exp.emulation.time_dilation
+    log(f"emulating {len(r.reqs)} requests ({r.reqs[-1].arrival_s * D:.0f} s of wall-clock arrivals per policy, "
+        f"time dilation {D:g}) on {len(cluster.prefill_hosts)} prefill + {len(cluster.decode_hosts)} decode "
+        f"agents, k={cluster.topo.k} fat-tree -> {r.run.root}")
     guard = FidelityGuard()
     agents: dict[str, subprocess.Popen] = {}
+    sock_dir = statedir.claim_run(r.stamp, f"netkv emulate {cluster.exp.path}", r.run.root)
     try:
-        # mark this run as live before any bridge exists, so that `netkv net status` and `netkv clean`
-        # name it instead of calling its fabric leftovers
-        sock_dir.mkdir(parents=True, exist_ok=True)
-        (sock_dir / "owner.json").write_text(json.dumps(
-            {"what": f"netkv emulate {exp.path or exp.name}", "run_dir": str(run.root)}))
-        with Fabric(spec, logs, log=log) as fab:
-            meta["fabric_up_s"] = fab.timings.get("ready_s")
+        with Fabric(r.spec, r.logs, log=log) as fab:
+            r.meta["fabric_up_s"] = fab.timings.get("ready_s")
             failed = fab.reachability()
             if failed:
                 raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
-            agents = start_agents(fab, run.root / "experiment.toml", pre, dec, sock_dir, logs, exp.overrides)
+            agents = start_agents(fab, r.exp_json, cluster.prefill_hosts, cluster.decode_hosts, sock_dir, r.logs)
             guard.start()
-            bg = BackgroundTraffic(fab, exp, logs, env=AGENT_ENV)
-            mon = BackgroundMonitor(fab.rest, spec.poll_interval)
-            routing = Routing(topo, exp.topology.routing)
-            for pol in policies:
-                bg.start()
-                if bg.pairs:
-                    mon.start()
-                t0 = time.monotonic()
-                args = [sys.executable, "-m", "netkv.scheduler.service", "--experiment", str(run.root / "experiment.toml"),
-                        "--policy", pol, "--run-dir", str(run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
-                if requests is not None:
-                    args += ["--requests", str(requests)]
-                for ov in exp.overrides:
-                    args += ["--set", ov]
-                log(f"policy {pol}: replaying")
-                svc = subprocess.Popen(args, start_new_session=True)
-                bg_error = None
-                try:
-                    if on_running is not None:
-                        on_running(fab, agents, pol)
-                    while (rc := svc.poll()) is None:
-                        bg_error = bg.error()
-                        if bg_error:
-                            svc.send_signal(signal.SIGINT)  # it writes what it has, marked partial
-                            rc = svc.wait(timeout=120)
-                            break
-                        time.sleep(0.2)
-                except KeyboardInterrupt:
-                    interrupted = True
-                    svc.send_signal(signal.SIGINT)
-                    svc.wait(timeout=120)
-                    rc = 130
-                finally:
-                    mon.stop()
-                    bg.stop()
-                meta["wall_s"][pol] = time.monotonic() - t0
-                if bg_error:
-                    raise BackgroundError(f"policy {pol}: {bg_error} (logs in {logs})")
-                try:
-                    summaries[pol] = RunDir(run.root).read_policy_summary(pol)
-                except FileNotFoundError:
-                    raise RuntimeError(f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
-                                       "no results; its error is printed above") from None
-                if bg.pairs:
-                    rep = delivered_report(topo, routing, bg.pairs, mon.snapshots, spec.poll_interval,
-                                           spec.bandwidth_scale, since=mon.started_at)
-                    summaries[pol]["background"] = rep
-                    RunDir(run.root).write_policy_summary(pol, summaries[pol])
-                    meta.setdefault("background", {})[pol] = rep
-                    for line in format_report(rep):
-                        log(f"policy {pol}: {line}")
-                if interrupted:
+            bg = BackgroundTraffic(fab, cluster.exp, r.logs, env=AGENT_ENV)
+            mon = BackgroundMonitor(fab.rest, r.spec.poll_interval)
+            for pol in r.policies:
+                r.policy(fab, sock_dir, pol, bg, mon, agents, on_running)
+                if r.interrupted:
                     break
-                log(f"policy {pol}: done in {meta['wall_s'][pol]:.0f} s")
-            if cli and not interrupted:
+                log(f"policy {pol}: done in {r.meta['wall_s'][pol]:.0f} s")
+            if cli and not r.interrupted:
                 from mininet.cli import CLI
 
                 log("opening the Mininet CLI on the running testbed (exit to tear down)")
                 CLI(fab.net)
             guard.stop()
             stop_agents(agents)
-            meta["teardown"] = "ok"
+            r.meta["teardown"] = "ok"
     except KeyboardInterrupt:
-        interrupted = True
+        r.interrupted = True
     finally:
         guard.stop()
         stop_agents(agents)
         shutil.rmtree(sock_dir, ignore_errors=True)
-        partial = interrupted or len(summaries) < len(policies) or any(s.get("partial") for s in summaries.values())
-        meta["partial"] = partial
-        meta["fidelity"] = guard.report()
-        run.write_meta(meta)
-        if summaries:
-            run.write_summary(summaries, partial)
-    if meta["fidelity"].get("flagged"):
-        log(f"WARNING: {meta['fidelity']['note']}")
-    log(format_table(summaries))
-    if interrupted:
-        raise KeyboardInterrupt(str(run.root))
-    return run, summaries
+        r.finish(guard)
+    if r.meta["fidelity"].get("flagged"):
+        log(f"WARNING: {r.meta['fidelity']['note']}")
+    log(format_table(r.summaries))
+    if r.interrupted:
+        raise KeyboardInterrupt(str(r.run.root))
+    return r.run, r.summaries

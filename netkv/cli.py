@@ -8,10 +8,15 @@ import sys
 from pathlib import Path
 
 
-def _load(path, overrides=None):
+def _load(path, overrides=None, requests: int | None = None):
+    """Read an experiment file and build its cluster (every check; --requests applied here, once)."""
     from netkv.config import load
+    from netkv.scheduler.cluster import Cluster
 
-    return load(path, overrides)
+    exp = load(path, overrides)
+    if requests is not None:
+        exp.trace.requests = requests
+    return Cluster.build(exp)
 
 
 class UsageError(ValueError):
@@ -19,9 +24,7 @@ class UsageError(ValueError):
 
 
 def _check_policies(names) -> None:
-    for i, p in enumerate(names or []):
-        if p not in _policy_names():
-            raise UsageError(f"--policy: unknown policy '{p}' (known: {', '.join(_policy_names())})")
+    for i, p in enumerate(names or []):  # names are argparse choices from the policy registry
         if p in names[:i]:
             raise UsageError(f"--policy: '{p}' given twice")
 
@@ -44,10 +47,8 @@ def cmd_simulate(a) -> int:
 
     _check_requests(a.requests)
     _check_policies(a.policy)
-    exp = _load(a.experiment, a.set)
-    if a.requests is not None:
-        exp.trace.requests = a.requests
-    run, _ = simulate_experiment(exp, a.policy, Path(a.out), progress=not a.quiet and sys.stderr.isatty())
+    cluster = _load(a.experiment, a.set, a.requests)
+    run, _ = simulate_experiment(cluster, a.policy, Path(a.out), progress=not a.quiet and sys.stderr.isatty())
     _print_outputs(run.root)
     return 0
 
@@ -59,10 +60,10 @@ def cmd_emulate(a) -> int:
 
     _check_requests(a.requests)
     _check_policies(a.policy)
-    exp = _load(a.experiment, a.set)
+    cluster = _load(a.experiment, a.set, a.requests)
     try:
         require_root()
-        run, _ = emulate_experiment(exp, a.policy, Path(a.out), cli=a.cli, requests=a.requests)
+        run, _ = emulate_experiment(cluster, a.policy, Path(a.out), cli=a.cli)
     except (FabricError, RuntimeError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
@@ -91,17 +92,14 @@ def _policy_names():
 
 
 def cmd_topo(a) -> int:
-    from netkv.topology.placement import build_topology, placement
-    from netkv.topology import Routing
+    from netkv.topology import FatTree, Routing
 
     if a.experiment:
-        exp = _load(a.experiment)
-        topo = build_topology(exp)
-        routing = Routing(topo, exp.topology.routing)
-        pre, dec = placement(exp, topo)
+        cluster = _load(a.experiment)
+        topo = cluster.topo
+        routing = Routing(topo, cluster.exp.topology.routing)
+        pre, dec = cluster.prefill_hosts, cluster.decode_hosts
     else:
-        from netkv.topology import FatTree
-
         try:
             topo = FatTree(a.k, a.gpus)
         except ValueError as e:  # the message names the experiment key; say which flag instead
@@ -118,7 +116,7 @@ def cmd_topo(a) -> int:
           f"{s['switches']['agg']} aggregation, {s['switches']['core']} core = {s['switches']['total']}")
     print(f"  directed links: {topo.n_links}; Gbit/s per tier: " +
           ", ".join(f"{k} {v:g}" for k, v in s["link_gbps"].items()))
-    print(f"  equal-cost paths: " + ", ".join(f"{k} {v}" for k, v in s["equal_cost_paths"].items()))
+    print("  equal-cost paths: " + ", ".join(f"{k} {v}" for k, v in s["equal_cost_paths"].items()))
     print(f"  routing: {routing.strategy.name}")
     if pre is not None:
         print(f"  placement: {len(pre)} prefill, {len(dec)} decode")
@@ -149,9 +147,9 @@ def _spec_from_args(a):
     from netkv.emulation.fabric import FabricSpec
 
     if a.experiment:
-        spec = FabricSpec.from_experiment(_load(a.experiment))
+        spec = FabricSpec.from_experiment(_load(a.experiment).exp)
     else:
-        spec = FabricSpec(k=a.k, gpus=a.gpus)
+        spec = FabricSpec.for_fattree(a.k, a.gpus)
     if a.poll is not None:
         spec.poll_interval = a.poll
     spec.rest_port = a.rest_port
@@ -160,11 +158,10 @@ def _spec_from_args(a):
 
 
 def cmd_net_up(a) -> int:
-    import os
     import signal
     import time
 
-    from netkv.emulation.cleanup import STATE_DIR
+    from netkv.emulation import statedir
     from netkv.emulation.fabric import Fabric, FabricError
     from netkv.emulation.fidelity import FidelityGuard
 
@@ -177,10 +174,7 @@ def cmd_net_up(a) -> int:
                   f"{fab.topo.n_hosts * (fab.topo.n_hosts - 1)} host pairs answered ping", flush=True)
             if failed:
                 print(f"unreachable pairs (first 10): {failed[:10]}", flush=True)
-            STATE_DIR.mkdir(parents=True, exist_ok=True)
-            (STATE_DIR / "net.json").write_text(json.dumps({
-                "pid": os.getpid(), "rest": fab.rest, "k": spec.k, "gpus": spec.gpus,
-                "log_dir": str(log_dir.resolve()), "started": time.time()}))
+            statedir.register_net(fab.rest, fab.topo.k, fab.topo.gpus_per_server, log_dir)
             print(f"controller REST API: {fab.rest}/health  (logs: {log_dir})", flush=True)
             with FidelityGuard() as guard:
                 if a.cli:
@@ -198,31 +192,34 @@ def cmd_net_up(a) -> int:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
     finally:
-        (STATE_DIR / "net.json").unlink(missing_ok=True)
+        statedir.unregister_net()
     print("fabric down")
     return 0
 
 
 def cmd_net_status(a) -> int:
-    from netkv.emulation.cleanup import STATE_DIR, find_leftovers, live_runs, owner_pid, stale_state_entries
-    from netkv.emulation.fabric import http_json
+    from netkv.controller.client import ControllerClient
+    from netkv.emulation import statedir
+    from netkv.emulation.cleanup import find_leftovers
 
-    state = STATE_DIR / "net.json"
-    live = [r for r in live_runs() if "netkv net up" not in r]
-    if live and (not state.exists() or state in stale_state_entries()):
+    state = statedir.net_file()
+    net_live = state.exists() and state not in statedir.stale_state_entries()
+    live = [r for r in statedir.live_runs() if "netkv net up" not in r]
+    if live and not net_live:
         print("an emulated run is live: " + "; ".join(live) + " (its bridges and processes are not leftovers)")
         return 0
-    if not state.exists() or state in stale_state_entries():
+    if not net_live:
         left = find_leftovers()
-        gone = f": {state} names pid {owner_pid(state)}, which is gone" if state.exists() else ""
+        gone = f": {state} names pid {statedir.owner_pid(state)}, which is gone" if state.exists() else ""
         print("no fabric is running" + gone + (f"; leftovers: {'; '.join(left)} (run `netkv clean`)" if left else ""))
         return 1 if left else 0
-    st = json.loads(state.read_text())
+    st = statedir.read_net() or {}
+    client = ControllerClient(st.get("rest", ""))
     try:
-        h = http_json(f"{st['rest']}/health")
-        links = http_json(f"{st['rest']}/links")["links"]
-    except OSError as e:
-        print(f"fabric process {st['pid']} is registered but its controller does not answer: {e}")
+        h = client.health()
+        links = client.links()
+    except (OSError, ValueError) as e:
+        print(f"fabric process {st.get('pid')} is registered but its controller does not answer: {e}")
         return 1
     print(f"fabric k={st['k']} x {st['gpus']} GPUs, pid {st['pid']}, logs {st['log_dir']}")
     print(f"  switches {h['switches_connected']}/{h['switches_expected']} connected, routes on "
@@ -238,11 +235,12 @@ def cmd_net_down(a) -> int:
     import signal
     import time
 
-    from netkv.emulation.cleanup import STATE_DIR, find_leftovers
+    from netkv.emulation import statedir
+    from netkv.emulation.cleanup import find_leftovers
 
-    state = STATE_DIR / "net.json"
-    if state.exists():
-        pid = json.loads(state.read_text())["pid"]
+    st = statedir.read_net()
+    if st and "pid" in st:
+        pid = st["pid"]
         try:
             os.kill(pid, signal.SIGTERM)
             for _ in range(600):
@@ -259,7 +257,8 @@ def cmd_net_down(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from netkv.emulation.cleanup import clean, find_leftovers, live_runs
+    from netkv.emulation.cleanup import clean, find_leftovers
+    from netkv.emulation.statedir import live_runs
 
     live = live_runs()
     if live and not a.force:
@@ -294,7 +293,8 @@ def cmd_compare(a) -> int:
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by `simulate` and `emulate`."""
     p.add_argument("experiment", help="experiment TOML file")
-    p.add_argument("--policy", action="append", help="policy to run (repeatable; default: the file's list)")
+    p.add_argument("--policy", action="append", choices=_policy_names(),
+                   help="policy to run (repeatable; default: the file's list)")
     p.add_argument("--requests", type=int, help="override trace.requests")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")

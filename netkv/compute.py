@@ -51,8 +51,8 @@ class ModelSpec:
 
 # Llama 3 shapes (Meta model cards): 8B 32 layers, 70B 80 layers; both 8 KV heads of dim 128.
 MODEL_PRESETS: Registry[ModelSpec] = Registry("model preset")
-for _m in (ModelSpec("llama3-8b", 32, 8, 128, 2, 8.03), ModelSpec("llama3-70b", 80, 8, 128, 2, 70.6)):
-    MODEL_PRESETS.add(_m.name, _m)
+for _i, _m in enumerate((ModelSpec("llama3-8b", 32, 8, 128, 2, 8.03), ModelSpec("llama3-70b", 80, 8, 128, 2, 70.6))):
+    MODEL_PRESETS.add(_m.name, _m, order=_i)
 
 
 def model_from_config(m) -> ModelSpec:

@@ -438,7 +438,9 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
 def to_dict(exp: Experiment) -> dict:
     """The validated experiment as one JSON-able document (paths made absolute, defaults filled in):
     what the orchestrator hands the scheduler service and every agent (`load_json` reads it back)."""
-    doc: dict[str, Any] = {"name": exp.name, "seed": exp.seed, "policies": list(exp.policies)}
+    doc: dict[str, Any] = {"name": exp.name, "seed": exp.seed}
+    if exp.policies:
+        doc["policies"] = list(exp.policies)
     for n in _SECTIONS:  # None is every optional key's default (TOML has no null)
         doc[n] = {k: v for k, v in dataclasses.asdict(getattr(exp, n)).items() if v is not None}
     for sec, key in (("compute", "profile"), ("trace", "path")):

@@ -40,6 +40,11 @@ class Registry(Generic[T]):
         self._order[name] = order
         return entry
 
+    def discard(self, name: str) -> None:
+        """Forget an entry (tests that register a throw-away one)."""
+        self._entries.pop(name, None)
+        self._order.pop(name, None)
+
     def register(self, name: str | None = None, order: float = 0.0) -> Callable[[T], T]:
         """Decorator form of `add`; the name defaults to the entry's `name` attribute."""
 

@@ -27,10 +27,17 @@ class Cluster:
 
     exp: Experiment
     topo: FatTree
-    compute: ComputeModel
     prefill_hosts: list[int]
     decode_hosts: list[int]
     background: list[list[tuple[int, int]]]  # per [[background]] entry: its (src, dst) host pairs
+    _compute: ComputeModel | None = None
+
+    @property
+    def compute(self) -> ComputeModel:
+        """The compute model, read from the profile on first use (ProfileError names the file)."""
+        if self._compute is None:
+            self._compute = compute_from_config(self.exp)
+        return self._compute
 
     @classmethod
     def build(cls, exp: Experiment, compute: ComputeModel | None = None) -> Cluster:
@@ -56,7 +63,7 @@ class Cluster:
                 bg.append(background_pairs(topo, b))
             except ValueError as e:
                 raise exp.error(f"background[{i}]", str(e)) from None
-        return cls(exp, topo, compute or compute_from_config(exp), pre, dec, bg)
+        return cls(exp, topo, pre, dec, bg, compute)
 
 
 def _check_names(exp: Experiment) -> None:

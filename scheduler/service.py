@@ -1,6 +1,10 @@
 """Scheduler service of the emulated testbed: replays the trace against live agents and the REST oracle.
 
-python -m netkv.scheduler.service --experiment FILE --policy P --run-dir DIR --sock-dir DIR --rest URL
+python -m netkv.scheduler.service --experiment RUN/experiment.json --policy P --run-dir DIR --sock-dir DIR --rest URL
+
+The experiment is the validated JSON the orchestrator wrote (`netkv.config.to_dict`), so the service
+sees exactly the sections (and the request window) of the run. The bookkeeping is the shared
+`Runtime`'s (netkv.scheduler.runtime), as in the simulator; this module only drives it in real time.
 
 Replays the trace window in dilated real time (arrival x time_dilation wall seconds); picks prefill
 and decode with the same Scheduler and policy code as the simulator; the counter oracle reads the
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import signal
 import sys
 import time
@@ -28,71 +31,48 @@ from pathlib import Path
 import numpy as np
 
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
-from netkv.topology.placement import build_topology, placement
-from netkv.compute import compute_from_config
-from netkv.config import load
-from netkv.emulation.fabric import http_json
-from netkv.kvcache import PrefixCache
-from netkv.results import RequestRecord, RunDir, summarize
-from netkv.topology import Routing
-from netkv.trace import BLOCK_TOKENS, window_from_config
-from netkv.scheduler.core import Scheduler
-from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
-from netkv.scheduler.view import ClusterView
+from netkv.config import ConfigError, load_json
+from netkv.controller.client import ControllerClient
+from netkv.results import RunDir, summarize
+from netkv.scheduler.cluster import Cluster
+from netkv.scheduler.oracle import Snapshot
+from netkv.scheduler.runtime import Runtime, Tracked
+from netkv.trace import BLOCK_TOKENS, TraceError, window_from_config
 
 
-class _Live:
-    """Scheduler-side state of one request."""
+class _Live(Tracked):
+    """A request with what the service adds: its emulated KV size and whether it has ended."""
 
-    __slots__ = ("req", "rec", "dec", "need", "emu_bytes", "emu_blocks", "est_prefill", "done")
+    __slots__ = ("emu_bytes", "emu_blocks", "done")
 
-    def __init__(self, req, rec):
-        self.req, self.rec = req, rec
-        self.dec = None
-        self.need = 0
+    def __init__(self, req, policy):
+        super().__init__(req, policy)
         self.emu_bytes = 0
         self.emu_blocks = 0
-        self.est_prefill = 0.0
         self.done = False
 
 
 class SchedulerService:
-    def __init__(self, exp, policy: str, run: RunDir, sock_dir: Path, rest: str, requests_override=None, log=print):
-        self.exp, self.policy, self.rundir, self.sock_dir, self.rest, self.log = exp, policy, run, Path(sock_dir), rest, log
+    def __init__(self, cluster: Cluster, policy: str, run: RunDir, sock_dir: Path, rest: str, log=print):
+        exp = self.exp = cluster.exp
+        self.policy, self.rundir, self.sock_dir, self.log = policy, run, Path(sock_dir), log
+        self.rest = ControllerClient(rest)
         self.D = exp.emulation.time_dilation
         self.B = exp.emulation.bandwidth_scale
-        self.topo = build_topology(exp)
-        self.routing = Routing(self.topo, exp.topology.routing)
-        self.compute = compute_from_config(exp)
-        if requests_override is not None:
-            exp.trace.requests = requests_override
         self.requests = window_from_config(exp)
-        pre, dec = placement(exp, self.topo)
-        self.view = ClusterView(pre, dec, self.compute)
         self.t0 = None
-        te = exp.telemetry
         self.snap: Snapshot | None = None
         self._snap_version = 0
         self.rest_failures = 0
-        if te.oracle == "counters":
-            self.oracle = CounterOracle(self.topo, self.routing, lambda: self.snap, self.now,
-                                        te.floor_fraction, te.count_committed)
-        else:
-            self.oracle = StaticOracle(self.topo, self.routing)
-        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo)
-        self.live = [_Live(r, RequestRecord(r.id, r.arrival_s, r.input_tokens, r.output_tokens, policy=policy))
-                     for r in self.requests]
+        self.rt = rt = Runtime(cluster, policy, self.now, lambda: self.snap)
+        self.topo, self.compute, self.view, self.oracle = rt.topo, rt.compute, rt.view, rt.oracle
+        self.live = [_Live(r, policy) for r in self.requests]
         self.host_slot = {}
-        for i, h in enumerate(pre):
+        for i, h in enumerate(cluster.prefill_hosts):
             self.host_slot[self.topo.hosts[h].name] = ("prefill", i)
-        for i, h in enumerate(dec):
+        for i, h in enumerate(cluster.decode_hosts):
             self.host_slot[self.topo.hosts[h].name] = ("decode", i)
-        # mirrors of the agents' LRU prefix caches (same capacities, updated at the same events)
-        self.pcache = [PrefixCache(self.compute.prefill_cache_blocks, i, self.view.prefill_index) for i in range(len(pre))]
-        self.dcache = [PrefixCache(self.compute.kv_blocks, i, self.view.decode_index) for i in range(len(dec))]
         self.writers: dict[str, asyncio.StreamWriter] = {}
-        self.busy_until = np.zeros(len(pre))
-        self.queued_est = np.zeros(len(pre))
         self.finished = 0
         self.fallback_decisions = 0
         self.kv_received: dict[str, int] = {}
@@ -171,10 +151,7 @@ class SchedulerService:
         if lv.done:
             return
         lv.done = True
-        lv.rec.status = "failed"
-        lv.rec.fail_reason = reason
-        if isinstance(self.oracle, CounterOracle):
-            self.oracle.release(lv.req.id)
+        self.rt.failed(lv, reason)
         self._finish_one()
 
     def _finish_one(self) -> None:
@@ -184,14 +161,11 @@ class SchedulerService:
 
     # ---- events ------------------------------------------------------------------------------
     def on_event(self, host: str, m: dict) -> None:
+        """One message from an agent (see agents/agent.py for what each carries)."""
         ev = m.get("ev")
         role, slot = self.host_slot[host]
         if ev == "state":
-            v = self.view
-            v.active[slot], v.queued[slot], v.kv_used[slot] = m["active"], m["queued"], m["kv_used"]
-            v.ctx_total[slot], v.remaining[slot] = m["ctx_total"], m["remaining"]
-            v.touch(slot)
-            self.dcache[slot].resize(self.compute.kv_blocks - m["kv_used"])
+            self.rt.decode_state(slot, m["active"], m["queued"], m["kv_used"], m["ctx_total"], m["remaining"])
             return
         rid = m.get("id")
         if rid is None or not 0 <= rid < len(self.live):
@@ -199,68 +173,51 @@ class SchedulerService:
                 self.log(f"[netkv] {host}: broken KV stream: {m.get('reason')}")
             return
         lv = self.live[rid]
-        rec = lv.rec
         t = self.real(m["t"]) if "t" in m else None
         if ev == "prefill_start":
-            self.pcache[slot].touch(lv.req.hash_ids[: m["hits"]])
-            rec.t_prefill_start = t
-            rec.prefill_hit_blocks = m["hits"]
-            self.queued_est[slot] -= lv.est_prefill
-            dur = self.compute.prefill_s(lv.req.input_tokens - m["hits"] * BLOCK_TOKENS)
-            self.busy_until[slot] = t + dur
-            self.view.prefill_queued[slot] -= 1
+            self.rt.prefill_started(lv, slot, m["hits"], t)
         elif ev == "prefill_end":
-            rec.t_prefill_end = t
-            self.busy_until[slot] = t
-            self.pcache[slot].insert(lv.req.hash_ids)
+            self.rt.prefill_ended(lv, slot, t)
         elif ev == "xfer_start":
-            if isinstance(self.oracle, CounterOracle):
-                self.oracle.started(rid, t)
+            self.rt.transfer_started(lv, t)
         elif ev == "xfer_failed":
             self.fail(lv, f"KV transfer failed: {m.get('reason')}")
         elif ev == "kv_arrived":
-            self.view.inbound[slot] -= 1
-            self.view.touch(slot)
-            if isinstance(self.oracle, CounterOracle):
-                self.oracle.release(rid)
             self.kv_received[host] = self.kv_received.get(host, 0) + m.get("bytes", 0)
-            if not m.get("ok"):
-                self.view.kv_pending[slot] -= lv.need
-                self.fail(lv, f"KV incomplete at {host}: {m.get('reason')}")
+            if m.get("ok"):
+                self.rt.kv_arrived(lv, slot, t)
             else:
-                rec.t_transfer_end = t
-                self.dcache[slot].insert(lv.req.hash_ids)
+                self.rt.kv_lost(lv, slot)
+                self.fail(lv, f"KV incomplete at {host}: {m.get('reason')}")
         elif ev == "admitted":
-            rec.t_admit = t
-            self.view.kv_pending[slot] -= lv.need
-            self.view.touch(slot)
+            self.rt.admitted(lv, slot, t)
         elif ev == "first_token":
-            rec.t_first_token = t
+            lv.rec.t_first_token = t
         elif ev == "done":
-            toks = np.array([self.real(x) for x in m["tokens"]])
-            rec.t_first_token = float(toks[0])
-            rec.t_done = float(toks[-1])
-            rec.gaps = np.diff(toks)
-            if not lv.done:
-                lv.done = True
-                rec.status = "completed"
-                self.kv_expected[host] = self.kv_expected.get(host, 0) + lv.emu_bytes
-                self._finish_one()
+            self._done(host, lv, m["tokens"])
+
+    def _done(self, host: str, lv: _Live, tokens: list[float]) -> None:
+        toks = np.array([self.real(x) for x in tokens])
+        rec = lv.rec
+        rec.t_first_token = float(toks[0])
+        rec.t_done = float(toks[-1])
+        rec.gaps = np.diff(toks)
+        if not lv.done:
+            lv.done = True
+            rec.status = "completed"
+            self.kv_expected[host] = self.kv_expected.get(host, 0) + lv.emu_bytes
+            self._finish_one()
 
     # ---- telemetry ---------------------------------------------------------------------------
     async def _telemetry(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                doc = await loop.run_in_executor(None, http_json, f"{self.rest}/links", 2.0)
-                links = doc["links"]
-                rates = np.array([lk["rate_mbps"] for lk in links]) * 1e6 / 8 * self.B
-                times = [lk["sampled_at"] for lk in links if lk["sampled_at"] is not None]
-                down = frozenset(lk["id"] for lk in links if not lk["up"])
+                rates, times, down = await loop.run_in_executor(None, self.rest.link_rates, self.B)
                 if times:
                     self._snap_version += 1
                     self.snap = Snapshot(self.real(min(times)), rates, down, self._snap_version)
-                    self.routing.set_down(down)
+                    self.rt.routing.set_down(down)
                 else:  # a (re)started controller has no samples yet: no telemetry to go by
                     self.snap = None
             except (urllib.error.URLError, OSError, ValueError, KeyError):
@@ -270,35 +227,20 @@ class SchedulerService:
 
     # ---- replay ------------------------------------------------------------------------------
     async def dispatch(self, lv: _Live) -> None:
+        """Decide for one arriving request and send it to its decode and prefill agents."""
         v = self.view
-        now = self.now()
-        v.prefill_backlog_s[:] = np.maximum(self.busy_until - now, 0.0) + self.queued_est
         if not v.prefill_alive.any() or not v.decode_alive.any():
             self.fail(lv, "no live prefill or decode agent")
             return
-        fallback = isinstance(self.oracle, CounterOracle) and self.snap is None
-        d = self.sched.decide(lv.req)
-        lv.dec = d
-        rec = lv.rec
-        rec.record_decision(d, self.topo, "static-fallback" if fallback else self.oracle.name)
+        fallback = self.oracle.uses_telemetry and self.snap is None
+        d = self.rt.decide(lv, self.now(), "static-fallback" if fallback else None)
         self.fallback_decisions += fallback
         req = lv.req
-        lv.need = self.compute.blocks_for(req.input_tokens + req.output_tokens)
         send_from = min(d.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)
         sizes = block_sizes(send_from, req.input_tokens, self.compute.model.kv_bytes_per_token,
                             self.exp.emulation.byte_scale)
         lv.emu_bytes, lv.emu_blocks = sum(sizes), len(sizes)
-        v.inbound[d.decode_slot] += 1
-        v.kv_pending[d.decode_slot] += lv.need
-        v.touch(d.decode_slot)
-        self.dcache[d.decode_slot].touch(req.hash_ids[: d.decode_hit_blocks])
-        if isinstance(self.oracle, CounterOracle):
-            self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s,
-                               d.transfer_start)
-        lv.est_prefill = self.compute.prefill_s(req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
-        self.queued_est[d.prefill_slot] += lv.est_prefill
-        v.prefill_queued[d.prefill_slot] += 1
-        dh, ph = rec.decode, rec.prefill
+        dh, ph = lv.rec.decode, lv.rec.prefill
         try:
             await send_msg(self.writers[dh], {"op": "expect", "id": req.id, "input": req.input_tokens,
                                               "output": req.output_tokens, "need": lv.need,
@@ -314,7 +256,7 @@ class SchedulerService:
         await self.connect()
         self.t0 = time.time() + 0.5
         tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
-        if isinstance(self.oracle, CounterOracle):
+        if self.oracle.uses_telemetry:
             poll = self.exp.telemetry.poll_interval_s * self.D
             tasks.append(asyncio.create_task(self._telemetry(max(0.05, poll / 2))))
         tasks.append(asyncio.create_task(self._progress()))
@@ -362,17 +304,19 @@ class SchedulerService:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="NetKV scheduler service (emulated testbed)")
-    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--experiment", required=True, help="the run's experiment.json (netkv.config.to_dict)")
     ap.add_argument("--policy", required=True)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--sock-dir", required=True)
     ap.add_argument("--rest", required=True, help="controller REST base URL, e.g. http://127.0.0.1:8080/netkv")
-    ap.add_argument("--requests", type=int)
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override, as for netkv emulate")
     a = ap.parse_args(argv)
-    exp = load(a.experiment, a.set)
-    svc = SchedulerService(exp, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest, a.requests,
-                           log=lambda *x: print(*x, flush=True))
+    try:
+        cluster = Cluster.build(load_json(a.experiment))
+        svc = SchedulerService(cluster, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest,
+                               log=lambda *x: print(*x, flush=True))
+    except (ConfigError, TraceError) as e:
+        print(f"netkv scheduler: error: {e}", file=sys.stderr)
+        return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main_task = loop.create_task(svc.run())

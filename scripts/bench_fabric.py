@@ -87,7 +87,7 @@ def main() -> int:
     if cleanup.find_leftovers():
         raise SystemExit("leftovers on the machine; run `netkv clean` first")
     for mtu in a.mtus:
-        spec = FabricSpec(k=a.k, gpus=a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1)
+        spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.monotonic()
             fab = Fabric(spec, Path(d), log=lambda *x: None)

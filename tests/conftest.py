@@ -10,6 +10,7 @@ import pytest
 
 from netkv import DATA_DIR
 from netkv.config import from_dict
+from netkv.scheduler.cluster import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 # ../shared (the workspace's shared data) if this checkout sits beside it; NETKV_SHARED overrides
@@ -28,14 +29,17 @@ SMALL = {
 
 
 def make_exp(**overrides):
-    """An Experiment from SMALL with top-level tables merged (one level deep)."""
+    """An Experiment from SMALL with top-level tables merged (one level deep), checked as every
+    entry point checks it (its cluster is built: names, hosts, ID-scheme limits)."""
     raw = copy.deepcopy(SMALL)
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(raw.get(k), dict):
             raw[k].update(v)
         else:
             raw[k] = v
-    return from_dict(raw, None)
+    exp = from_dict(raw, None)
+    Cluster.build(exp)
+    return exp
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
+from netkv.config import load, to_dict
 
 from conftest import REPO
 
@@ -74,8 +75,10 @@ async def drive(tmp_path, n_tokens=5000, output=20, send_from=1024):
 
 @pytest.mark.parametrize("layerwise", [False, True])
 def test_prefill_to_decode_over_tcp(tmp_path, layerwise):
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXP.format(layerwise=str(layerwise).lower()))
+    toml = tmp_path / "exp.toml"
+    toml.write_text(EXP.format(layerwise=str(layerwise).lower()))
+    exp = tmp_path / "experiment.json"  # agents read the validated JSON the orchestrator writes
+    exp.write_text(json.dumps(to_dict(load(toml))))
     procs = [start(tmp_path, "prefill", "h0_0_0_0", exp), start(tmp_path, "decode", "h1_0_0_1", exp)]
     try:
         pev, dev, sizes = asyncio.run(drive(tmp_path))

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_controller_keeps_up_with_a_100ms_poll(tmp_path):
-    spec = FabricSpec(k=4, gpus=4, poll_interval=0.1)
+    spec = FabricSpec.for_fattree(4, 4, poll_interval=0.1)
     with Fabric(spec, tmp_path) as fab:
         h0 = fab.health()
         cpu = psutil.Process(fab.ctrl.pid)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from netkv.controller.flowcheck import parse_dump, walk
-from netkv.emulation.fabric import Fabric, FabricSpec, http_json
+from netkv.controller.client import http_json
+from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.topology import Routing
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -27,7 +28,7 @@ POLL = 0.5  # (a 100 ms poll is tested in test_fabric_poll100_root.py)
 def fabric(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root")  # the conftest hook turns this into a failure in CI
-    spec = FabricSpec(k=4, gpus=4, poll_interval=POLL, bandwidth_scale=4000, mtu=9000)
+    spec = FabricSpec.for_fattree(4, 4, poll_interval=POLL, bandwidth_scale=4000, mtu=9000)
     t0 = time.monotonic()
     with Fabric(spec, tmp_path_factory.mktemp("fabric")) as f:
         f.up_s = time.monotonic() - t0

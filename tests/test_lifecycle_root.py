@@ -86,7 +86,7 @@ def test_crash_leftovers_are_refused_then_cleaned(tmp_path):
 
 def test_exception_inside_run_tears_down(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
-        with Fabric(FabricSpec(k=2, gpus=2), tmp_path):
+        with Fabric(FabricSpec.for_fattree(2, 2), tmp_path):
             raise RuntimeError("boom")
     assert cleanup.find_leftovers() == []
 
@@ -94,7 +94,7 @@ def test_exception_inside_run_tears_down(tmp_path):
 def test_stray_bridge_is_reported(tmp_path):
     subprocess.run(["ovs-vsctl", "add-br", "e0_0", "--", "set", "bridge", "e0_0", "datapath_type=netdev"], check=True)
     with pytest.raises(FabricError, match="netkv clean"):
-        with Fabric(FabricSpec(k=2, gpus=2), tmp_path):
+        with Fabric(FabricSpec.for_fattree(2, 2), tmp_path):
             pass
     assert any("OVS bridges" in x for x in cleanup.find_leftovers())
 
@@ -106,7 +106,7 @@ def test_mn_custom_builds_the_same_fabric(tmp_path):
 
     from netkv.topology import FatTree
 
-    spec = FabricSpec(k=2, gpus=2, poll_interval=0.5, rest_port=8090, of_port=6690)
+    spec = FabricSpec.for_fattree(2, 2, poll_interval=0.5, rest_port=8090, of_port=6690)
     fab = Fabric(spec, tmp_path)
     fab.start_controller()
     pre = tmp_path / "pre.cli"

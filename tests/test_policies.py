@@ -433,7 +433,7 @@ def test_round_robin_resumes_after_the_slot_it_gave():
 
 def test_the_registry_refuses_nameless_and_duplicate_policies():
     from netkv.scheduler.policies.base import Policy
-    from netkv.scheduler.policies.registry import _REGISTRY, register
+    from netkv.scheduler.policies.registry import POLICIES, register
 
     class Nameless(Policy):
         pass
@@ -447,7 +447,7 @@ def test_the_registry_refuses_nameless_and_duplicate_policies():
     with pytest.raises(ValueError, match=r"^policy name 'netkv' registered twice$"):
         register(Imposter)
     nk = registry.get("netkv")
-    assert register(nk) is nk and _REGISTRY["netkv"] is nk  # registering the same class again is harmless
+    assert register(nk) is nk and POLICIES.get("netkv") is nk  # registering the same class again is harmless
 
     class Fresh(Policy):
         name = "zz_test_fresh"
@@ -455,7 +455,7 @@ def test_the_registry_refuses_nameless_and_duplicate_policies():
     try:
         assert register(Fresh) is Fresh and registry.get("zz_test_fresh") is Fresh
     finally:
-        _REGISTRY.pop("zz_test_fresh", None)
+        POLICIES.discard("zz_test_fresh")
 
 
 def test_first_step_adds_the_new_sequence_and_its_context():

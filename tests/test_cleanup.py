@@ -1,0 +1,89 @@
+"""State directory and cleanup: stale entries are removed, a live run is named and left alone."""
+
+import json
+import os
+
+import pytest
+
+from netkv.cli import main
+from netkv.emulation import cleanup, statedir
+
+
+@pytest.fixture
+def state_only(tmp_path, monkeypatch):
+    """cleanup sees no bridges, veths or processes, and tmp_path as its state directory."""
+    for fn in ("processes", "mininet_shells", "ovs_bridges", "veths"):
+        monkeypatch.setattr(cleanup, fn, lambda: [])
+    monkeypatch.setattr(statedir, "STATE_DIR", tmp_path)
+    return tmp_path
+
+
+def test_clean_removes_stale_socket_dirs(tmp_path, state_only):
+    """A run killed hard leaves a per-run socket directory; `clean` must remove it, not crash."""
+
+    dead = 2**22 + 7  # above the largest possible pid_max (2**22): never a live process
+    (tmp_path / f"sock-20261126-000000-{dead}").mkdir()
+    (tmp_path / f"sock-20261126-000000-{dead}" / "decode-h0.sock").write_text("")
+    (tmp_path / "fabric.json").write_text("{}")
+    live = tmp_path / f"sock-20261126-000000-{os.getpid()}"  # a run that is still going
+    live.mkdir()
+    assert cleanup.clean(verbose=False) == []
+    assert list(tmp_path.iterdir()) == [live]
+
+
+def test_netkv_clean_reports_and_removes_stale_state_only(tmp_path, state_only, capsys):
+
+    (tmp_path / f"sock-20261126-000000-{2**22 + 1}").mkdir()  # owner pid above the largest pid_max: gone
+    assert main(["clean"]) == 0
+    out = capsys.readouterr().out
+    assert "1 stale state entries" in out and "clean" in out
+    assert list(tmp_path.iterdir()) == []
+    assert main(["clean"]) == 0
+    assert "nothing to clean" in capsys.readouterr().out
+
+
+def test_state_entries_are_leftovers_only_once_their_owner_is_gone(tmp_path, state_only, capsys):
+    """A live run's socket directory is not a leftover; a dead run's (or a dead `net up`'s net.json) is,
+    so a new run refuses to start and `netkv net status` says how to clean."""
+
+    dead = 2**22 + 12345  # above the largest possible pid_max (2**22): never a live process
+    (tmp_path / f"sock-20261127-000000-{os.getpid()}").mkdir()
+    assert cleanup.find_leftovers() == []
+    (tmp_path / "net.json").write_text(json.dumps({"pid": dead, "rest": "http://127.0.0.1:1"}))
+    left = cleanup.find_leftovers()
+    assert left == [f"1 stale state entries in {tmp_path} (net.json)"]
+    assert main(["net", "status"]) == 1
+    out = capsys.readouterr().out
+    assert f"pid {dead}, which is gone" in out and "netkv clean" in out
+    (tmp_path / "net.json").unlink()
+    (tmp_path / f"sock-20261127-000000-{dead}").mkdir()
+    (tmp_path / "stray.txt").write_text("")
+    assert "2 stale state entries" in cleanup.find_leftovers()[0]
+
+
+def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, monkeypatch):
+    """While another process's run is live, `net status` names it, `clean` refuses without --force,
+    and a new fabric refuses to start on top of it."""
+
+    other = os.getppid()  # alive, and not this process
+    live = tmp_path / f"sock-20261127-000000-{other}"
+    live.mkdir()
+    (live / "owner.json").write_text(json.dumps({"what": "netkv emulate demo.toml", "run_dir": "/r/demo-emu"}))
+    monkeypatch.setattr(cleanup, "ovs_bridges", lambda: ["s0_0_0", "e0_0"])  # its fabric
+    desc = f"pid {other} (netkv emulate demo.toml, run directory /r/demo-emu; state {live})"
+    assert statedir.live_runs() == [desc]
+    assert main(["net", "status"]) == 0
+    assert capsys.readouterr().out.strip() == (f"an emulated run is live: {desc} "
+                                               "(its bridges and processes are not leftovers)")
+    assert main(["clean"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"netkv: error: a run is live: {desc}") and "--force" in err[0]
+    assert live.exists()
+    from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
+
+    monkeypatch.setattr("netkv.emulation.fabric.require_root", lambda: None)
+    with pytest.raises(FabricError, match=rf"another emulated run is live: pid {other} "):
+        Fabric(FabricSpec.for_fattree(2, 2), tmp_path / "logs").preflight()
+    # the owner's own process does not see itself as another live run
+    monkeypatch.setattr(os, "getpid", lambda: other)
+    assert statedir.live_runs() == []
