@@ -29,11 +29,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netkv.agents.protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
 from netkv.compute import compute_from_config
 from netkv.config import ConfigError, load_json
 from netkv.kvcache import PrefixCache
 from netkv.trace import BLOCK_TOKENS
-from netkv.agents.protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
 
 
 class Agent:
@@ -184,7 +184,7 @@ class PrefillAgent(Agent):
             await reader.read()  # the decode side closes after reading everything
             writer.close()
             self.emit("xfer_sent", id=job.id, t=time.time(), bytes=sent, blocks=len(sizes))
-        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, OSError, ConnectionError) as e:
             self.emit("xfer_failed", id=job.id, t=time.time(), reason=f"{type(e).__name__}: {e}")
 
 

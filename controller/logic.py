@@ -128,7 +128,6 @@ class FabricLogic:
         return list(t.hosts)
 
     def _down_port(self, sw, host) -> int:
-        t = self.topo
         if sw.kind == "server":
             return host.c + 1
         if sw.kind == "edge":

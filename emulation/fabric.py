@@ -18,9 +18,9 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netkv.config import TopologyCfg, parse_section
 from netkv.controller.client import http_json
 from netkv.emulation import cleanup, statedir
-from netkv.config import TopologyCfg, parse_section
 from netkv.topology import FatTree
 
 

@@ -15,13 +15,19 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from netkv import __version__
 from netkv.config import to_dict
 from netkv.emulation import statedir
-from netkv.emulation.background import BackgroundError, BackgroundMonitor, BackgroundTraffic, delivered_report, format_report
+from netkv.emulation.background import (
+    BackgroundError,
+    BackgroundMonitor,
+    BackgroundTraffic,
+    delivered_report,
+    format_report,
+)
 from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_table
@@ -77,7 +83,7 @@ class _Run:
         self.reqs = window_from_config(exp)
         self.spec = FabricSpec.from_experiment(exp)
         Fabric(self.spec, Path("."), log=log).preflight()  # refuse before writing anything
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
         self.logs = self.run.root / "logs"
         self.logs.mkdir()

@@ -54,8 +54,8 @@ def cmd_simulate(a) -> int:
 
 
 def cmd_emulate(a) -> int:
-    from netkv.emulation.run import emulate_experiment
     from netkv.emulation.fabric import FabricError, require_root
+    from netkv.emulation.run import emulate_experiment
     from netkv.report import make_plots
 
     _check_requests(a.requests)
@@ -100,12 +100,15 @@ def cmd_topo(a) -> int:
         routing = Routing(topo, cluster.exp.topology.routing)
         pre, dec = cluster.prefill_hosts, cluster.decode_hosts
     else:
+        from netkv.config import parse_section
+
         try:
-            topo = FatTree(a.k, a.gpus)
+            section = parse_section("topology", {"k": a.k, "gpus_per_server": a.gpus, "routing": a.routing}, "")
+            topo = FatTree.from_config(section)
         except ValueError as e:  # the message names the experiment key; say which flag instead
-            msg = str(e).replace("topology.k", "--k").replace("topology.gpus_per_server", "--gpus")
+            msg = str(e).removeprefix(": ").replace("topology.k", "--k").replace("topology.gpus_per_server", "--gpus")
             raise UsageError(msg.replace("topology: k/2 * gpus_per_server", "--k/2 * --gpus")) from None
-        routing = Routing(topo, a.routing)
+        routing = Routing(topo, section.routing)
         pre = dec = None
     s = topo.summary()
     s["routing"] = routing.strategy.name

@@ -8,6 +8,7 @@ import numpy as np
 
 from netkv.results import RunDir
 
+
 class CompareError(ValueError):
     """The two runs do not replay the same requests, so a request-by-request comparison is meaningless."""
 

@@ -190,9 +190,7 @@ class ComputeModel:
             "kv_blocks_per_instance": self.kv_blocks,
             "prefill_cache_blocks": self.prefill_cache_blocks,
             "prefill_ms": {int(n): round(self.prefill_s(int(n)) * 1e3, 2) for n in (512, 4096, 16384, 65536)},
-            "decode_step_ms": "{:.3f} + {:.4f} * batch + {:.3e} * total_context".format(
-                self.step_a * 1e3, self.step_b * 1e3, self.step_c * 1e3
-            ),
+            "decode_step_ms": f"{self.step_a * 1e3:.3f} + {self.step_b * 1e3:.4f} * batch + {self.step_c * 1e3:.3e} * total_context",
             "decode_fit_max_rel_err": round(self.decode_fit_rel_err, 3),
             "max_batch": self.max_batch,
         }

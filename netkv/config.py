@@ -21,7 +21,6 @@ from netkv import DATA_DIR
 from netkv.compute import MODEL_PRESETS
 
 
-
 class ConfigError(ValueError):
     """An experiment file is malformed; the message names the file and the key."""
 
@@ -222,7 +221,7 @@ def _positive(where, key, v, allow_zero=False):
 # loading
 
 
-def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
+def apply_overrides(raw: dict, overrides: list[str] | None, where: str) -> dict:
     """Apply `section.key=value` overrides (value in TOML syntax) to a parsed document."""
     for ov in overrides or []:
         key, sep, value = ov.partition("=")

@@ -49,7 +49,7 @@ class Registry(Generic[T]):
         """Decorator form of `add`; the name defaults to the entry's `name` attribute."""
 
         def deco(entry: T) -> T:
-            return self.add(name or getattr(entry, "name", ""), entry, order)
+            return self.add(name or str(getattr(entry, "name", "")), entry, order)
 
         return deco
 

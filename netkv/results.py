@@ -159,7 +159,8 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
     return out
 
 
-TABLE_COLS = (
+# (column, format, (summary key, sub-key or None, optional scale) or None for policy/done)
+TABLE_COLS: tuple[tuple[str, str, tuple | None], ...] = (
     ("policy", "{}", None),
     ("done", "{}", None),
     ("TTFT mean", "{:.3f}", ("ttft_s", "mean")),
@@ -187,7 +188,7 @@ def format_table(summaries: dict[str, dict]) -> str:
                 row.append(pol)
             elif name == "done":
                 row.append(f"{s.get('completed', 0)}/{s.get('requests', 0)}")
-            else:
+            elif path is not None:
                 key, sub, *scale = path
                 v = s.get(key)
                 if sub is not None:

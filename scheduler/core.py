@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netkv.trace import BLOCK_TOKENS
 from netkv.scheduler.policies import Query, registry
+from netkv.trace import BLOCK_TOKENS
 
 
 @dataclass

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from netkv.registry import Registry
 from netkv.topology import FatTree, NoPathError, Routing
-
 
 ORACLES: Registry[type] = Registry("oracle")
 

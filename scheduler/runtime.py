@@ -14,7 +14,7 @@ writes their state into the view), the service reads them from the agents (`deco
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

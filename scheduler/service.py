@@ -108,7 +108,7 @@ class SchedulerService:
                 raise RuntimeError(f"agent socket {path} answered {hello}")
             self.writers[h] = w
             readers[h] = r
-        for h, w in self.writers.items():
+        for w in self.writers.values():
             await send_msg(w, {"op": "reset"})
         for h, r in readers.items():
             msg = await asyncio.wait_for(read_msg(r), 30)
@@ -268,7 +268,7 @@ class SchedulerService:
                 await self.dispatch(lv)
             try:
                 await asyncio.wait_for(self._all_done.wait(), self.exp.emulation.drain_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for lv in self.live:
                     self.fail(lv, f"timeout: not finished {self.exp.emulation.drain_timeout_s:.0f} s (wall) after the last arrival")
         finally:

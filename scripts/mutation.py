@@ -33,14 +33,15 @@ STAGE = REPO / "build" / "mutation"
 EQUIVALENT = REPO / "tests" / "mutation_equivalent.toml"
 NOTHING = "zz_no_such_mutant*"  # a name glob matching no mutant: `mutmut run` then only generates
 # folder in the checkout -> package path in the installed layout (pyproject [tool.setuptools.package-dir])
-LAYOUT = {"netkv": "netkv", "topology": "netkv/topology", "controller": "netkv/controller",
-          "agents": "netkv/agents", "scheduler": "netkv/scheduler", "simulator": "netkv/simulator"}
+LAYOUT = {folder: pkg.replace(".", "/") for pkg, folder in
+          tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()}
 # the core modules, as staged paths
 CORE = [
     "netkv/scheduler/policies/*.py", "netkv/scheduler/core.py", "netkv/scheduler/oracle.py",
     "netkv/scheduler/view.py", "netkv/simulator/engine.py", "netkv/simulator/network.py",
     "netkv/simulator/maxmin.py", "netkv/results.py", "netkv/kvcache.py", "netkv/trace.py",
-    "netkv/config.py",
+    "netkv/config.py", "netkv/scheduler/runtime.py", "netkv/scheduler/cluster.py", "netkv/registry.py",
+    "netkv/topology/placement.py",
 ]
 MUTMUT_VERSION = "3.8.1"  # pinned: mutmut's 3.x config keys and meta-file format change between releases
 MEMORY_LIMIT_GB = 4
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{c.get('no tests', 0)} | {c.get('equivalent', 0)} |")
     lines += ["", f"## Survivors ({len(survivors)})", ""]
     diffs = mutant_diffs(args.python, [n for n, _f, _st in survivors])
-    for name, f, st in survivors:
+    for name, _f, st in survivors:
         lines += [f"### {name} ({st})", "", "```diff", diffs.get(name, "").strip(), "```", ""]
     if stale:
         lines += ["## Listed as equivalent but no longer generated", ""] + [f"- {n}" for n in stale]

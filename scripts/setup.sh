@@ -34,8 +34,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Ryu 4.34 and its pins (scripts/requirements-ryu.txt)"
   "${pip[@]}" 'setuptools<61' pbr wheel
   "${pip[@]}" --no-build-isolation -r "$here/scripts/requirements-ryu.txt"
-  log "installing the netkv project (editable) and test tools"
-  "${pip[@]}" -e "$here[test]"
+  log "installing the netkv project (editable), test and lint tools"
+  "${pip[@]}" -e "$here[test,lint]"
   echo "$want" >"$stamp"
 fi
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from netkv import __version__
+from netkv.config import to_dict
 from netkv.results import RunDir, format_table, summarize
 from netkv.scheduler.cluster import Cluster
 from netkv.simulator.engine import Simulation
@@ -22,8 +24,9 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
     policies = policies or exp.policies
     requests = window_from_config(exp)
     pre, dec = cluster.prefill_hosts, cluster.decode_hosts
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = RunDir.create(out, f"{exp.name}-sim", stamp, exp.path)
+    (run.root / "experiment.json").write_text(json.dumps(to_dict(exp), indent=1))  # exactly what ran
     meta = {
         "mode": "simulate", "experiment": exp.name, "netkv_version": __version__,
         "started_utc": stamp, "seed": exp.seed, "policies": policies, "requests": len(requests),

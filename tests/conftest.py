@@ -1,16 +1,24 @@
-"""Shared fixtures: small experiments built from dicts, paths to shipped and shared data."""
+"""Shared fixtures and builders: small experiments from dicts, a k=4 fat-tree with its compute model,
+requests, views and snapshots, paths to shipped and shared data."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from netkv import DATA_DIR
+from netkv.compute import MODEL_PRESETS, ComputeModel, load_profile
 from netkv.config import from_dict
 from netkv.scheduler.cluster import Cluster
+from netkv.scheduler.oracle import Snapshot
+from netkv.scheduler.view import ClusterView
+from netkv.topology import FatTree, Routing
+from netkv.trace import Request
 
 REPO = Path(__file__).resolve().parent.parent
 # ../shared (the workspace's shared data) if this checkout sits beside it; NETKV_SHARED overrides
@@ -26,6 +34,36 @@ SMALL = {
     "trace": {"requests": 30, "rate_multiplier": 4.0},
     "telemetry": {"poll_interval_s": 0.1},
 }
+
+
+# ---- a k=4 x 4 fat-tree, the Llama-3-8B H200 compute model and small builders (policies, oracles, view)
+TOPO = FatTree(4, 4)
+ROUTING = Routing(TOPO)
+MODEL = MODEL_PRESETS["llama3-8b"]
+COMPUTE = ComputeModel(load_profile(DATA_DIR / "h200-llama3-hf-eager.csv", MODEL.name), MODEL)
+
+P = TOPO.host_index["h0_0_0_0"]
+FAR = TOPO.host_index["h2_1_1_3"]  # other pod
+NEAR = TOPO.host_index["h0_1_0_3"]  # same pod, other edge
+
+
+def req(n_tokens=16384, ids=None):
+    ids = ids if ids is not None else tuple(range(1000, 1000 + math.ceil(n_tokens / 512)))
+    return Request(0, 0.0, n_tokens, 100, tuple(ids))
+
+
+def view(decode, prefill=(P,)):
+    return ClusterView(list(prefill), list(decode), COMPUTE)
+
+
+def congested_snapshot(src, dst, util=1.0, spare=None):
+    """Links of src->dst's path loaded to `util` (except those on the path src->spare)."""
+    rates = np.zeros(TOPO.n_links)
+    keep = set(ROUTING.path(src, spare)) if spare is not None else set()
+    for lk in ROUTING.path(src, dst):
+        if lk not in keep:
+            rates[lk] = util * TOPO.capacity_bps[lk]
+    return Snapshot(10.0, rates, version=1)
 
 
 def make_exp(**overrides):
@@ -134,3 +172,16 @@ def to_toml(raw: dict) -> str:
         elif isinstance(v, list) and v and isinstance(v[0], dict):
             out += [f"[[{k}]]\n" + "\n".join(f"{a} = {val(b)}" for a, b in e.items()) for e in v]
     return "\n\n".join(out) + "\n"
+
+
+@pytest.fixture
+def clean_machine():
+    """For tests that build fabrics: start from a clean machine, and fail if the test left anything
+    (bridges, veths, namespaces, processes, state) — removed in any case, so the next test starts clean."""
+    from netkv.emulation import cleanup
+
+    cleanup.clean(verbose=False)
+    yield
+    left = cleanup.find_leftovers()
+    cleanup.clean(verbose=False)
+    assert left == [], f"the test left state behind: {left}"

@@ -7,14 +7,11 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
 from netkv.config import load, to_dict
-
-from conftest import REPO
 
 # the agents run as child processes
 pytestmark = pytest.mark.spawns

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from netkv.config import from_dict
 from netkv.emulation import background as bgmod
 from netkv.emulation.background import BackgroundError, BackgroundTraffic, BgPair, delivered_report, flow_model_shares
-from netkv.config import from_dict
 from netkv.topology import FatTree, LinkRates, Routing
 
 from conftest import steer_exp

@@ -44,9 +44,9 @@ def test_an_interrupted_simulation_says_where_its_partial_results_are(tmp_path, 
 
 
 @pytest.mark.parametrize("args,message", [
-    (["topo", "--k", "3"], "--k must be an even integer >= 2, got 3"),
-    (["topo", "--k", "66", "--gpus", "1"], "--k must be <= 64 (ID scheme limit), got 66"),
-    (["topo", "--gpus", "0"], "--gpus must be >= 1, got 0"),
+    (["topo", "--k", "3"], "--k: must be an even integer >= 2, got 3"),
+    (["topo", "--k", "66", "--gpus", "1"], "--k: must be <= 64 (ID scheme limit), got 66"),
+    (["topo", "--gpus", "0"], "--gpus: must be > 0, got 0"),
     (["topo", "--k", "4", "--gpus", "128"], "--k/2 * --gpus must be <= 254 (hosts of one edge share an IP /24)"),
 ])
 def test_topology_flags_are_checked(capsys, args, message):
@@ -77,7 +77,7 @@ def test_id_scheme_limits_are_config_errors():
 
     with pytest.raises(ConfigError) as e:
         make_exp(topology={"k": 66, "gpus_per_server": 1})
-    assert str(e.value) == "<experiment>: topology.k must be <= 64 (ID scheme limit), got 66"
+    assert str(e.value) == "<experiment>: topology.k: must be <= 64 (ID scheme limit), got 66"
     with pytest.raises(ConfigError) as e:
         make_exp(topology={"k": 4, "gpus_per_server": 128})
     assert str(e.value) == ("<experiment>: topology: k/2 * gpus_per_server must be <= 254 "

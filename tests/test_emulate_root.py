@@ -2,26 +2,24 @@
 the scheduler process decides on the live REST oracle; failure paths leave nothing behind."""
 
 import json
-import math
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from netkv.emulation import cleanup
 from netkv.agents.protocol import block_sizes
 from netkv.config import load
+from netkv.emulation import cleanup
+from netkv.emulation.background import BackgroundError
 from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
-from netkv.emulation.background import BackgroundError
 from netkv.simulator.run import simulate_experiment
 
-from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, steer_exp, to_toml
+from conftest import ELEPHANT_TO_D1, STEER_D2, steer_exp, to_toml
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 
 BASE = """
 name = "tiny"
@@ -55,13 +53,6 @@ def write_exp(tmp_path, policies=("round_robin", "netkv"), requests=16, rate=4.0
     p = tmp_path / "exp.toml"
     p.write_text(BASE.format(policies=json.dumps(list(policies)), requests=requests, rate=rate) + extra)
     return load(p, overrides)
-
-
-@pytest.fixture(autouse=True)
-def clean_machine():
-    cleanup.clean(verbose=False)
-    yield
-    assert cleanup.find_leftovers() == [], "the emulated run left state behind"
 
 
 def rows_of(run, pol):

@@ -5,10 +5,9 @@ import time
 
 import psutil
 import pytest
+from test_fabric_root import rates_during_iperf
 
 from netkv.emulation.fabric import Fabric, FabricSpec
-
-from test_fabric_root import rates_during_iperf
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

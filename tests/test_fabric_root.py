@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from netkv.controller.flowcheck import parse_dump, walk
 from netkv.controller.client import http_json
+from netkv.controller.flowcheck import parse_dump, walk
 from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.topology import Routing
 

@@ -1,7 +1,7 @@
 """Emulated-run lifecycle (root): leftovers refused with a hint, Ctrl-C/SIGTERM/crash cleanup,
 `netkv clean`, and `mn --custom` building the same fabric."""
 
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
 
 from conftest import REPO
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 NETKV = [sys.executable, "-m", "netkv.cli"]
 
 
@@ -31,13 +31,6 @@ def wait_line(proc, needle, timeout=120):
         if needle in line:
             return lines
     raise AssertionError(f"'{needle}' not seen; output: {''.join(lines)}")
-
-
-@pytest.fixture(autouse=True)
-def clean_machine():
-    cleanup.clean(verbose=False)
-    yield
-    assert cleanup.clean(verbose=False) == []
 
 
 def net_up(tmp_path, *extra):
@@ -113,7 +106,8 @@ def test_mn_custom_builds_the_same_fabric(tmp_path):
     pre.write_text("net\ndump\n")
     try:
         p = subprocess.run(
-            ["mn", "--custom", str(REPO / "topology/mininet_fabric.py"), "--topo", "netkv-fattree,k=2,gpus=2",
+            [sys.executable, shutil.which("mn"), "--custom", str(REPO / "topology/mn_custom.py"),
+             "--topo", "netkv-fattree,k=2,gpus=2",
              "--controller", "remote,ip=127.0.0.1,port=6690", "--switch", "ovs,datapath=user,protocols=OpenFlow13",
              "--pre", str(pre), "--test", "pingall"],
             capture_output=True, text=True, timeout=300)

@@ -1,46 +1,15 @@
 """Policies choose the obviously right decode instance in constructed cases; the oracles."""
 
-import math
 
 import numpy as np
 import pytest
 
-from netkv import DATA_DIR
-from netkv.compute import MODEL_PRESETS, ComputeModel, load_profile
 from netkv.scheduler.core import Scheduler
 from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
 from netkv.scheduler.policies import Query, registry
 from netkv.scheduler.view import ClusterView
-from netkv.topology import FatTree, Routing
-from netkv.trace import Request
 
-TOPO = FatTree(4, 4)
-ROUTING = Routing(TOPO)
-MODEL = MODEL_PRESETS["llama3-8b"]
-COMPUTE = ComputeModel(load_profile(DATA_DIR / "h200-llama3-hf-eager.csv", MODEL.name), MODEL)
-
-P = TOPO.host_index["h0_0_0_0"]
-FAR = TOPO.host_index["h2_1_1_3"]  # other pod
-NEAR = TOPO.host_index["h0_1_0_3"]  # same pod, other edge
-
-
-def req(n_tokens=16384, ids=None):
-    ids = ids if ids is not None else tuple(range(1000, 1000 + math.ceil(n_tokens / 512)))
-    return Request(0, 0.0, n_tokens, 100, tuple(ids))
-
-
-def view(decode, prefill=(P,)):
-    return ClusterView(list(prefill), list(decode), COMPUTE)
-
-
-def congested_snapshot(src, dst, util=1.0, spare=None):
-    """Links of src->dst's path loaded to `util` (except those on the path src->spare)."""
-    rates = np.zeros(TOPO.n_links)
-    keep = set(ROUTING.path(src, spare)) if spare is not None else set()
-    for lk in ROUTING.path(src, dst):
-        if lk not in keep:
-            rates[lk] = util * TOPO.capacity_bps[lk]
-    return Snapshot(10.0, rates, version=1)
+from conftest import COMPUTE, FAR, MODEL, NEAR, ROUTING, TOPO, P, congested_snapshot, req, view
 
 
 def test_netkv_avoids_congested_path_least_loaded_takes():
@@ -169,75 +138,13 @@ def test_netkv_cost_is_the_weighted_sum_of_its_terms():
         v.inbound[:] = rng.integers(0, 3, len(hosts))
         v.touch_all()
         snap = Snapshot(10.0, rng.uniform(0, 1, TOPO.n_links) * TOPO.capacity_bps)
-        oracle = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+        oracle = CounterOracle(TOPO, ROUTING, lambda s=snap: s, lambda: 10.0)
         wt, ww = rng.choice([0.5, 1.0, 3.0]), rng.choice([0.25, 1.0, 2.0])
         q = Query(req(8192), 0, v)
         transfer, _ = oracle.cost_row(P, v.decode_hosts, q.missing_bytes)
         cost = wt * transfer + ww * v.est_wait_s(q.req.n_blocks) + v.first_step_s(8192)
         pol = registry.create("netkv", {"transfer_weight": float(wt), "wait_weight": float(ww)})
         assert pol.choose(q, oracle) == int(np.argmin(cost)), trial
-
-
-def test_est_wait_is_half_a_step_with_room_and_littles_law_without():
-    v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"], TOPO.host_index["h2_0_0_0"]])
-    v.active[:] = [0, 4, COMPUTE.max_batch, 4]
-    v.ctx_total[:] = [0, 4000, 128000, 4000]
-    v.remaining[:] = [0, 400, 12800, 400]
-    v.queued[3] = 2  # someone already waits at slot 3: no room for a newcomer
-    v.inbound[3] = 1
-    v.touch_all()
-    step = v.step_s()
-    c = COMPUTE
-    assert step[0] == 0.0
-    assert step[1] == pytest.approx(c.step_a + 4 * c.step_b + 4000 * c.step_c)
-    wait = v.est_wait_s(10)
-    assert wait[0] == 0.0
-    assert wait[1] == pytest.approx(step[1] / 2)
-    # full batch: (waiting + 1) sequences must finish at active / (remaining / active x step) per second
-    assert wait[2] == pytest.approx(1 * (12800 / c.max_batch) * step[2] / c.max_batch)
-    assert wait[3] == pytest.approx(4 * (400 / 4) * step[3] / 4)
-    # no KV room for the newcomer: the same Little's-law wait at slot 1
-    v.kv_used[1] = c.kv_blocks - 5
-    v.touch(1)
-    assert v.est_wait_s(10)[1] == pytest.approx(1 * (400 / 4) * step[1] / 4)
-    assert v.est_wait_s(5)[1] == pytest.approx(step[1] / 2)
-    # touching one slot refreshes it alone, and the vectorised refresh agrees with the per-slot one
-    v.remaining[2] = 6400
-    v.touch(2)
-    one = v.est_wait_s(10).copy()
-    v.touch_all()
-    assert np.allclose(v.est_wait_s(10), one)
-    assert one[2] == pytest.approx(0.5 * wait[2])
-
-
-def test_refreshing_many_slots_at_once_equals_refreshing_each():
-    """Over 16 touched slots the view refreshes its estimates in one vectorised pass; it must agree
-    with the per-slot refresh (idle slots, single sequences, full batches and waiting ones included)."""
-    rng = np.random.default_rng(11)
-    n = 24
-    act = rng.integers(0, COMPUTE.max_batch + 1, n)
-    act[:4] = [0, 1, COMPUTE.max_batch, 1]
-    queued, inbound = rng.integers(0, 2, n), rng.integers(0, 3, n)
-    kv = rng.integers(0, COMPUTE.kv_blocks, n)
-    import copy
-
-    c = copy.copy(COMPUTE)
-    c.step_b = 2e-4  # the H200 profile's fit has no per-sequence term; give it one so it is checked
-    a, b = ClusterView([P], list(range(n)), c), ClusterView([P], list(range(n)), c)
-    b.step_s()  # b's initial refresh (all slots dirty) happens now, before its state is set
-    for v in (a, b):
-        v.active[:] = act
-        v.ctx_total[:] = act * 3000.0
-        v.remaining[:] = act * 200.0
-        v.queued[:], v.inbound[:], v.kv_used[:] = queued, inbound, kv
-    a.touch_all()  # one vectorised pass
-    for s in range(n):  # one slot at a time
-        b.touch(s)
-        b.step_s()
-    for fn in (lambda v: v.step_s(), lambda v: v.est_wait_s(40), lambda v: v.first_step_s(1000)):
-        assert np.allclose(fn(a), fn(b))
-    assert len(set(np.round(a.est_wait_s(40), 9))) > 10  # the case is not degenerate
-    assert a.step_s()[0] == 0.0 and a.est_wait_s(40)[0] == 0.0
 
 
 def test_the_prefill_choice_weighs_backlog_and_prefix_hits():
@@ -299,67 +206,6 @@ def test_scheduler_decision_fields():
 
 
 # ---- oracles --------------------------------------------------------------------------------
-
-
-def test_static_oracle_uses_bottleneck_capacity():
-    o = StaticOracle(TOPO, ROUTING)
-    same_server = TOPO.host_index["h0_0_0_1"]
-    sec, age = o.cost(P, same_server, 1e9)
-    assert sec == pytest.approx(1e9 / (900e9 / 8)) and age is None
-    sec, _ = o.cost(P, FAR, 1e9)
-    assert sec == pytest.approx(1e9 / (400e9 / 8))
-    row, _ = o.cost_row(P, np.array([same_server, FAR]), np.array([1e9, 0.0]))
-    assert row == pytest.approx([1e9 / (900e9 / 8), 0.0])
-
-
-def test_counter_oracle_residual_floor_age_and_down_links():
-    snap = congested_snapshot(P, FAR, util=0.75)
-    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.25, floor_fraction=0.02)
-    sec, age = o.cost(P, FAR, 1e9)
-    assert sec == pytest.approx(1e9 / (0.25 * 400e9 / 8))
-    assert age == pytest.approx(0.25)
-    full = congested_snapshot(P, FAR, util=1.2)  # counters can read above capacity
-    o2 = CounterOracle(TOPO, ROUTING, lambda: full, lambda: 10.0, floor_fraction=0.02)
-    assert o2.cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (0.02 * 400e9 / 8))
-    # a link reported down: pairs still routed over it cost infinity; 0 bytes cost 0
-    lk = ROUTING.path(P, FAR)[3]
-    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
-    o3 = CounterOracle(TOPO, ROUTING, lambda: dead, lambda: 10.0)
-    assert math.isinf(o3.cost(P, FAR, 1e9)[0])
-    row, _ = o3.cost_row(P, np.array([FAR, NEAR]), np.array([0.0, 1e9]))
-    assert row[0] == 0.0 and math.isfinite(row[1])
-
-
-def test_counter_oracle_counts_committed_transfers_until_seen():
-    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
-    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
-    base = o.cost(P, FAR, 1e9)[0]
-    o.commit("a", P, FAR, 25e9, 1.0)  # 25 GB/s expected on the path: half of 400 Gbit/s
-    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * base)
-    o.started("a", 9.0)  # started before the snapshot: the counters show it, do not count twice
-    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(base)
-    o.started("a", 11.0)
-    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * base)
-    o.release("a")
-    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(base)
-    off = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0, count_committed=False)
-    off.commit("a", P, FAR, 25e9, 1.0)
-    assert off.cost(P, FAR, 1e9)[0] == pytest.approx(base)
-
-
-def test_counter_oracle_without_telemetry_falls_back_to_static():
-    o = CounterOracle(TOPO, ROUTING, lambda: None, lambda: 0.0)
-    assert o.cost(P, FAR, 1e9) == StaticOracle(TOPO, ROUTING).cost(P, FAR, 1e9)
-
-
-def test_committed_transfers_count_only_when_their_windows_overlap():
-    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
-    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
-    base = o.cost(P, FAR, 1e9)[0]
-    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21
-    assert o.cost(P, FAR, 1e9, at=20.5)[0] == pytest.approx(2 * base)
-    assert o.cost(P, FAR, 1e9, at=12.0)[0] == pytest.approx(base)
-    assert o.cost(P, FAR, 1e9, at=22.0)[0] == pytest.approx(base)
 
 
 # ---- terms the first mutation runs found untested -------------------------------------------------
@@ -458,73 +304,7 @@ def test_the_registry_refuses_nameless_and_duplicate_policies():
         POLICIES.discard("zz_test_fresh")
 
 
-def test_first_step_adds_the_new_sequence_and_its_context():
-    import copy
-
-    c = copy.copy(COMPUTE)
-    c.step_b = 2e-4  # the H200 profile's fit has no per-sequence term; give it one so it is checked
-    v = ClusterView([P], [FAR, NEAR], c)
-    v.active[:] = [3, 0]
-    v.ctx_total[:] = [6000.0, 0.0]
-    v.touch_all()
-    got = v.first_step_s(2000)
-    assert got[0] == pytest.approx(c.step_a + 4 * c.step_b + (6000 + 2000) * c.step_c)
-    assert got[1] == pytest.approx(c.step_a + 1 * c.step_b + 2000 * c.step_c)
-
-
 # ---- oracle details -------------------------------------------------------------------------------
-
-
-def test_a_row_over_a_dead_link_is_exact_and_quiet():
-    import warnings
-
-    lk = ROUTING.path(P, FAR)[3]
-    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
-    o = CounterOracle(TOPO, ROUTING, lambda: dead, lambda: 10.25)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no division warnings leak out of the row computation
-        row, age = o.cost_row(P, np.array([FAR, NEAR, FAR]), np.array([0.0, 1e9, 1e9]))
-    assert row[0] == 0.0 and math.isinf(row[2]) and age == 0.25
-    assert row[1] == pytest.approx(1e9 / (400e9 / 8))
-
-
-def test_cost_row_counts_committed_transfers_in_the_window_asked_about():
-    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
-    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
-    dsts = np.array([FAR, NEAR])
-    base, age = o.cost_row(P, dsts, np.array([1e9, 1e9]))
-    assert age == 0.0
-    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21 on P's uplinks and FAR's path
-    during, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=20.5)
-    before, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=12.0)
-    assert during[0] == pytest.approx(2 * base[0]) and before[0] == pytest.approx(base[0])
-
-
-def test_rows_follow_the_source_and_the_routing():
-    """The row cache is keyed by source and routing state: same destination array, other source or
-    a rerouted path, other answer."""
-    r = ROUTING.__class__(TOPO)
-    lk = r.path(P, FAR)[3]  # P's edge -> aggregation link towards FAR, 90% busy
-    rates = np.zeros(TOPO.n_links)
-    rates[lk] = 0.9 * TOPO.capacity_bps[lk]
-    snap = Snapshot(10.0, rates)
-    o = CounterOracle(TOPO, r, lambda: snap, lambda: 10.0)
-    dsts = np.array([FAR, NEAR])
-    nb = np.array([1e9, 1e9])
-    from_p, _ = o.cost_row(P, dsts, nb)
-    other = TOPO.host_index["h1_1_1_1"]
-    from_other, _ = o.cost_row(other, dsts, nb)
-    assert from_p[0] == pytest.approx(1e9 / (0.25 * 400e9 / 8))  # the floor on P's congested path
-    assert from_other[0] == pytest.approx(1e9 / (400e9 / 8)) and from_other[0] < from_p[0]
-    # take that link down in the routing: the path moves off it
-    r.set_down([lk])
-    moved, _ = o.cost_row(P, dsts, nb)
-    assert lk not in r.path(P, FAR) and moved[0] < from_p[0]
-    # FAR's own link down: no path at all, an infinite cost (the row stays finite for NEAR)
-    r.set_down([r.path(P, FAR)[-1]])
-    gone, _ = o.cost_row(P, dsts, nb)
-    assert math.isinf(gone[0]) and math.isfinite(gone[1])
-    assert math.isinf(o.cost(P, FAR, 1e9)[0])
 
 
 def test_argmin_takes_the_cheapest_live_slot_and_any_live_one_when_none_is_reachable():
@@ -551,16 +331,6 @@ def test_the_decision_records_its_estimate_for_the_expected_start_and_its_wall_t
     assert 0 < d.decision_us < 1e6 and 0 < d.prefill_choice_us < 1e6  # microseconds of wall time
 
 
-def test_commit_ignores_empty_transfers_and_unusable_estimates():
-    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
-    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
-    base = o.cost(P, FAR, 1e9)[0]
-    o.commit("empty", P, FAR, 0.0, 1.0)
-    assert "empty" not in o.committed
-    o.commit("no-estimate", P, FAR, 1e9, math.inf)  # recorded, but with no rate to count
-    assert o.committed["no-estimate"].rate == 0.0 and o.cost(P, FAR, 1e9)[0] == base
-
-
 def test_register_refuses_a_class_without_a_name_attribute():
     from netkv.scheduler.policies.registry import register
 
@@ -569,29 +339,6 @@ def test_register_refuses_a_class_without_a_name_attribute():
 
     with pytest.raises(TypeError, match="Bare has no policy name"):
         register(Bare)
-
-
-def test_view_arrays_hold_host_indices_even_when_empty():
-    v = ClusterView([], [], COMPUTE)
-    assert v.decode_hosts.dtype == np.int64 and v.prefill_hosts.dtype == np.int64
-    assert v.n_decode == 0 and v.n_prefill == 0
-
-
-def test_a_new_snapshot_object_is_read_even_with_the_same_version():
-    snaps = [Snapshot(10.0, np.zeros(TOPO.n_links))]
-    o = CounterOracle(TOPO, ROUTING, lambda: snaps[-1], lambda: 10.0)
-    idle = o.cost(P, FAR, 1e9)[0]
-    snaps.append(congested_snapshot(P, FAR, util=0.5))
-    snaps[-1].version = 0  # a source that does not number its snapshots
-    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * idle)
-    row, _ = o.cost_row(P, np.array([FAR]), np.array([1e9]))
-    assert row[0] == pytest.approx(2 * idle)
-
-
-def test_a_zero_time_estimate_is_committed_without_a_rate():
-    o = CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
-    o.commit("instant", P, FAR, 1e9, 0.0)
-    assert o.committed["instant"].rate == 0.0 and o.committed["instant"].duration == 0.0
 
 
 def test_unknown_policy_parameters_name_the_known_ones():
@@ -605,8 +352,3 @@ def test_unknown_policy_parameters_name_the_known_ones():
         registry.create("netkv", {"wait_weight": True})
 
 
-def test_view_counts_are_integers():
-    v = view([FAR, NEAR])
-    for name in ("active", "queued", "inbound", "kv_used", "kv_pending", "prefill_queued"):
-        assert getattr(v, name).dtype.kind == "i", name
-    assert v._kv_free.dtype.kind == "i" and v._batch_full.dtype == bool

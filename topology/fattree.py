@@ -127,11 +127,11 @@ class FatTree:
 
     def __post_init__(self):
         if self.k < 2 or self.k % 2:
-            raise ValueError(f"topology.k must be an even integer >= 2, got {self.k}")
+            raise ValueError(f"topology.k: must be an even integer >= 2, got {self.k}")
         if self.k > 64:
-            raise ValueError(f"topology.k must be <= 64 (ID scheme limit), got {self.k}")
+            raise ValueError(f"topology.k: must be <= 64 (ID scheme limit), got {self.k}")
         if self.gpus_per_server < 1:
-            raise ValueError(f"topology.gpus_per_server must be >= 1, got {self.gpus_per_server}")
+            raise ValueError(f"topology.gpus_per_server: must be >= 1, got {self.gpus_per_server}")
         if (self.k // 2) * self.gpus_per_server > 254:
             raise ValueError(
                 "topology: k/2 * gpus_per_server must be <= 254 (hosts of one edge share an IP /24)"
@@ -140,7 +140,7 @@ class FatTree:
             if getattr(self.rates, lvl) <= 0:
                 raise ValueError(f"topology: link rate for tier '{lvl}' must be > 0")
         if self.rates.oversubscription < 1:
-            raise ValueError("topology.oversubscription must be >= 1")
+            raise ValueError("topology.oversubscription: must be >= 1")
         self._build_nodes()
         self._build_links()
 

@@ -8,8 +8,9 @@ for jumbo frames: burst and cburst sized to the MTU and rate, and an explicit bf
 in time (rate x queue_ms) at switch ports; a GPU's own interface gets a NIC-like 1000-packet queue. netem is never used (sch_netem is absent here). Offloads are turned off
 on every interface (TCP stalls on the userspace datapath otherwise) and the MTU is set everywhere.
 
-`mn --custom topology/mininet_fabric.py --topo netkv-fattree,k=4 --controller remote
- --switch ovs,datapath=user,protocols=OpenFlow13` builds the same fabric by hand.
+`.venv/bin/python $(which mn) --custom topology/mn_custom.py --topo netkv-fattree,k=4 --controller remote
+ --switch ovs,datapath=user,protocols=OpenFlow13` builds the same fabric by hand (the venv's Python:
+ it has the netkv package).
 """
 
 from __future__ import annotations
@@ -20,16 +21,8 @@ from mininet.link import TCIntf, TCLink
 from mininet.node import OVSSwitch, Switch
 from mininet.topo import Topo
 
-try:  # importable as a package module and as a plain `mn --custom` file
-    from netkv.topology.fattree import FatTree, LinkRates
-except (ImportError, KeyError):  # mn --custom exec()s this file without a package
-    import inspect
-    import os
-    import sys
-
-    _here = inspect.currentframe().f_code.co_filename  # no __file__ under exec()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(_here))))
-    from topology.fattree import FatTree, LinkRates  # type: ignore[no-redef]
+from netkv.config import parse_section
+from netkv.topology.fattree import FatTree
 
 OFFLOADS = ("rx", "tx", "sg", "tso", "gso", "gro")
 
@@ -174,8 +167,12 @@ class NetKVFatTree(Topo):
               server_gbps: float = 400.0, edge_gbps: float = 400.0, core_gbps: float = 400.0,
               oversubscription: float = 1.0, mtu: int = 9000, queue_ms: float = 5.0, qdisc: str = "bfifo",
               max_mbps: float = 1000.0, fattree: FatTree | None = None):
-        t = fattree or FatTree(int(k), int(gpus), LinkRates(float(gpu_gbps), float(server_gbps), float(edge_gbps),
-                                                       float(core_gbps), float(oversubscription)))
+        if fattree is None:  # `mn --topo netkv-fattree,k=...`: the same [topology] section an experiment has
+            section = {"k": int(k), "gpus_per_server": int(gpus), "gpu_link_gbps": float(gpu_gbps),
+                       "server_link_gbps": float(server_gbps), "edge_link_gbps": float(edge_gbps),
+                       "core_link_gbps": float(core_gbps), "oversubscription": float(oversubscription)}
+            fattree = FatTree.from_config(parse_section("topology", section, "mn --topo netkv-fattree"))
+        t = fattree
         self.fattree = t
         mbps = check_rates(t, float(bandwidth_scale), max_mbps)
         for s in t.switches:
@@ -201,5 +198,3 @@ def intf_names(topo: FatTree) -> dict[tuple[str, int], str]:
         out[(lk.src, lk.src_port)] = f"{lk.src}-eth{lk.src_port}"
     return out
 
-
-topos = {"netkv-fattree": NetKVFatTree}

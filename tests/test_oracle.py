@@ -1,0 +1,152 @@
+"""Network cost oracles: static bottlenecks, counter residuals with floor and age, committed transfers,
+rows over dead links, the interface every oracle offers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from netkv.scheduler.oracle import CounterOracle, Snapshot, StaticOracle
+
+from conftest import FAR, NEAR, ROUTING, TOPO, P, congested_snapshot
+
+
+def test_static_oracle_uses_bottleneck_capacity():
+    o = StaticOracle(TOPO, ROUTING)
+    same_server = TOPO.host_index["h0_0_0_1"]
+    sec, age = o.cost(P, same_server, 1e9)
+    assert sec == pytest.approx(1e9 / (900e9 / 8)) and age is None
+    sec, _ = o.cost(P, FAR, 1e9)
+    assert sec == pytest.approx(1e9 / (400e9 / 8))
+    row, _ = o.cost_row(P, np.array([same_server, FAR]), np.array([1e9, 0.0]))
+    assert row == pytest.approx([1e9 / (900e9 / 8), 0.0])
+
+
+def test_counter_oracle_residual_floor_age_and_down_links():
+    snap = congested_snapshot(P, FAR, util=0.75)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.25, floor_fraction=0.02)
+    sec, age = o.cost(P, FAR, 1e9)
+    assert sec == pytest.approx(1e9 / (0.25 * 400e9 / 8))
+    assert age == pytest.approx(0.25)
+    full = congested_snapshot(P, FAR, util=1.2)  # counters can read above capacity
+    o2 = CounterOracle(TOPO, ROUTING, lambda: full, lambda: 10.0, floor_fraction=0.02)
+    assert o2.cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (0.02 * 400e9 / 8))
+    # a link reported down: pairs still routed over it cost infinity; 0 bytes cost 0
+    lk = ROUTING.path(P, FAR)[3]
+    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
+    o3 = CounterOracle(TOPO, ROUTING, lambda: dead, lambda: 10.0)
+    assert math.isinf(o3.cost(P, FAR, 1e9)[0])
+    row, _ = o3.cost_row(P, np.array([FAR, NEAR]), np.array([0.0, 1e9]))
+    assert row[0] == 0.0 and math.isfinite(row[1])
+
+
+def test_counter_oracle_counts_committed_transfers_until_seen():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    base = o.cost(P, FAR, 1e9)[0]
+    o.commit("a", P, FAR, 25e9, 1.0)  # 25 GB/s expected on the path: half of 400 Gbit/s
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * base)
+    o.started("a", 9.0)  # started before the snapshot: the counters show it, do not count twice
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(base)
+    o.started("a", 11.0)
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * base)
+    o.release("a")
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(base)
+    off = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0, count_committed=False)
+    off.commit("a", P, FAR, 25e9, 1.0)
+    assert off.cost(P, FAR, 1e9)[0] == pytest.approx(base)
+
+
+def test_counter_oracle_without_telemetry_falls_back_to_static():
+    o = CounterOracle(TOPO, ROUTING, lambda: None, lambda: 0.0)
+    assert o.cost(P, FAR, 1e9) == StaticOracle(TOPO, ROUTING).cost(P, FAR, 1e9)
+
+
+def test_committed_transfers_count_only_when_their_windows_overlap():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    base = o.cost(P, FAR, 1e9)[0]
+    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21
+    assert o.cost(P, FAR, 1e9, at=20.5)[0] == pytest.approx(2 * base)
+    assert o.cost(P, FAR, 1e9, at=12.0)[0] == pytest.approx(base)
+    assert o.cost(P, FAR, 1e9, at=22.0)[0] == pytest.approx(base)
+
+
+def test_a_row_over_a_dead_link_is_exact_and_quiet():
+    import warnings
+
+    lk = ROUTING.path(P, FAR)[3]
+    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
+    o = CounterOracle(TOPO, ROUTING, lambda: dead, lambda: 10.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings leak out of the row computation
+        row, age = o.cost_row(P, np.array([FAR, NEAR, FAR]), np.array([0.0, 1e9, 1e9]))
+    assert row[0] == 0.0 and math.isinf(row[2]) and age == 0.25
+    assert row[1] == pytest.approx(1e9 / (400e9 / 8))
+
+
+def test_cost_row_counts_committed_transfers_in_the_window_asked_about():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    dsts = np.array([FAR, NEAR])
+    base, age = o.cost_row(P, dsts, np.array([1e9, 1e9]))
+    assert age == 0.0
+    o.commit("later", P, FAR, 25e9, 1.0, start=20.0)  # runs 20..21 on P's uplinks and FAR's path
+    during, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=20.5)
+    before, _ = o.cost_row(P, dsts, np.array([1e9, 1e9]), at=12.0)
+    assert during[0] == pytest.approx(2 * base[0]) and before[0] == pytest.approx(base[0])
+
+
+def test_rows_follow_the_source_and_the_routing():
+    """The row cache is keyed by source and routing state: same destination array, other source or
+    a rerouted path, other answer."""
+    r = ROUTING.__class__(TOPO)
+    lk = r.path(P, FAR)[3]  # P's edge -> aggregation link towards FAR, 90% busy
+    rates = np.zeros(TOPO.n_links)
+    rates[lk] = 0.9 * TOPO.capacity_bps[lk]
+    snap = Snapshot(10.0, rates)
+    o = CounterOracle(TOPO, r, lambda: snap, lambda: 10.0)
+    dsts = np.array([FAR, NEAR])
+    nb = np.array([1e9, 1e9])
+    from_p, _ = o.cost_row(P, dsts, nb)
+    other = TOPO.host_index["h1_1_1_1"]
+    from_other, _ = o.cost_row(other, dsts, nb)
+    assert from_p[0] == pytest.approx(1e9 / (0.25 * 400e9 / 8))  # the floor on P's congested path
+    assert from_other[0] == pytest.approx(1e9 / (400e9 / 8)) and from_other[0] < from_p[0]
+    # take that link down in the routing: the path moves off it
+    r.set_down([lk])
+    moved, _ = o.cost_row(P, dsts, nb)
+    assert lk not in r.path(P, FAR) and moved[0] < from_p[0]
+    # FAR's own link down: no path at all, an infinite cost (the row stays finite for NEAR)
+    r.set_down([r.path(P, FAR)[-1]])
+    gone, _ = o.cost_row(P, dsts, nb)
+    assert math.isinf(gone[0]) and math.isfinite(gone[1])
+    assert math.isinf(o.cost(P, FAR, 1e9)[0])
+
+
+def test_commit_ignores_empty_transfers_and_unusable_estimates():
+    snap = Snapshot(10.0, np.zeros(TOPO.n_links), version=1)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0)
+    base = o.cost(P, FAR, 1e9)[0]
+    o.commit("empty", P, FAR, 0.0, 1.0)
+    assert "empty" not in o.committed
+    o.commit("no-estimate", P, FAR, 1e9, math.inf)  # recorded, but with no rate to count
+    assert o.committed["no-estimate"].rate == 0.0 and o.cost(P, FAR, 1e9)[0] == base
+
+
+def test_a_new_snapshot_object_is_read_even_with_the_same_version():
+    snaps = [Snapshot(10.0, np.zeros(TOPO.n_links))]
+    o = CounterOracle(TOPO, ROUTING, lambda: snaps[-1], lambda: 10.0)
+    idle = o.cost(P, FAR, 1e9)[0]
+    snaps.append(congested_snapshot(P, FAR, util=0.5))
+    snaps[-1].version = 0  # a source that does not number its snapshots
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(2 * idle)
+    row, _ = o.cost_row(P, np.array([FAR]), np.array([1e9]))
+    assert row[0] == pytest.approx(2 * idle)
+
+
+def test_a_zero_time_estimate_is_committed_without_a_rate():
+    o = CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
+    o.commit("instant", P, FAR, 1e9, 0.0)
+    assert o.committed["instant"].rate == 0.0 and o.committed["instant"].duration == 0.0
+
