@@ -142,8 +142,16 @@ class PrefillAgent(Agent):
 
     def handle(self, msg: dict) -> None:
         if msg.get("op") == "prefill":
-            self.queue.put_nowait(_Job(msg["id"], msg["hash_ids"], msg["input"], msg["decode_host"],
-                                       msg["decode_ip"], msg["send_from_token"]))
+            self.queue.put_nowait(
+                _Job(
+                    msg["id"],
+                    msg["hash_ids"],
+                    msg["input"],
+                    msg["decode_host"],
+                    msg["decode_ip"],
+                    msg["send_from_token"],
+                )
+            )
 
     async def _work(self):
         loop = asyncio.get_running_loop()
@@ -264,8 +272,16 @@ class DecodeAgent(Agent):
             s = self.seqs[rid] = _Seq(rid, 0, 0, 0, [])
         if err is None and s.expect_bytes is not None and (nbytes != s.expect_bytes or nblocks != s.expect_blocks):
             err = f"expected {s.expect_blocks} blocks / {s.expect_bytes} bytes, got {nblocks} / {nbytes}"
-        self.emit("kv_arrived", id=rid, t=t, ok=err is None, reason=err, bytes=nbytes, blocks=nblocks,
-                  total_received=self.bytes_received)
+        self.emit(
+            "kv_arrived",
+            id=rid,
+            t=t,
+            ok=err is None,
+            reason=err,
+            bytes=nbytes,
+            blocks=nblocks,
+            total_received=self.bytes_received,
+        )
         if err is None:
             s.arrived = True
             self._maybe_ready(s)
@@ -280,9 +296,15 @@ class DecodeAgent(Agent):
             self.wake.set()
 
     def _state(self) -> None:
-        self.emit("state", active=len(self.batch), queued=len(self.waitq), kv_used=self.kv_used,
-                  ctx_total=sum(s.ctx for s in self.batch), remaining=sum(s.remaining for s in self.batch),
-                  cached_blocks=len(self.cache))
+        self.emit(
+            "state",
+            active=len(self.batch),
+            queued=len(self.waitq),
+            kv_used=self.kv_used,
+            ctx_total=sum(s.ctx for s in self.batch),
+            remaining=sum(s.remaining for s in self.batch),
+            cached_blocks=len(self.cache),
+        )
 
     async def _run(self):
         steps = 0

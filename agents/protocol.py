@@ -33,8 +33,9 @@ async def read_msg(reader: asyncio.StreamReader) -> dict | None:
     return json.loads(line)
 
 
-def block_sizes(first_token: int, input_tokens: int, kv_bytes_per_token: int, byte_scale: float,
-                block_tokens: int = 512) -> list[int]:
+def block_sizes(
+    first_token: int, input_tokens: int, kv_bytes_per_token: int, byte_scale: float, block_tokens: int = 512
+) -> list[int]:
     """Emulated payload bytes of every block from token `first_token` to the end of the input."""
     sizes = []
     t = first_token
@@ -45,8 +46,14 @@ def block_sizes(first_token: int, input_tokens: int, kv_bytes_per_token: int, by
     return sizes
 
 
-async def write_kv(writer: asyncio.StreamWriter, req_id: int, src: str, sizes: list[int],
-                   pace: list[float] | None = None, zero: bytes = b"") -> int:
+async def write_kv(
+    writer: asyncio.StreamWriter,
+    req_id: int,
+    src: str,
+    sizes: list[int],
+    pace: list[float] | None = None,
+    zero: bytes = b"",
+) -> int:
     """Write one request's KV blocks; with `pace`, block i is not sent before loop time pace[i]."""
     hdr = json.dumps({"id": req_id, "blocks": len(sizes), "bytes": sum(sizes), "src": src}).encode()
     writer.write(LEN.pack(len(hdr)) + hdr)
@@ -79,7 +86,12 @@ async def read_kv(reader: asyncio.StreamReader) -> tuple[dict, int, int, str | N
     for i in range(hdr["blocks"]):
         rid, idx, length = BLOCK_HDR.unpack(await reader.readexactly(BLOCK_HDR.size))
         if rid != hdr["id"] or idx != i:
-            return hdr, got_bytes, got_blocks, f"frame out of order: got request {rid} block {idx}, expected {hdr['id']} block {i}"
+            return (
+                hdr,
+                got_bytes,
+                got_blocks,
+                f"frame out of order: got request {rid} block {idx}, expected {hdr['id']} block {i}",
+            )
         left = length
         while left > 0:
             chunk = await reader.read(min(left, 1 << 16))

@@ -55,13 +55,28 @@ def parse_dump(text: str) -> list[Flow]:
                     prio = int(v)
                 elif k in ("nw_src", "nw_dst", "ipv4_src", "ipv4_dst"):
                     match[{"ipv4_src": "nw_src", "ipv4_dst": "nw_dst"}.get(k, k)] = v
-                elif k in ("cookie", "duration", "table", "n_packets", "n_bytes", "idle_age", "hard_age",
-                           "reset_counts", "send_flow_rem"):
+                elif k in (
+                    "cookie",
+                    "duration",
+                    "table",
+                    "n_packets",
+                    "n_bytes",
+                    "idle_age",
+                    "hard_age",
+                    "reset_counts",
+                    "send_flow_rem",
+                ):
                     continue
                 else:
                     match[k] = v
             elif part in ("ip", "arp", "ipv6", "tcp", "udp"):
-                match["dl_type"] = {"ip": "0x0800", "tcp": "0x0800", "udp": "0x0800", "arp": "0x0806", "ipv6": "0x86dd"}[part]
+                match["dl_type"] = {
+                    "ip": "0x0800",
+                    "tcp": "0x0800",
+                    "udp": "0x0800",
+                    "arp": "0x0806",
+                    "ipv6": "0x86dd",
+                }[part]
         flows.append(Flow(prio, match, actions.strip()))
     flows.sort(key=lambda f: -f.priority)
     return flows

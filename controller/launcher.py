@@ -32,8 +32,14 @@ def main(argv=None) -> int:
     from ryu.cmd import manager
 
     args = [
-        "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(a.of_port),
-        "--wsapi-host", "127.0.0.1", "--wsapi-port", str(a.rest_port),
+        "--ofp-listen-host",
+        "127.0.0.1",
+        "--ofp-tcp-listen-port",
+        str(a.of_port),
+        "--wsapi-host",
+        "127.0.0.1",
+        "--wsapi-port",
+        str(a.rest_port),
     ]
     if a.verbose:
         args.append("--verbose")

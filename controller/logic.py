@@ -58,8 +58,15 @@ class LinkState:
 class FabricLogic:
     """Routing rules, port telemetry and the oracle of one emulated fabric."""
 
-    def __init__(self, topo: FatTree, routing: str = "sum-mod", bandwidth_scale: float = 1.0,
-                 publish_delay: float = 0.0, floor_fraction: float = 0.25, clock=time.time):
+    def __init__(
+        self,
+        topo: FatTree,
+        routing: str = "sum-mod",
+        bandwidth_scale: float = 1.0,
+        publish_delay: float = 0.0,
+        floor_fraction: float = 0.25,
+        clock=time.time,
+    ):
         self.topo = topo
         self.routing = Routing(topo, routing)
         self.scale = bandwidth_scale
@@ -93,8 +100,14 @@ class FabricLogic:
         """Build from the JSON the network runner hands the controller (its [topology] section is
         parsed and checked by netkv.config, like an experiment file's)."""
         t = parse_section("topology", cfg["topology"], "controller config")
-        return cls(FatTree.from_config(t), t.routing, cfg.get("bandwidth_scale", 1.0),
-                   cfg.get("publish_delay", 0.0), cfg.get("floor_fraction", 0.25), clock)
+        return cls(
+            FatTree.from_config(t),
+            t.routing,
+            cfg.get("bandwidth_scale", 1.0),
+            cfg.get("publish_delay", 0.0),
+            cfg.get("floor_fraction", 0.25),
+            clock,
+        )
 
     # ---- rules -------------------------------------------------------------------------------
     def _compute_pair_rules(self) -> dict[tuple[int, str, str], int]:
@@ -255,9 +268,15 @@ class FabricLogic:
         for lk, st in zip(self.topo.links, self.links):
             cap = self.cap[lk.id]
             d = {
-                "id": lk.id, "src": lk.src, "dst": lk.dst, "level": lk.level,
-                "capacity_mbps": cap * 8 / 1e6, "rate_mbps": st.rate_bps * 8 / 1e6,
-                "utilisation": st.rate_bps / cap, "sampled_at": st.sampled_at, "up": st.up,
+                "id": lk.id,
+                "src": lk.src,
+                "dst": lk.dst,
+                "level": lk.level,
+                "capacity_mbps": cap * 8 / 1e6,
+                "rate_mbps": st.rate_bps * 8 / 1e6,
+                "utilisation": st.rate_bps / cap,
+                "sampled_at": st.sampled_at,
+                "up": st.up,
             }
             if history:
                 d["history"] = [[a, r * 8 / 1e6] for a, r in st.history]
@@ -275,7 +294,9 @@ class FabricLogic:
         res = [self.residual_bps(x) for x in lids]
         b = min(range(len(lids)), key=lambda i: res[i])
         return {
-            "src": self.topo.hosts[s].name, "dst": self.topo.hosts[d].name, "reachable": True,
+            "src": self.topo.hosts[s].name,
+            "dst": self.topo.hosts[d].name,
+            "reachable": True,
             "tier": self.topo.tier(s, d),
             "switches": [self.topo.links[x].dst for x in lids[:-1]],
             "links": lids,
@@ -295,9 +316,14 @@ class FabricLogic:
         seconds = 0.0 if nbytes == 0 else (nbytes / res if res > 0 else math.inf)
         times = [self.links[x].sampled_at for x in p["links"]]
         age = None if any(x is None for x in times) else now - min(times)
-        return {"src": p["src"], "dst": p["dst"], "bytes": nbytes,
-                "seconds": seconds if math.isfinite(seconds) else None, "age_s": age,
-                "bottleneck_residual_mbps": p["bottleneck_residual_mbps"]}
+        return {
+            "src": p["src"],
+            "dst": p["dst"],
+            "bytes": nbytes,
+            "seconds": seconds if math.isfinite(seconds) else None,
+            "age_s": age,
+            "bottleneck_residual_mbps": p["bottleneck_residual_mbps"],
+        }
 
     def health_view(self) -> dict:
         want = {s.dpid for s in self.topo.switches}
@@ -306,7 +332,9 @@ class FabricLogic:
             "switches_connected": len(self.connected & want),
             "routes_installed": len(self.installed & want),
             "ready": self.installed >= want and self.connected >= want,
-            "polls": self.polls, "stats_replies": self.replies, "last_reply_at": self.last_reply_at,
+            "polls": self.polls,
+            "stats_replies": self.replies,
+            "last_reply_at": self.last_reply_at,
             "links_down": sum(not s.up for s in self.links),
             "uptime_s": self.clock() - self.started_at,
         }

@@ -79,8 +79,16 @@ class NetKVController(app_manager.RyuApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         match = parser.OFPMatch(**rule.match_dict)
         if rule.out is None and rule.priority != 0:  # delete a pair rule
-            dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE_STRICT, priority=rule.priority,
-                                          match=match, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+            dp.send_msg(
+                parser.OFPFlowMod(
+                    dp,
+                    command=ofp.OFPFC_DELETE_STRICT,
+                    priority=rule.priority,
+                    match=match,
+                    out_port=ofp.OFPP_ANY,
+                    out_group=ofp.OFPG_ANY,
+                )
+            )
             return
         if rule.out is None:
             inst = []  # table-miss: drop
@@ -126,8 +134,15 @@ class NetKVController(app_manager.RyuApp):
             if dp is not None:
                 self._flow_mod(dp, r)
         if changes:
-            self.logger.info("%.3f port %s of %016x %s: rewrote %d pair rules in %.1f ms", t, desc.port_no,
-                             msg.datapath.id, "up" if up else "down", len(changes), (time.time() - t) * 1e3)
+            self.logger.info(
+                "%.3f port %s of %016x %s: rewrote %d pair rules in %.1f ms",
+                t,
+                desc.port_no,
+                msg.datapath.id,
+                "up" if up else "down",
+                len(changes),
+                (time.time() - t) * 1e3,
+            )
 
     # ---- ARP ---------------------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
@@ -144,17 +159,24 @@ class NetKVController(app_manager.RyuApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         reply = packet.Packet()
         reply.add_protocol(ethernet.ethernet(ethertype=0x0806, dst=a.src_mac, src=mac))
-        reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=mac, src_ip=a.dst_ip,
-                                   dst_mac=a.src_mac, dst_ip=a.src_ip))
+        reply.add_protocol(
+            arp.arp(opcode=arp.ARP_REPLY, src_mac=mac, src_ip=a.dst_ip, dst_mac=a.src_mac, dst_ip=a.src_ip)
+        )
         reply.serialize()
         in_port = msg.match["in_port"]
-        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                                        actions=[parser.OFPActionOutput(in_port)], data=reply.data))
+        dp.send_msg(
+            parser.OFPPacketOut(
+                dp,
+                buffer_id=ofp.OFP_NO_BUFFER,
+                in_port=ofp.OFPP_CONTROLLER,
+                actions=[parser.OFPActionOutput(in_port)],
+                data=reply.data,
+            )
+        )
 
 
 def _json(obj, status=200):
-    return Response(status=status, content_type="application/json", charset="utf-8",
-                    body=json.dumps(obj).encode())
+    return Response(status=status, content_type="application/json", charset="utf-8", body=json.dumps(obj).encode())
 
 
 class RestApi(ControllerBase):

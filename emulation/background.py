@@ -92,8 +92,16 @@ def _state(p: BgPair, t0: float, t1: float, settle: float) -> str:
     return "off"
 
 
-def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], poll_s: float,
-                     scale: float, settle: float = SETTLE_S, since: float = -math.inf) -> list[dict]:
+def delivered_report(
+    topo,
+    routing,
+    pairs: list[BgPair],
+    snapshots: list[dict],
+    poll_s: float,
+    scale: float,
+    settle: float = SETTLE_S,
+    since: float = -math.inf,
+) -> list[dict]:
     """Per pair: counter rates on its path while on / off beside the flow model's share (Gbit/s, real).
 
     `snapshots` are `/netkv/links` documents (emulated Mbit/s, wall `sampled_at`); `scale` is the
@@ -138,15 +146,21 @@ def delivered_report(topo, routing, pairs: list[BgPair], snapshots: list[dict], 
     for k, p in enumerate(pairs):
         m = float(np.mean(on_meas[k])) if on_meas[k] else None
         e = float(np.mean(on_exp[k])) if on_exp[k] else None
-        out.append({
-            "entry": p.entry, "src": topo.hosts[p.src].name, "dst": topo.hosts[p.dst].name,
-            "path": [f"{topo.links[i].src}->{topo.links[i].dst}" for i in paths[k]],
-            "on_samples": len(on_meas[k]), "off_samples": len(off_meas[k]),
-            "delivered_gbps_on": m, "flow_model_gbps_on": e,
-            "sent_gbps_on": float(np.mean(on_sent[k])) if on_sent[k] else None,
-            "ratio": (m / e) if (m is not None and e) else None,
-            "delivered_gbps_off": float(np.mean(off_meas[k])) if off_meas[k] else None,
-        })
+        out.append(
+            {
+                "entry": p.entry,
+                "src": topo.hosts[p.src].name,
+                "dst": topo.hosts[p.dst].name,
+                "path": [f"{topo.links[i].src}->{topo.links[i].dst}" for i in paths[k]],
+                "on_samples": len(on_meas[k]),
+                "off_samples": len(off_meas[k]),
+                "delivered_gbps_on": m,
+                "flow_model_gbps_on": e,
+                "sent_gbps_on": float(np.mean(on_sent[k])) if on_sent[k] else None,
+                "ratio": (m / e) if (m is not None and e) else None,
+                "delivered_gbps_off": float(np.mean(off_meas[k])) if off_meas[k] else None,
+            }
+        )
     return out
 
 
@@ -155,9 +169,11 @@ def format_report(rows: list[dict]) -> list[str]:
     for r in rows:
         f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
         ratio = "" if r["ratio"] is None else f" ({r['ratio']:.0%} of it)"
-        lines.append(f"background #{r['entry']} {r['src']} -> {r['dst']}: {f(r['delivered_gbps_on'])} Gbit/s delivered "
-                     f"while on, flow model {f(r['flow_model_gbps_on'])}{ratio}, sent {f(r['sent_gbps_on'])}; "
-                     f"{f(r['delivered_gbps_off'])} while off ({r['on_samples']}/{r['off_samples']} samples)")
+        lines.append(
+            f"background #{r['entry']} {r['src']} -> {r['dst']}: {f(r['delivered_gbps_on'])} Gbit/s delivered "
+            f"while on, flow model {f(r['flow_model_gbps_on'])}{ratio}, sent {f(r['sent_gbps_on'])}; "
+            f"{f(r['delivered_gbps_off'])} while off ({r['on_samples']}/{r['off_samples']} samples)"
+        )
     return lines
 
 
@@ -194,7 +210,10 @@ class BackgroundTraffic:
 
     def _log(self, k: int, role: str) -> Path:
         p = self.pairs[k]
-        return self.log_dir / f"bg-{p.entry}-{self.fab.topo.hosts[p.src].name}-{self.fab.topo.hosts[p.dst].name}-{role}.log"
+        return (
+            self.log_dir
+            / f"bg-{p.entry}-{self.fab.topo.hosts[p.src].name}-{self.fab.topo.hosts[p.dst].name}-{role}.log"
+        )
 
     def _name(self, k: int) -> str:
         p = self.pairs[k]
@@ -209,8 +228,9 @@ class BackgroundTraffic:
         """The first failure of a background source so far (also checks the servers are alive)."""
         for k, srv in enumerate(self._servers):
             if srv.poll() is not None and not self._stop.is_set():
-                self._fail(f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): "
-                           f"{_tail(self._log(k, 'server'))}")
+                self._fail(
+                    f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): {_tail(self._log(k, 'server'))}"
+                )
         return self.errors[0] if self.errors else None
 
     def check(self) -> None:
@@ -230,18 +250,26 @@ class BackgroundTraffic:
             host = self.fab.host(self.fab.topo.hosts[p.dst].name)
             with open(self._log(k, "server"), "ab") as f:
                 offsets.append(f.tell())
-                self._servers.append(host.popen(["iperf3", "-s", "-p", str(p.port), "--forceflush"],
-                                                stdout=f, stderr=subprocess.STDOUT, env=self.env))
+                self._servers.append(
+                    host.popen(
+                        ["iperf3", "-s", "-p", str(p.port), "--forceflush"],
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        env=self.env,
+                    )
+                )
         deadline = time.monotonic() + 15
         for k in range(len(self.pairs)):
-            while b"listening" not in self._log(k, "server").read_bytes()[offsets[k]:]:
+            while b"listening" not in self._log(k, "server").read_bytes()[offsets[k] :]:
                 if self._servers[k].poll() is not None or time.monotonic() > deadline:
                     msg = f"{self._name(k)}: iperf3 server did not start: {_tail(self._log(k, 'server'))}"
                     self.stop()
                     raise BackgroundError(msg)
                 time.sleep(0.05)
-        self._threads = [threading.Thread(target=self._run_client, args=(k,), daemon=True, name=f"bg-{k}")
-                         for k in range(len(self.pairs))]
+        self._threads = [
+            threading.Thread(target=self._run_client, args=(k,), daemon=True, name=f"bg-{k}")
+            for k in range(len(self.pairs))
+        ]
         for th in self._threads:
             th.start()
 
@@ -250,8 +278,20 @@ class BackgroundTraffic:
         # the source port picks the fair-queue bucket (u32 hash on its low bits): keep it per pair,
         # but never reuse a recent one (see CPORT_SLOTS)
         cport = 30000 + p.port + 64 * (next(_cport_seq) % CPORT_SLOTS)
-        args = ["iperf3", "-c", self.fab.topo.hosts[p.dst].ip, "-p", str(p.port), "-t", str(secs),
-                "--cport", str(cport), "--forceflush", "-i", "1"]
+        args = [
+            "iperf3",
+            "-c",
+            self.fab.topo.hosts[p.dst].ip,
+            "-p",
+            str(p.port),
+            "-t",
+            str(secs),
+            "--cport",
+            str(cport),
+            "--forceflush",
+            "-i",
+            "1",
+        ]
         bg = self.exp.background[p.entry]
         if bg.rate_gbps is not None:
             args += ["-b", f"{bg.rate_gbps * 1000 / self.exp.emulation.bandwidth_scale:.3f}M"]
@@ -283,8 +323,7 @@ class BackgroundTraffic:
                 with open(self._log(k, "client"), "ab") as f:
                     f.write(f"--- start {time.strftime('%H:%M:%S')} cycle {cycle} -t {secs}\n".encode())
                     f.flush()
-                    proc = host.popen(self._client_args(k, secs), stdout=f, stderr=subprocess.STDOUT,
-                                      env=self.env)
+                    proc = host.popen(self._client_args(k, secs), stdout=f, stderr=subprocess.STDOUT, env=self.env)
                 self._clients[k] = proc
                 cycle += 1
                 while proc.poll() is None and not self._stop.is_set() and self.clock() < on_end:
@@ -299,8 +338,10 @@ class BackgroundTraffic:
                     break
                 if proc.returncode != 0:
                     p.on[-1][1] = self.clock()
-                    self._fail(f"{self._name(k)}: iperf3 client exited (code {proc.returncode}): "
-                               f"{_tail(self._log(k, 'client'))}")
+                    self._fail(
+                        f"{self._name(k)}: iperf3 client exited (code {proc.returncode}): "
+                        f"{_tail(self._log(k, 'client'))}"
+                    )
                     return
                 self.restarts += 1  # a full-length test ended normally: go on seamlessly
             p.on[-1][1] = self.clock()

@@ -101,8 +101,10 @@ def find_leftovers() -> list[str]:
         items.append(f"{len(procs)} processes (pids {', '.join(str(p.pid) for p in procs[:6])})")
     stale = statedir.stale_state_entries()
     if stale:
-        items.append(f"{len(stale)} stale state entries in {statedir.STATE_DIR} ({', '.join(e.name for e in stale[:3])}"
-                     f"{', ...' if len(stale) > 3 else ''})")
+        items.append(
+            f"{len(stale)} stale state entries in {statedir.STATE_DIR} ({', '.join(e.name for e in stale[:3])}"
+            f"{', ...' if len(stale) > 3 else ''})"
+        )
     return items
 
 

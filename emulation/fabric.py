@@ -50,8 +50,13 @@ class FabricSpec:
     def from_experiment(cls, exp, **overrides) -> FabricSpec:
         em, te = exp.emulation, exp.telemetry
         spec = cls(
-            topology=exp.topology, bandwidth_scale=em.bandwidth_scale, mtu=em.mtu, queue_ms=em.queue_ms,
-            max_link_mbps=em.max_link_mbps, qdisc=em.qdisc, fair_buckets=em.fair_queue_buckets,
+            topology=exp.topology,
+            bandwidth_scale=em.bandwidth_scale,
+            mtu=em.mtu,
+            queue_ms=em.queue_ms,
+            max_link_mbps=em.max_link_mbps,
+            qdisc=em.qdisc,
+            fair_buckets=em.fair_queue_buckets,
             tcp_cc=em.tcp_congestion_control,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
             poll_interval=te.poll_interval_s * em.time_dilation,
@@ -78,8 +83,10 @@ class FabricSpec:
         """What the controller is started with: the [topology] section as the experiment has it (the
         controller parses it with netkv.config, as every process does) and the telemetry in wall time."""
         return {
-            "topology": dataclasses.asdict(self.topology), "bandwidth_scale": self.bandwidth_scale,
-            "poll_interval": self.poll_interval, "publish_delay": self.publish_delay,
+            "topology": dataclasses.asdict(self.topology),
+            "bandwidth_scale": self.bandwidth_scale,
+            "poll_interval": self.poll_interval,
+            "publish_delay": self.publish_delay,
             "floor_fraction": self.floor_fraction,
         }
 
@@ -157,8 +164,10 @@ class Fabric:
             raise FabricError(str(e)) from None
         live = statedir.live_runs()
         if live:
-            raise FabricError("another emulated run is live: " + "; ".join(live) + "; one machine holds one "
-                              "fabric at a time: wait for it to end or stop it (Ctrl-C, or kill its pid)")
+            raise FabricError(
+                "another emulated run is live: " + "; ".join(live) + "; one machine holds one "
+                "fabric at a time: wait for it to end or stop it (Ctrl-C, or kill its pid)"
+            )
         left = cleanup.find_leftovers()
         if left:
             raise FabricError("emulation leftovers found: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
@@ -173,8 +182,10 @@ class Fabric:
         self.timings["build_s"] = time.monotonic() - t0
         self.wait_ready(timeout=120)
         self.timings["ready_s"] = time.monotonic() - t0
-        self.log(f"fabric up: {len(self.topo.switches)} switches, {self.topo.n_hosts} hosts, "
-                 f"ready in {self.timings['ready_s']:.1f} s")
+        self.log(
+            f"fabric up: {len(self.topo.switches)} switches, {self.topo.n_hosts} hosts, "
+            f"ready in {self.timings['ready_s']:.1f} s"
+        )
 
     def start_controller(self) -> None:
         cfg = self.log_dir / "controller.json"
@@ -182,16 +193,30 @@ class Fabric:
         logf = open(self.log_dir / "controller.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.ctrl = subprocess.Popen(
-            [sys.executable, "-m", "netkv.controller.launcher", "--config", str(cfg),
-             "--of-port", str(self.spec.of_port), "--rest-port", str(self.spec.rest_port)],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "netkv.controller.launcher",
+                "--config",
+                str(cfg),
+                "--of-port",
+                str(self.spec.of_port),
+                "--rest-port",
+                str(self.spec.rest_port),
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         logf.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.ctrl.poll() is not None:
-                raise FabricError(f"the controller exited at start (code {self.ctrl.returncode}); "
-                                  f"see {self.log_dir / 'controller.log'}")
+                raise FabricError(
+                    f"the controller exited at start (code {self.ctrl.returncode}); "
+                    f"see {self.log_dir / 'controller.log'}"
+                )
             try:
                 http_json(f"{self.rest}/health", timeout=1)
                 return
@@ -226,11 +251,22 @@ class Fabric:
 
         setLogLevel("error")
         s = self.spec
-        mtopo = NetKVFatTree(fattree=self.topo, bandwidth_scale=s.bandwidth_scale, mtu=s.mtu,
-                             queue_ms=s.queue_ms, qdisc=s.qdisc, max_mbps=s.max_link_mbps)
-        self.net = Mininet(topo=mtopo, switch=UserOVSSwitch, build=False, autoSetMacs=False,
-                           controller=lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port),
-                           waitConnected=False)
+        mtopo = NetKVFatTree(
+            fattree=self.topo,
+            bandwidth_scale=s.bandwidth_scale,
+            mtu=s.mtu,
+            queue_ms=s.queue_ms,
+            qdisc=s.qdisc,
+            max_mbps=s.max_link_mbps,
+        )
+        self.net = Mininet(
+            topo=mtopo,
+            switch=UserOVSSwitch,
+            build=False,
+            autoSetMacs=False,
+            controller=lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port),
+            waitConnected=False,
+        )
         self.net.build()
         self.net.start()  # OVSSwitch.start re-applies Mininet's tc config, so tune afterwards
         self._tune_interfaces()
@@ -241,8 +277,10 @@ class Fabric:
         mtu = self.spec.mtu
         off = "rx off tx off sg off tso off gso off gro off"
         for h in self.net.hosts:
-            h.cmd(f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1; "
-                  f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc}")
+            h.cmd(
+                f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1; "
+                f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc}"
+            )
         names = [i.name for sw in self.net.switches for i in sw.intfList() if i.name != "lo"]
         script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
         subprocess.run(["sh", "-s"], input=script, text=True, check=False, capture_output=True)
@@ -253,18 +291,32 @@ class Fabric:
             for n in names:
                 sw, port = n.rsplit("-eth", 1)
                 lk = self.topo.link_by_port[(sw, int(port))]
-                lines += fair_queue_batch(n, emulated_mbps(lk.gbps, self.spec.bandwidth_scale), mtu,
-                                          self.spec.queue_ms, self.spec.fair_buckets)
-            p = subprocess.run(["tc", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True,
-                               capture_output=True)
+                lines += fair_queue_batch(
+                    n,
+                    emulated_mbps(lk.gbps, self.spec.bandwidth_scale),
+                    mtu,
+                    self.spec.queue_ms,
+                    self.spec.fair_buckets,
+                )
+            p = subprocess.run(
+                ["tc", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True, capture_output=True
+            )
             if p.returncode != 0:
                 raise FabricError(f"tc fair-queue setup failed: {p.stderr.strip()[:300]}")
             # each GPU's own NIC: per-flow fair too, with deep per-flow queues (in its namespace)
             gbps = self.topo.rates.rate("gpu")
             for h in self.net.hosts:
                 dev = h.defaultIntf().name
-                body = "\n".join(fair_queue_batch(dev, emulated_mbps(gbps, self.spec.bandwidth_scale), mtu,
-                                                  self.spec.queue_ms, self.spec.fair_buckets, host=True))
+                body = "\n".join(
+                    fair_queue_batch(
+                        dev,
+                        emulated_mbps(gbps, self.spec.bandwidth_scale),
+                        mtu,
+                        self.spec.queue_ms,
+                        self.spec.fair_buckets,
+                        host=True,
+                    )
+                )
                 path = self.log_dir / f".fq-{h.name}"
                 path.write_text(body + "\n")
                 out = h.cmd(f"tc -force -batch {path} >/dev/null 2>&1 || echo FAILED")
@@ -350,6 +402,8 @@ class Fabric:
     def dump_flows(self) -> dict[str, str]:
         out = {}
         for sw in self.topo.switches:
-            p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", sw.name], capture_output=True, text=True)
+            p = subprocess.run(
+                ["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", sw.name], capture_output=True, text=True
+            )
             out[sw.name] = p.stdout
         return out

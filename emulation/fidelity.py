@@ -92,12 +92,17 @@ class FidelityGuard:
         sat = sum(1 for s in self.samples if s[2] >= self.threshold or s[3] >= self.threshold)
         share = sat / n
         return {
-            "samples": n, "interval_s": self.interval,
+            "samples": n,
+            "interval_s": self.interval,
             "ovs_busiest_thread_pct": {"mean": sum(busiest) / n, "max": max(busiest)},
             "ovs_total_pct_mean": sum(s[1] for s in self.samples) / n,
             "machine_pct": {"mean": sum(machine) / n, "max": max(machine)},
             "saturated_share": share,
             "flagged": share > self.flag_share,
-            "note": ("CPU-bound emulation: results may not be faithful (ovs-vswitchd or the machine was "
-                     f"near saturation in {share:.0%} of samples)") if share > self.flag_share else "ok",
+            "note": (
+                "CPU-bound emulation: results may not be faithful (ovs-vswitchd or the machine was "
+                f"near saturation in {share:.0%} of samples)"
+            )
+            if share > self.flag_share
+            else "ok",
         }

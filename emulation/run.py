@@ -47,9 +47,23 @@ def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir:
             name = fab.topo.hosts[h].name
             logf = open(log_dir / f"agent-{name}.log", "wb")
             procs[name] = fab.host(name).popen(
-                [sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", name,
-                 "--experiment", str(exp_json), "--sock-dir", str(sock_dir)],
-                stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **AGENT_ENV})
+                [
+                    sys.executable,
+                    "-m",
+                    "netkv.agents.agent",
+                    "--role",
+                    role,
+                    "--host",
+                    name,
+                    "--experiment",
+                    str(exp_json),
+                    "--sock-dir",
+                    str(sock_dir),
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **AGENT_ENV},
+            )
             logf.close()
     deadline = time.monotonic() + 120
     for name, p in procs.items():
@@ -94,24 +108,48 @@ class _Run:
         self.interrupted = False
         topo = cluster.topo
         self.meta = {
-            "mode": "emulate", "experiment": exp.name, "netkv_version": __version__, "started_utc": stamp,
-            "seed": exp.seed, "policies": policies, "requests": len(self.reqs),
-            "prefill_instances": len(cluster.prefill_hosts), "decode_instances": len(cluster.decode_hosts),
-            "topology": topo.summary(), "compute": cluster.compute.describe(),
+            "mode": "emulate",
+            "experiment": exp.name,
+            "netkv_version": __version__,
+            "started_utc": stamp,
+            "seed": exp.seed,
+            "policies": policies,
+            "requests": len(self.reqs),
+            "prefill_instances": len(cluster.prefill_hosts),
+            "decode_instances": len(cluster.decode_hosts),
+            "topology": topo.summary(),
+            "compute": cluster.compute.describe(),
             "emulation": {k: getattr(exp.emulation, k) for k in exp.emulation.__dataclass_fields__},
-            "byte_scale": exp.emulation.byte_scale, "overrides": exp.overrides, "wall_s": {}, "partial": True,
+            "byte_scale": exp.emulation.byte_scale,
+            "overrides": exp.overrides,
+            "wall_s": {},
+            "partial": True,
         }
         self.run.write_meta(self.meta)
 
-    def policy(self, fab: Fabric, sock_dir: Path, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor,
-               agents, on_running) -> None:
+    def policy(
+        self, fab: Fabric, sock_dir: Path, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor, agents, on_running
+    ) -> None:
         """Replay the trace with one policy: background on, the scheduler service, results collected."""
         bg.start()
         if bg.pairs:
             mon.start()
         t0 = time.monotonic()
-        args = [sys.executable, "-m", "netkv.scheduler.service", "--experiment", str(self.exp_json),
-                "--policy", pol, "--run-dir", str(self.run.root), "--sock-dir", str(sock_dir), "--rest", fab.rest]
+        args = [
+            sys.executable,
+            "-m",
+            "netkv.scheduler.service",
+            "--experiment",
+            str(self.exp_json),
+            "--policy",
+            pol,
+            "--run-dir",
+            str(self.run.root),
+            "--sock-dir",
+            str(sock_dir),
+            "--rest",
+            fab.rest,
+        ]
         self.log(f"policy {pol}: replaying")
         svc = subprocess.Popen(args, start_new_session=True)
         bg_error = None
@@ -139,15 +177,24 @@ class _Run:
         try:
             self.summaries[pol] = RunDir(self.run.root).read_policy_summary(pol)
         except FileNotFoundError:
-            raise RuntimeError(f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
-                               "no results; its error is printed above") from None
+            raise RuntimeError(
+                f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
+                "no results; its error is printed above"
+            ) from None
         if bg.pairs:
             self._background(pol, bg, mon)
 
     def _background(self, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor) -> None:
         topo = self.cluster.topo
-        rep = delivered_report(topo, Routing(topo, self.exp.topology.routing), bg.pairs, mon.snapshots,
-                               self.spec.poll_interval, self.spec.bandwidth_scale, since=mon.started_at)
+        rep = delivered_report(
+            topo,
+            Routing(topo, self.exp.topology.routing),
+            bg.pairs,
+            mon.snapshots,
+            self.spec.poll_interval,
+            self.spec.bandwidth_scale,
+            since=mon.started_at,
+        )
         self.summaries[pol]["background"] = rep
         RunDir(self.run.root).write_policy_summary(pol, self.summaries[pol])
         self.meta.setdefault("background", {})[pol] = rep
@@ -164,8 +211,9 @@ class _Run:
             self.run.write_summary(s, partial)
 
 
-def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: bool = False,
-                       log=print, on_running=None) -> tuple[RunDir, dict]:
+def emulate_experiment(
+    exp, policies=None, out: Path = Path("results"), cli: bool = False, log=print, on_running=None
+) -> tuple[RunDir, dict]:
     """Run the experiment's policies on the emulated testbed; returns the run dir and summaries.
 
     `exp`: a built Cluster, or an Experiment (its cluster is built here); it must come from a file.
@@ -176,9 +224,11 @@ def emulate_experiment(exp, policies=None, out: Path = Path("results"), cli: boo
         raise ValueError("emulate needs an experiment file on disk")
     r = _Run(cluster, policies or cluster.exp.policies, out, log)
     D = cluster.exp.emulation.time_dilation
-    log(f"emulating {len(r.reqs)} requests ({r.reqs[-1].arrival_s * D:.0f} s of wall-clock arrivals per policy, "
+    log(
+        f"emulating {len(r.reqs)} requests ({r.reqs[-1].arrival_s * D:.0f} s of wall-clock arrivals per policy, "
         f"time dilation {D:g}) on {len(cluster.prefill_hosts)} prefill + {len(cluster.decode_hosts)} decode "
-        f"agents, k={cluster.topo.k} fat-tree -> {r.run.root}")
+        f"agents, k={cluster.topo.k} fat-tree -> {r.run.root}"
+    )
     guard = FidelityGuard()
     agents: dict[str, subprocess.Popen] = {}
     sock_dir = statedir.claim_run(r.stamp, f"netkv emulate {cluster.exp.path}", r.run.root)

@@ -38,8 +38,18 @@ def net_file() -> Path:
 def register_net(rest: str, k: int, gpus: int, log_dir: Path) -> None:
     """Record the fabric this process keeps up (`netkv net up`)."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    net_file().write_text(json.dumps({"pid": os.getpid(), "rest": rest, "k": k, "gpus": gpus,
-                                    "log_dir": str(Path(log_dir).resolve()), "started": time.time()}))
+    net_file().write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "rest": rest,
+                "k": k,
+                "gpus": gpus,
+                "log_dir": str(Path(log_dir).resolve()),
+                "started": time.time(),
+            }
+        )
+    )
 
 
 def read_net() -> dict | None:
@@ -111,5 +121,3 @@ def live_runs() -> list[str]:
         where = f", run directory {info['run_dir']}" if info.get("run_dir") else ""
         out.append(f"pid {pid} ({what}{where}; state {e})")
     return out
-
-

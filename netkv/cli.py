@@ -115,10 +115,14 @@ def cmd_topo(a) -> int:
     if pre is not None:
         s["prefill_instances"], s["decode_instances"] = len(pre), len(dec)
     print(f"four-tier fat-tree k={topo.k}: {topo.n_hosts} GPU instances on {topo.n_servers} servers")
-    print(f"  switches: {s['switches']['server']} server, {s['switches']['edge']} edge, "
-          f"{s['switches']['agg']} aggregation, {s['switches']['core']} core = {s['switches']['total']}")
-    print(f"  directed links: {topo.n_links}; Gbit/s per tier: " +
-          ", ".join(f"{k} {v:g}" for k, v in s["link_gbps"].items()))
+    print(
+        f"  switches: {s['switches']['server']} server, {s['switches']['edge']} edge, "
+        f"{s['switches']['agg']} aggregation, {s['switches']['core']} core = {s['switches']['total']}"
+    )
+    print(
+        f"  directed links: {topo.n_links}; Gbit/s per tier: "
+        + ", ".join(f"{k} {v:g}" for k, v in s["link_gbps"].items())
+    )
     print("  equal-cost paths: " + ", ".join(f"{k} {v}" for k, v in s["equal_cost_paths"].items()))
     print(f"  routing: {routing.strategy.name}")
     if pre is not None:
@@ -173,8 +177,11 @@ def cmd_net_up(a) -> int:
     try:
         with Fabric(spec, log_dir) as fab:
             failed = fab.reachability() if not a.no_check else []
-            print(f"reachability: {fab.topo.n_hosts * (fab.topo.n_hosts - 1) - len(failed)} of "
-                  f"{fab.topo.n_hosts * (fab.topo.n_hosts - 1)} host pairs answered ping", flush=True)
+            print(
+                f"reachability: {fab.topo.n_hosts * (fab.topo.n_hosts - 1) - len(failed)} of "
+                f"{fab.topo.n_hosts * (fab.topo.n_hosts - 1)} host pairs answered ping",
+                flush=True,
+            )
             if failed:
                 print(f"unreachable pairs (first 10): {failed[:10]}", flush=True)
             statedir.register_net(fab.rest, fab.topo.k, fab.topo.gpus_per_server, log_dir)
@@ -225,8 +232,10 @@ def cmd_net_status(a) -> int:
         print(f"fabric process {st.get('pid')} is registered but its controller does not answer: {e}")
         return 1
     print(f"fabric k={st['k']} x {st['gpus']} GPUs, pid {st['pid']}, logs {st['log_dir']}")
-    print(f"  switches {h['switches_connected']}/{h['switches_expected']} connected, routes on "
-          f"{h['routes_installed']}, polls {h['polls']}, links down {h['links_down']}")
+    print(
+        f"  switches {h['switches_connected']}/{h['switches_expected']} connected, routes on "
+        f"{h['routes_installed']}, polls {h['polls']}, links down {h['links_down']}"
+    )
     busy = sorted(links, key=lambda x: -x["utilisation"])[:5]
     for lk in busy:
         print(f"  {lk['src']:>10} -> {lk['dst']:<10} {lk['rate_mbps']:7.1f} / {lk['capacity_mbps']:.0f} Mbit/s")
@@ -265,8 +274,10 @@ def cmd_clean(a) -> int:
 
     live = live_runs()
     if live and not a.force:
-        raise UsageError("a run is live: " + "; ".join(live) + "; `netkv clean` would destroy it: stop it "
-                         "first (Ctrl-C, or kill its pid), or pass --force")
+        raise UsageError(
+            "a run is live: " + "; ".join(live) + "; `netkv clean` would destroy it: stop it "
+            "first (Ctrl-C, or kill its pid), or pass --force"
+        )
     before = find_leftovers()
     if not before:
         print("nothing to clean")
@@ -296,11 +307,19 @@ def cmd_compare(a) -> int:
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by `simulate` and `emulate`."""
     p.add_argument("experiment", help="experiment TOML file")
-    p.add_argument("--policy", action="append", choices=_policy_names(),
-                   help="policy to run (repeatable; default: the file's list)")
+    p.add_argument(
+        "--policy",
+        action="append",
+        choices=_policy_names(),
+        help="policy to run (repeatable; default: the file's list)",
+    )
     p.add_argument("--requests", type=int, help="override trace.requests")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a key of the file, e.g. --set emulation.bandwidth_scale=16000 (repeatable)",
+    )
     p.add_argument("--out", default="results", help="parent directory of the run directory (default: results)")
 
 

@@ -116,10 +116,17 @@ def load_profile(path: str | Path, model: str) -> Profile:
 class ComputeModel:
     """Latency and memory model of one instance (a GPU, or a TP group) serving one model."""
 
-    def __init__(self, profile: Profile, model: ModelSpec, tensor_parallel: int = 1,
-                 gpu_memory_gb: float = 141.0, memory_utilization: float = 0.9,
-                 max_batch: int = 128, decode_kv_blocks: int | None = None,
-                 prefill_cache_blocks: int | None = None):
+    def __init__(
+        self,
+        profile: Profile,
+        model: ModelSpec,
+        tensor_parallel: int = 1,
+        gpu_memory_gb: float = 141.0,
+        memory_utilization: float = 0.9,
+        max_batch: int = 128,
+        decode_kv_blocks: int | None = None,
+        prefill_cache_blocks: int | None = None,
+    ):
         self.model = model
         self.tp = tensor_parallel
         self.max_batch = max_batch
@@ -206,5 +213,13 @@ def compute_from_config(exp) -> ComputeModel:
         if c.profile_model is None and "rows for model" in str(e):
             raise ProfileError(f"{e} (set compute.profile_model to the profile's model to use)") from None
         raise
-    return ComputeModel(prof, model, c.tensor_parallel, c.gpu_memory_gb, c.memory_utilization,
-                        c.max_batch, c.decode_kv_blocks, c.prefill_cache_blocks)
+    return ComputeModel(
+        prof,
+        model,
+        c.tensor_parallel,
+        c.gpu_memory_gb,
+        c.memory_utilization,
+        c.max_batch,
+        c.decode_kv_blocks,
+        c.prefill_cache_blocks,
+    )

@@ -165,6 +165,7 @@ class Experiment:
 # ------------------------------------------------------------------------------------------------
 # validation helpers
 
+
 def _fail(where: str, key: str, msg: str):
     raise ConfigError(f"{where}: {key}: {msg}")
 
@@ -330,7 +331,9 @@ def _check_emulation(where: str, em: EmulationCfg) -> None:
     _positive(where, "emulation.queue_ms", em.queue_ms)
     _positive(where, "emulation.max_link_mbps", em.max_link_mbps)
     if em.qdisc not in ("bfifo", "pfifo"):
-        _fail(where, "emulation.qdisc", f"must be 'bfifo' or 'pfifo' (this kernel has no sfq/fq_codel), got '{em.qdisc}'")
+        _fail(
+            where, "emulation.qdisc", f"must be 'bfifo' or 'pfifo' (this kernel has no sfq/fq_codel), got '{em.qdisc}'"
+        )
     if em.fair_queue_buckets not in (0, 2, 4, 8, 16, 32, 64, 128, 256):
         _fail(where, "emulation.fair_queue_buckets", "must be 0 or a power of two up to 256")
     if em.tcp_congestion_control not in ("cubic", "reno", "bbr"):
@@ -430,8 +433,9 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     if not isinstance(raw_bg, list):
         _fail(where, "background", "expected an array of tables ([[background]])")
     bgs = [_background(where, i, b) for i, b in enumerate(raw_bg)]
-    return Experiment(name=name, path=path, seed=seed, policies=policies, background=bgs,
-                      policy_params=policy_params, raw=raw, **secs)
+    return Experiment(
+        name=name, path=path, seed=seed, policies=policies, background=bgs, policy_params=policy_params, raw=raw, **secs
+    )
 
 
 def to_dict(exp: Experiment) -> dict:
@@ -447,8 +451,9 @@ def to_dict(exp: Experiment) -> dict:
         if not ref.startswith("builtin:"):
             doc[sec][key] = str(exp.resolve(ref).resolve())
     doc["policy"] = exp.policy_params
-    doc["background"] = [{k: v for k, v in dataclasses.asdict(b).items() if v is not None and v != math.inf}
-                         for b in exp.background]
+    doc["background"] = [
+        {k: v for k, v in dataclasses.asdict(b).items() if v is not None and v != math.inf} for b in exp.background
+    ]
     return doc
 
 

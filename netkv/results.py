@@ -19,12 +19,39 @@ from pathlib import Path
 import numpy as np
 
 REQUEST_COLUMNS = (
-    "id", "status", "fail_reason", "policy", "arrival_s", "input_tokens", "output_tokens",
-    "prefill", "decode", "tier", "prefill_hit_blocks", "decode_hit_blocks", "blocks_sent",
-    "bytes_sent", "queue_s", "prefill_s", "transfer_s", "decode_wait_s", "ttft_s",
-    "tbt_mean_s", "tbt_p99_s", "tbt_top10_s", "e2e_s", "decision_us", "prefill_choice_us", "est_transfer_s",
-    "telemetry_age_s", "oracle", "t_prefill_start", "t_prefill_end", "t_transfer_end",
-    "t_first_token", "t_done",
+    "id",
+    "status",
+    "fail_reason",
+    "policy",
+    "arrival_s",
+    "input_tokens",
+    "output_tokens",
+    "prefill",
+    "decode",
+    "tier",
+    "prefill_hit_blocks",
+    "decode_hit_blocks",
+    "blocks_sent",
+    "bytes_sent",
+    "queue_s",
+    "prefill_s",
+    "transfer_s",
+    "decode_wait_s",
+    "ttft_s",
+    "tbt_mean_s",
+    "tbt_p99_s",
+    "tbt_top10_s",
+    "e2e_s",
+    "decision_us",
+    "prefill_choice_us",
+    "est_transfer_s",
+    "telemetry_age_s",
+    "oracle",
+    "t_prefill_start",
+    "t_prefill_end",
+    "t_transfer_end",
+    "t_first_token",
+    "t_done",
 )
 
 
@@ -79,12 +106,20 @@ class RequestRecord:
 
         g = self.gaps if self.gaps is not None and len(self.gaps) else None
         row = {
-            "id": self.id, "status": self.status, "fail_reason": self.fail_reason,
-            "policy": self.policy, "arrival_s": self.arrival_s,
-            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "prefill": self.prefill, "decode": self.decode, "tier": self.tier,
-            "prefill_hit_blocks": self.prefill_hit_blocks, "decode_hit_blocks": self.decode_hit_blocks,
-            "blocks_sent": self.blocks_sent, "bytes_sent": self.bytes_sent,
+            "id": self.id,
+            "status": self.status,
+            "fail_reason": self.fail_reason,
+            "policy": self.policy,
+            "arrival_s": self.arrival_s,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "prefill": self.prefill,
+            "decode": self.decode,
+            "tier": self.tier,
+            "prefill_hit_blocks": self.prefill_hit_blocks,
+            "decode_hit_blocks": self.decode_hit_blocks,
+            "blocks_sent": self.blocks_sent,
+            "bytes_sent": self.bytes_sent,
             "queue_s": d(self.arrival_s, self.t_prefill_start),
             "prefill_s": d(self.t_prefill_start, self.t_prefill_end),
             "transfer_s": d(self.t_prefill_end, self.t_transfer_end),
@@ -94,11 +129,15 @@ class RequestRecord:
             "tbt_p99_s": float(np.percentile(g, 99)) if g is not None else (0.0 if self.t_done is not None else None),
             "tbt_top10_s": top10_mean(g) if g is not None else (0.0 if self.t_done is not None else None),
             "e2e_s": d(self.arrival_s, self.t_done),
-            "decision_us": self.decision_us, "prefill_choice_us": self.prefill_choice_us,
+            "decision_us": self.decision_us,
+            "prefill_choice_us": self.prefill_choice_us,
             "est_transfer_s": self.est_transfer_s,
-            "telemetry_age_s": self.telemetry_age_s, "oracle": self.oracle,
-            "t_prefill_start": self.t_prefill_start, "t_prefill_end": self.t_prefill_end,
-            "t_transfer_end": self.t_transfer_end, "t_first_token": self.t_first_token,
+            "telemetry_age_s": self.telemetry_age_s,
+            "oracle": self.oracle,
+            "t_prefill_start": self.t_prefill_start,
+            "t_prefill_end": self.t_prefill_end,
+            "t_transfer_end": self.t_transfer_end,
+            "t_first_token": self.t_first_token,
             "t_done": self.t_done,
         }
         return {k: _clean(row[k]) for k in REQUEST_COLUMNS}
@@ -129,30 +168,36 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
         a = np.array([r[key] for r in done if r[key] is not None], dtype=float)
         if len(a) == 0:
             return {}
-        return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-                "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99))}
+        return {
+            "mean": float(a.mean()),
+            "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)),
+        }
 
     ok = [r for r in done if r["ttft_s"] <= slo_ttft_s and r["tbt_top10_s"] <= slo_tbt_s]
     span = max(r["t_done"] for r in done) - min(r["arrival_s"] for r in rows)
     tiers = [r["tier"] for r in done if r["tier"] is not None]
-    out.update({
-        "ttft_s": stats("ttft_s"),
-        "tbt_mean_s": stats("tbt_mean_s"),
-        "tbt_p99_s": stats("tbt_p99_s"),
-        "tbt_top10_s": stats("tbt_top10_s"),
-        "transfer_s": stats("transfer_s"),
-        "queue_s": stats("queue_s"),
-        "decode_wait_s": stats("decode_wait_s"),
-        "e2e_s": stats("e2e_s"),
-        "decision_us": stats("decision_us"),
-        "slo": {"ttft_s": slo_ttft_s, "tbt_s": slo_tbt_s},
-        # attainment over all requests: a failed request misses its SLO
-        "slo_attainment": len(ok) / len(rows),
-        "throughput_rps": len(done) / span if span > 0 else None,
-        "output_tokens_per_s": sum(r["output_tokens"] for r in done) / span if span > 0 else None,
-        "gbytes_sent": sum(r["bytes_sent"] for r in done) / 1e9,
-        "tier_share": {str(t): tiers.count(t) / len(tiers) for t in range(4)} if tiers else {},
-    })
+    out.update(
+        {
+            "ttft_s": stats("ttft_s"),
+            "tbt_mean_s": stats("tbt_mean_s"),
+            "tbt_p99_s": stats("tbt_p99_s"),
+            "tbt_top10_s": stats("tbt_top10_s"),
+            "transfer_s": stats("transfer_s"),
+            "queue_s": stats("queue_s"),
+            "decode_wait_s": stats("decode_wait_s"),
+            "e2e_s": stats("e2e_s"),
+            "decision_us": stats("decision_us"),
+            "slo": {"ttft_s": slo_ttft_s, "tbt_s": slo_tbt_s},
+            # attainment over all requests: a failed request misses its SLO
+            "slo_attainment": len(ok) / len(rows),
+            "throughput_rps": len(done) / span if span > 0 else None,
+            "output_tokens_per_s": sum(r["output_tokens"] for r in done) / span if span > 0 else None,
+            "gbytes_sent": sum(r["bytes_sent"] for r in done) / 1e9,
+            "tier_share": {str(t): tiers.count(t) / len(tiers) for t in range(4)} if tiers else {},
+        }
+    )
     ages = [r["telemetry_age_s"] for r in done if r["telemetry_age_s"] is not None]
     if ages:
         out["telemetry_age_s"] = {"mean": float(np.mean(ages)), "max": float(np.max(ages))}
@@ -198,7 +243,9 @@ def format_table(summaries: dict[str, dict]) -> str:
                 else:
                     row.append(fmt.format(v * (scale[0] if scale else 1)))
         lines.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)] if lines else [len(h) for h in header]
+    widths = (
+        [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)] if lines else [len(h) for h in header]
+    )
     fmt_row = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
     return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, lines)])
 

@@ -81,9 +81,7 @@ def parse_line(text: str, where: str) -> tuple[int, int, int, tuple[int, ...]]:
         raise TraceError(f"{where}: field 'hash_ids' must be a list of integers")
     want = math.ceil(inp / BLOCK_TOKENS)
     if len(ids) != want:
-        raise TraceError(
-            f"{where}: len(hash_ids) = {len(ids)} but ceil(input_length / {BLOCK_TOKENS}) = {want}"
-        )
+        raise TraceError(f"{where}: len(hash_ids) = {len(ids)} but ceil(input_length / {BLOCK_TOKENS}) = {want}")
     return ts, inp, out, tuple(ids)
 
 
@@ -138,7 +136,9 @@ def load_trace(
     if requests is not None:
         selected = selected[:requests]
     if not selected:
-        raise TraceError(f"{path}: the window (start {start_s} s, duration {duration_s}, requests {requests}) holds no requests")
+        raise TraceError(
+            f"{path}: the window (start {start_s} s, duration {duration_s}, requests {requests}) holds no requests"
+        )
     t0 = selected[0][0]
     return [
         Request(i, (ts - t0) / 1000.0 / rate_multiplier, inp, out, ids, line)

@@ -67,9 +67,11 @@ class Cluster:
 
 
 def _check_names(exp: Experiment) -> None:
-    for key, reg, name in (("topology.routing", STRATEGIES, exp.topology.routing),
-                           ("placement.layout", LAYOUTS, exp.placement.layout),
-                           ("telemetry.oracle", ORACLES, exp.telemetry.oracle)):
+    for key, reg, name in (
+        ("topology.routing", STRATEGIES, exp.topology.routing),
+        ("placement.layout", LAYOUTS, exp.placement.layout),
+        ("telemetry.oracle", ORACLES, exp.telemetry.oracle),
+    ):
         if name not in reg:
             raise exp.error(key, f"unknown {reg.kind} '{name}' (known: {', '.join(reg.names())})")
     for pol in exp.policies:

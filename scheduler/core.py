@@ -70,9 +70,18 @@ class Scheduler:
         nbytes = float(q.missing_bytes[d_slot])
         est, age = self.oracle.cost(p_host, d_host, nbytes, at=q.transfer_start)
         return Decision(
-            prefill_slot=p_slot, decode_slot=d_slot, prefill_host=p_host, decode_host=d_host,
-            tier=self.topo.tier(p_host, d_host), prefill_hit_blocks=p_hits,
-            decode_hit_blocks=int(q.hits[d_slot]), blocks_to_send=int(q.missing_blocks[d_slot]),
-            bytes_to_send=nbytes, est_transfer_s=est, transfer_start=q.transfer_start, telemetry_age_s=age,
-            decision_us=(t2 - t1) / 1e3, prefill_choice_us=(t1 - t0) / 1e3,
+            prefill_slot=p_slot,
+            decode_slot=d_slot,
+            prefill_host=p_host,
+            decode_host=d_host,
+            tier=self.topo.tier(p_host, d_host),
+            prefill_hit_blocks=p_hits,
+            decode_hit_blocks=int(q.hits[d_slot]),
+            blocks_to_send=int(q.missing_blocks[d_slot]),
+            bytes_to_send=nbytes,
+            est_transfer_s=est,
+            transfer_start=q.transfer_start,
+            telemetry_age_s=age,
+            decision_us=(t2 - t1) / 1e3,
+            prefill_choice_us=(t1 - t0) / 1e3,
         )

@@ -40,20 +40,21 @@ class Oracle:
     clock: Callable[[], float] | None = None
 
     @classmethod
-    def from_config(cls, topo: FatTree, routing: Routing, te, source: Callable[[], Snapshot | None],
-                    clock: Callable[[], float]) -> Oracle:
+    def from_config(
+        cls, topo: FatTree, routing: Routing, te, source: Callable[[], Snapshot | None], clock: Callable[[], float]
+    ) -> Oracle:
         """The oracle for a [telemetry] section (`netkv.config.TelemetryCfg`)."""
         raise NotImplementedError
 
     def cost(self, src: int, dst: int, nbytes: float, at: float | None = None) -> tuple[float, float | None]:
         raise NotImplementedError
 
-    def cost_row(self, src: int, dsts: np.ndarray, nbytes: np.ndarray,
-                 at: float | None = None) -> tuple[np.ndarray, float | None]:
+    def cost_row(
+        self, src: int, dsts: np.ndarray, nbytes: np.ndarray, at: float | None = None
+    ) -> tuple[np.ndarray, float | None]:
         raise NotImplementedError
 
-    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float,
-               start: float | None = None) -> None:
+    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float, start: float | None = None) -> None:
         """The scheduler has decided on a transfer expected to start at `start`."""
 
     def started(self, key, t: float) -> None:
@@ -170,9 +171,15 @@ class CounterOracle(Oracle):
     def from_config(cls, topo, routing, te, source, clock) -> CounterOracle:
         return cls(topo, routing, source, clock, te.floor_fraction, te.count_committed)
 
-    def __init__(self, topo: FatTree, routing: Routing, source: Callable[[], Snapshot | None],
-                 clock: Callable[[], float], floor_fraction: float = 0.25,
-                 count_committed: bool = True):
+    def __init__(
+        self,
+        topo: FatTree,
+        routing: Routing,
+        source: Callable[[], Snapshot | None],
+        clock: Callable[[], float],
+        floor_fraction: float = 0.25,
+        count_committed: bool = True,
+    ):
         self.topo = topo
         self.routing = routing
         self.source = source
@@ -187,8 +194,7 @@ class CounterOracle(Oracle):
         self._cache_bw = None
 
     # ---- the scheduler's own transfers -------------------------------------------------------
-    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float,
-               start: float | None = None) -> None:
+    def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float, start: float | None = None) -> None:
         """Record a transfer the scheduler has just decided on, expected to start at `start`.
 
         Until the counters can show it, it loads its path in the estimates of other transfers

@@ -44,17 +44,18 @@ class Tracked:
 class Runtime:
     """One policy's scheduler state over a cluster, with the verbs of a request's life."""
 
-    def __init__(self, cluster: Cluster, policy: str, clock: Callable[[], float],
-                 telemetry: Callable[[], Snapshot | None]):
+    def __init__(
+        self, cluster: Cluster, policy: str, clock: Callable[[], float], telemetry: Callable[[], Snapshot | None]
+    ):
         exp = cluster.exp
         self.cluster, self.policy = cluster, policy
         self.topo, self.compute = cluster.topo, cluster.compute
         self.routing = Routing(self.topo, exp.topology.routing)
         self.view = ClusterView(cluster.prefill_hosts, cluster.decode_hosts, self.compute)
         self.oracle = ORACLES.get(exp.telemetry.oracle).from_config(
-            self.topo, self.routing, exp.telemetry, telemetry, clock)
-        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view,
-                               self.oracle, self.topo)
+            self.topo, self.routing, exp.telemetry, telemetry, clock
+        )
+        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo)
         c, v = self.compute, self.view
         self.prefill_caches = [PrefixCache(c.prefill_cache_blocks, i, v.prefill_index) for i in range(v.n_prefill)]
         self.decode_caches = [PrefixCache(c.kv_blocks, i, v.decode_index) for i in range(v.n_decode)]
@@ -77,8 +78,7 @@ class Runtime:
         v.inbound[d.decode_slot] += 1
         v.kv_pending[d.decode_slot] += t.need
         v.touch(d.decode_slot)
-        self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s,
-                           d.transfer_start)
+        self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s, d.transfer_start)
         t.est_prefill = self.compute.prefill_s(req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
         self.queued_est[d.prefill_slot] += t.est_prefill
         v.prefill_queued[d.prefill_slot] += 1
@@ -129,8 +129,9 @@ class Runtime:
         self.view.kv_pending[slot] -= t.need
         self.view.touch(slot)
 
-    def decode_state(self, slot: int, active: int, queued: int, kv_used: int, ctx_total: float,
-                     remaining: float) -> None:
+    def decode_state(
+        self, slot: int, active: int, queued: int, kv_used: int, ctx_total: float, remaining: float
+    ) -> None:
         """A decode instance's batch as it reports it (the emulated agents)."""
         v = self.view
         v.active[slot], v.queued[slot], v.kv_used[slot] = active, queued, kv_used

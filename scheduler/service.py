@@ -237,18 +237,37 @@ class SchedulerService:
         self.fallback_decisions += fallback
         req = lv.req
         send_from = min(d.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)
-        sizes = block_sizes(send_from, req.input_tokens, self.compute.model.kv_bytes_per_token,
-                            self.exp.emulation.byte_scale)
+        sizes = block_sizes(
+            send_from, req.input_tokens, self.compute.model.kv_bytes_per_token, self.exp.emulation.byte_scale
+        )
         lv.emu_bytes, lv.emu_blocks = sum(sizes), len(sizes)
         dh, ph = lv.rec.decode, lv.rec.prefill
         try:
-            await send_msg(self.writers[dh], {"op": "expect", "id": req.id, "input": req.input_tokens,
-                                              "output": req.output_tokens, "need": lv.need,
-                                              "hash_ids": list(req.hash_ids), "bytes": lv.emu_bytes,
-                                              "blocks": lv.emu_blocks})
-            await send_msg(self.writers[ph], {"op": "prefill", "id": req.id, "hash_ids": list(req.hash_ids),
-                                              "input": req.input_tokens, "decode_host": dh,
-                                              "decode_ip": self.topo.host(dh).ip, "send_from_token": send_from})
+            await send_msg(
+                self.writers[dh],
+                {
+                    "op": "expect",
+                    "id": req.id,
+                    "input": req.input_tokens,
+                    "output": req.output_tokens,
+                    "need": lv.need,
+                    "hash_ids": list(req.hash_ids),
+                    "bytes": lv.emu_bytes,
+                    "blocks": lv.emu_blocks,
+                },
+            )
+            await send_msg(
+                self.writers[ph],
+                {
+                    "op": "prefill",
+                    "id": req.id,
+                    "hash_ids": list(req.hash_ids),
+                    "input": req.input_tokens,
+                    "decode_host": dh,
+                    "decode_ip": self.topo.host(dh).ip,
+                    "send_from_token": send_from,
+                },
+            )
         except (ConnectionError, RuntimeError) as e:
             self.fail(lv, f"dispatch failed: {e}")
 
@@ -270,7 +289,10 @@ class SchedulerService:
                 await asyncio.wait_for(self._all_done.wait(), self.exp.emulation.drain_timeout_s)
             except TimeoutError:
                 for lv in self.live:
-                    self.fail(lv, f"timeout: not finished {self.exp.emulation.drain_timeout_s:.0f} s (wall) after the last arrival")
+                    self.fail(
+                        lv,
+                        f"timeout: not finished {self.exp.emulation.drain_timeout_s:.0f} s (wall) after the last arrival",
+                    )
         finally:
             for t in tasks:
                 t.cancel()
@@ -281,8 +303,10 @@ class SchedulerService:
         while True:
             await asyncio.sleep(5)
             failed = sum(1 for lv in self.live if lv.rec.status == "failed")
-            self.log(f"[netkv] {self.policy}: {self.finished}/{n} requests done ({failed} failed), "
-                     f"{time.time() - start:.0f} s elapsed")
+            self.log(
+                f"[netkv] {self.policy}: {self.finished}/{n} requests done ({failed} failed), "
+                f"{time.time() - start:.0f} s elapsed"
+            )
 
     # ---- results -----------------------------------------------------------------------------
     def write(self, partial: bool) -> dict:
@@ -294,8 +318,10 @@ class SchedulerService:
         s = summarize(rows, self.exp.slo.ttft_s, self.exp.slo.tbt_s)
         s["partial"] = partial
         s["emulation"] = {
-            "fallback_decisions": self.fallback_decisions, "rest_failures": self.rest_failures,
-            "dead_agents": self.dead, "kv_bytes_received": self.kv_received,
+            "fallback_decisions": self.fallback_decisions,
+            "rest_failures": self.rest_failures,
+            "dead_agents": self.dead,
+            "kv_bytes_received": self.kv_received,
             "kv_bytes_expected_completed": self.kv_expected,
         }
         self.rundir.write_policy_summary(self.policy, s)
@@ -312,8 +338,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         cluster = Cluster.build(load_json(a.experiment))
-        svc = SchedulerService(cluster, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest,
-                               log=lambda *x: print(*x, flush=True))
+        svc = SchedulerService(
+            cluster, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest, log=lambda *x: print(*x, flush=True)
+        )
     except (ConfigError, TraceError) as e:
         print(f"netkv scheduler: error: {e}", file=sys.stderr)
         return 2

@@ -74,7 +74,7 @@ def main() -> int:
         meds = {}
         for pol in policies:
             sched = Scheduler(pol, {}, 1, view, oracle, topo)
-            reqs = trace[2000: 2000 + args.decisions]
+            reqs = trace[2000 : 2000 + args.decisions]
             for r in reqs[:50]:  # warm caches of path rows
                 sched.decide(r)
             us, pus = [], []
@@ -84,7 +84,9 @@ def main() -> int:
                 pus.append(d.prefill_choice_us)
             meds[pol] = statistics.median(us)
             p99 = float(np.percentile(us, 99))
-            print(f"{n:>5} {pol:<17} {meds[pol]:>9.1f} {p99:>9.1f} {meds[pol] / meds['round_robin'] if 'round_robin' in meds else float('nan'):>7.2f}")
+            print(
+                f"{n:>5} {pol:<17} {meds[pol]:>9.1f} {p99:>9.1f} {meds[pol] / meds['round_robin'] if 'round_robin' in meds else float('nan'):>7.2f}"
+            )
         print(f"{n:>5} {'(prefill choice)':<17} {statistics.median(pus):>9.1f} {float(np.percentile(pus, 99)):>9.1f}")
         target = 50 if n <= 64 else (1000 if n >= 4096 else None)
         if target is not None and "netkv" in meds:

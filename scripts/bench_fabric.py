@@ -49,13 +49,32 @@ def run_permutation(fab: Fabric, perm: list[int], seconds: int) -> tuple[float, 
     servers, clients = [], []
     for i, j in enumerate(perm):
         port = 6000 + i
-        servers.append(fab.host(t.hosts[j].name).popen(["iperf3", "-s", "-1", "-p", str(port)],
-                                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        servers.append(
+            fab.host(t.hosts[j].name).popen(
+                ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
     time.sleep(1.0)
     for i, j in enumerate(perm):
-        clients.append(fab.host(t.hosts[i].name).popen(
-            ["iperf3", "-c", t.hosts[j].ip, "-p", str(6000 + i), "-t", str(seconds), "-J", "--cport", str(20000 + i)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        clients.append(
+            fab.host(t.hosts[i].name).popen(
+                [
+                    "iperf3",
+                    "-c",
+                    t.hosts[j].ip,
+                    "-p",
+                    str(6000 + i),
+                    "-t",
+                    str(seconds),
+                    "-J",
+                    "--cport",
+                    str(20000 + i),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        )
     goods = []
     for c in clients:
         out, _ = c.communicate(timeout=seconds + 60)
@@ -107,12 +126,17 @@ def main() -> int:
         print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}:")
         print(f"  fabric up {up:.1f} s, teardown {down:.1f} s, leftovers after teardown: {left or 'none'}")
         print(f"  controller CPU at 100 ms poll (idle fabric, 10 s): {cpu:.1f} % of one core")
-        print(f"  permutation of {len(perm)} flows, {a.seconds} s: aggregate goodput {got:.0f} Mbit/s vs "
-              f"max-min prediction {pred:.0f} Mbit/s -> ratio {got / pred:.3f}")
+        print(
+            f"  permutation of {len(perm)} flows, {a.seconds} s: aggregate goodput {got:.0f} Mbit/s vs "
+            f"max-min prediction {pred:.0f} Mbit/s -> ratio {got / pred:.3f}"
+        )
         print(f"  per-flow goodput min/median/max: {min(goods):.1f} / {np.median(goods):.1f} / {max(goods):.1f} Mbit/s")
-        print(f"  fidelity guard: busiest ovs thread mean {rep['ovs_busiest_thread_pct']['mean']:.0f} %, "
-              f"max {rep['ovs_busiest_thread_pct']['max']:.0f} %; machine mean {rep['machine_pct']['mean']:.0f} %; "
-              f"{rep['note']}", flush=True)
+        print(
+            f"  fidelity guard: busiest ovs thread mean {rep['ovs_busiest_thread_pct']['mean']:.0f} %, "
+            f"max {rep['ovs_busiest_thread_pct']['max']:.0f} %; machine mean {rep['machine_pct']['mean']:.0f} %; "
+            f"{rep['note']}",
+            flush=True,
+        )
     return 0
 
 

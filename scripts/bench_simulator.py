@@ -38,32 +38,45 @@ def one(case: str, policy: str, requests: int | None) -> dict:
     recs = sim.run()
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall_s": wall, "events": sim.events, "requests": len(recs), "peak_mb": peak,
-            "instances": len(sim.view.prefill_hosts) + len(sim.view.decode_hosts)}
+    return {
+        "wall_s": wall,
+        "events": sim.events,
+        "requests": len(recs),
+        "peak_mb": peak,
+        "instances": len(sim.view.prefill_hosts) + len(sim.view.decode_hosts),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(CASES))
-    ap.add_argument("--policies", nargs="+",
-                    default=["round_robin", "random", "least_loaded", "cache_load_aware", "netkv"])
+    ap.add_argument(
+        "--policies", nargs="+", default=["round_robin", "random", "least_loaded", "cache_load_aware", "netkv"]
+    )
     ap.add_argument("--requests", type=int, help="limit the trace (default: all 12,031)")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.one[0], a.one[1], a.requests)))
         return 0
-    print(f"{'case':<10} {'policy':<17} {'inst':>5} {'requests':>8} {'events':>8} {'wall s':>7} {'req/s':>7} "
-          f"{'peak MB':>8} {'vs rr':>6}")
+    print(
+        f"{'case':<10} {'policy':<17} {'inst':>5} {'requests':>8} {'events':>8} {'wall s':>7} {'req/s':>7} "
+        f"{'peak MB':>8} {'vs rr':>6}"
+    )
     for case in a.cases:
         base = None
         for pol in a.policies:
-            args = [sys.executable, __file__, "--one", case, pol] + (["--requests", str(a.requests)] if a.requests else [])
+            args = [sys.executable, __file__, "--one", case, pol] + (
+                ["--requests", str(a.requests)] if a.requests else []
+            )
             r = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
             base = base or (r["wall_s"] if pol == "round_robin" else None)
             ratio = f"{r['wall_s'] / base:.2f}" if base else "-"
-            print(f"{case:<10} {pol:<17} {r['instances']:>5} {r['requests']:>8} {r['events']:>8} {r['wall_s']:>7.2f} "
-                  f"{r['requests'] / r['wall_s']:>7.0f} {r['peak_mb']:>8.0f} {ratio:>6}", flush=True)
+            print(
+                f"{case:<10} {pol:<17} {r['instances']:>5} {r['requests']:>8} {r['events']:>8} {r['wall_s']:>7.2f} "
+                f"{r['requests'] / r['wall_s']:>7.0f} {r['peak_mb']:>8.0f} {ratio:>6}",
+                flush=True,
+            )
             if case == "paper-64" and r["requests"] == 12031:
                 verdict = "meets" if r["wall_s"] <= 60 else "MISSES"
                 print(f"{'':<10} target <= 60 s for the whole trace on 64 instances: {verdict}")

@@ -22,8 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "build" / "lint"
 # mypy runs on the bottom layer and the policies (the code every other layer stands on)
-MYPY_TARGETS = ["netkv/config.py", "netkv/trace.py", "netkv/compute.py", "netkv/kvcache.py", "netkv/results.py",
-                "netkv/registry.py", "netkv/scheduler/policies"]
+MYPY_TARGETS = [
+    "netkv/config.py",
+    "netkv/trace.py",
+    "netkv/compute.py",
+    "netkv/kvcache.py",
+    "netkv/results.py",
+    "netkv/registry.py",
+    "netkv/scheduler/policies",
+]
 
 
 def stage() -> None:
@@ -57,11 +64,24 @@ def main(argv=None) -> int:
     step("ruff format --check", [tool("ruff"), "format", "--check", "-q", "."])
     stage()
     env = {**os.environ, "PYTHONPATH": str(STAGE), "MYPYPATH": str(STAGE)}
-    step("import-linter (layer contracts in pyproject.toml)",
-         [tool("lint-imports"), str(ROOT / "pyproject.toml")], env=env, cwd=STAGE)
-    step("mypy (bottom layer and policies)",
-         [tool("mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--no-error-summary",
-          *[str(STAGE / t) for t in MYPY_TARGETS]], env=env, cwd=STAGE)
+    step(
+        "import-linter (layer contracts in pyproject.toml)",
+        [tool("lint-imports"), str(ROOT / "pyproject.toml")],
+        env=env,
+        cwd=STAGE,
+    )
+    step(
+        "mypy (bottom layer and policies)",
+        [
+            tool("mypy"),
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--no-error-summary",
+            *[str(STAGE / t) for t in MYPY_TARGETS],
+        ],
+        env=env,
+        cwd=STAGE,
+    )
     print("[lint] all green", flush=True)
     return 0
 

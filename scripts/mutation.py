@@ -33,14 +33,26 @@ STAGE = REPO / "build" / "mutation"
 EQUIVALENT = REPO / "tests" / "mutation_equivalent.toml"
 NOTHING = "zz_no_such_mutant*"  # a name glob matching no mutant: `mutmut run` then only generates
 # folder in the checkout -> package path in the installed layout (pyproject [tool.setuptools.package-dir])
-LAYOUT = {folder: pkg.replace(".", "/") for pkg, folder in
-          tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()}
+LAYOUT = {
+    folder: pkg.replace(".", "/")
+    for pkg, folder in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].items()
+}
 # the core modules, as staged paths
 CORE = [
-    "netkv/scheduler/policies/*.py", "netkv/scheduler/core.py", "netkv/scheduler/oracle.py",
-    "netkv/scheduler/view.py", "netkv/simulator/engine.py", "netkv/simulator/network.py",
-    "netkv/simulator/maxmin.py", "netkv/results.py", "netkv/kvcache.py", "netkv/trace.py",
-    "netkv/config.py", "netkv/scheduler/runtime.py", "netkv/scheduler/cluster.py", "netkv/registry.py",
+    "netkv/scheduler/policies/*.py",
+    "netkv/scheduler/core.py",
+    "netkv/scheduler/oracle.py",
+    "netkv/scheduler/view.py",
+    "netkv/simulator/engine.py",
+    "netkv/simulator/network.py",
+    "netkv/simulator/maxmin.py",
+    "netkv/results.py",
+    "netkv/kvcache.py",
+    "netkv/trace.py",
+    "netkv/config.py",
+    "netkv/scheduler/runtime.py",
+    "netkv/scheduler/cluster.py",
+    "netkv/registry.py",
     "netkv/topology/placement.py",
 ]
 MUTMUT_VERSION = "3.8.1"  # pinned: mutmut's 3.x config keys and meta-file format change between releases
@@ -139,8 +151,10 @@ def mutant_diffs(python: str, names: list[str]) -> dict[str, str]:
         return {}
     out = subprocess.run([python, "-c", _DIFFS], cwd=STAGE, input=json.dumps(names), capture_output=True, text=True)
     if out.returncode != 0:
-        return {n: f"(no diff: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'mutmut failed'})"
-                for n in names}
+        return {
+            n: f"(no diff: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'mutmut failed'})"
+            for n in names
+        }
     return json.loads(out.stdout)
 
 
@@ -152,13 +166,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter with the test deps (default: this one)")
     ap.add_argument("--source", type=Path, default=REPO, help="checkout to test (default: this one)")
     ap.add_argument("--stage", type=Path, default=STAGE, help=f"working directory (default: {STAGE})")
-    ap.add_argument("--sample", type=int, default=0,
-                    help="try only N mutants drawn at random (seeded) from all of them: an estimate of the score")
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="try only N mutants drawn at random (seeded) from all of them: an estimate of the score",
+    )
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--names", type=Path, help="try the mutants listed in this file (one name per line, e.g. "
-                    "another run's sample.txt; names no longer generated are skipped)")
-    ap.add_argument("--only", nargs="+", metavar="GLOB", default=[],
-                    help="try only mutants whose names match, e.g. 'netkv.kvcache*' (the score covers those)")
+    ap.add_argument(
+        "--names",
+        type=Path,
+        help="try the mutants listed in this file (one name per line, e.g. "
+        "another run's sample.txt; names no longer generated are skipped)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="GLOB",
+        default=[],
+        help="try only mutants whose names match, e.g. 'netkv.kvcache*' (the score covers those)",
+    )
     args = ap.parse_args(argv)
     STAGE = args.stage.resolve()
     if args.sample < 0:
@@ -226,14 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     killed = sum(1 for r in results.values() if r["status"] in ("killed", "timeout"))
     score = killed / max(1, total - n_eq)
 
-    lines = ["# Mutation testing report (scripts/mutation.py)", "",
-             f"Score: **{killed} killed / {total - n_eq}** = {score:.1%} "
-             f"({total} mutants tried of {len(generated)} generated, {n_eq} equivalent excluded: "
-             "tests/mutation_equivalent.toml)", "",
-             "| file | killed | timeout | survived | no tests | equivalent |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Mutation testing report (scripts/mutation.py)",
+        "",
+        f"Score: **{killed} killed / {total - n_eq}** = {score:.1%} "
+        f"({total} mutants tried of {len(generated)} generated, {n_eq} equivalent excluded: "
+        "tests/mutation_equivalent.toml)",
+        "",
+        "| file | killed | timeout | survived | no tests | equivalent |",
+        "|---|---|---|---|---|---|",
+    ]
     for f, c in sorted(by_file.items()):
-        lines.append(f"| {f} | {c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | "
-                     f"{c.get('no tests', 0)} | {c.get('equivalent', 0)} |")
+        lines.append(
+            f"| {f} | {c.get('killed', 0)} | {c.get('timeout', 0)} | {c.get('survived', 0)} | "
+            f"{c.get('no tests', 0)} | {c.get('equivalent', 0)} |"
+        )
     lines += ["", f"## Survivors ({len(survivors)})", ""]
     diffs = mutant_diffs(args.python, [n for n, _f, _st in survivors])
     for name, _f, st in survivors:
@@ -243,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     if wrongly_listed:
         lines += ["## Listed as equivalent but killed by a test (remove them from the list)", ""]
         lines += [f"- {n}" for n in wrongly_listed]
-        print(f"mutation: {len(wrongly_listed)} mutants listed as equivalent were killed: see the report",
-              file=sys.stderr)
+        print(
+            f"mutation: {len(wrongly_listed)} mutants listed as equivalent were killed: see the report", file=sys.stderr
+        )
     (STAGE / "report.md").write_text("\n".join(lines) + "\n")
-    print(f"mutation score: {killed} killed / {total - n_eq} = {score:.1%} "
-          f"({total} tried of {len(generated)}, {n_eq} equivalent, {len(survivors)} surviving); "
-          f"report: {STAGE / 'report.md'}")
+    print(
+        f"mutation score: {killed} killed / {total - n_eq} = {score:.1%} "
+        f"({total} tried of {len(generated)}, {n_eq} equivalent, {len(survivors)} surviving); "
+        f"report: {STAGE / 'report.md'}"
+    )
     return 0
 
 

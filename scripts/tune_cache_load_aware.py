@@ -20,7 +20,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", nargs="?", default="experiments/paper-64gpu.toml")
     ap.add_argument("--requests", type=int, default=4000)
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
+    ap.add_argument(
+        "--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
+    )
     a = ap.parse_args()
     exp = load(a.experiment)
     exp.trace.requests = a.requests

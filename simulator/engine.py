@@ -93,7 +93,9 @@ class Simulation:
         self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
         self.net = FlowNetwork(self.topo.capacity_bps)
         self._last_counters = np.zeros(self.topo.n_links)
-        self.prefills = [_Prefill(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.prefill_hosts, rt.prefill_caches))]
+        self.prefills = [
+            _Prefill(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.prefill_hosts, rt.prefill_caches))
+        ]
         self.decodes = [_Decode(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.decode_hosts, rt.decode_caches))]
         self.bg = cluster.background
         self._bg_flows: list[list[int]] = [[] for _ in self.bg]
@@ -125,8 +127,13 @@ class Simulation:
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
         handlers = {
-            ARRIVAL: self._arrival, PREFILL_DONE: self._prefill_done, NET: self._net_event,
-            DECODE: self._decode_event, POLL: self._poll_event, BG_ON: self._bg_on, BG_OFF: self._bg_off,
+            ARRIVAL: self._arrival,
+            PREFILL_DONE: self._prefill_done,
+            NET: self._net_event,
+            DECODE: self._decode_event,
+            POLL: self._poll_event,
+            BG_ON: self._bg_on,
+            BG_OFF: self._bg_off,
         }
         n = len(reqs)
         bar = None
@@ -150,8 +157,10 @@ class Simulation:
             if bar is not None:
                 bar.close()
         if self.finished < n:
-            raise RuntimeError(f"simulation stalled at t = {self.now:.3f} s with {n - self.finished} unfinished "
-                               "requests and no event left that could finish them")
+            raise RuntimeError(
+                f"simulation stalled at t = {self.now:.3f} s with {n - self.finished} unfinished "
+                "requests and no event left that could finish them"
+            )
         return [r.rec for r in reqs]
 
     # ---- arrivals and prefill ----------------------------------------------------------------
@@ -194,8 +203,9 @@ class Simulation:
         if version != self.net.version:
             return
         self.net.advance(self.now)
-        done = [f for f in self.net.flows.values()
-                if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)]
+        done = [
+            f for f in self.net.flows.values() if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)
+        ]
         self.net.remove_many(f.id for f in done)
         for f in done:
             self._kv_arrived(f.tag)
@@ -242,8 +252,15 @@ class Simulation:
                 if self._bg_flows[i]:  # still on at the end of the run
                     sent += self.net.flows[self._bg_flows[i][k]].sent
                     on += self.now - self._bg_since[i]
-                out.append({"entry": i, "src": self.topo.hosts[s].name, "dst": self.topo.hosts[d].name,
-                            "on_s": on, "delivered_gbps_on": sent * 8 / 1e9 / on if on > 0 else None})
+                out.append(
+                    {
+                        "entry": i,
+                        "src": self.topo.hosts[s].name,
+                        "dst": self.topo.hosts[d].name,
+                        "on_s": on,
+                        "delivered_gbps_on": sent * 8 / 1e9 / on if on > 0 else None,
+                    }
+                )
         return out
 
     def _bg_off(self, i, _):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def maxmin_rates(flow_links: list[np.ndarray], capacity: np.ndarray,
-                 demand: np.ndarray | None = None) -> np.ndarray:
+def maxmin_rates(flow_links: list[np.ndarray], capacity: np.ndarray, demand: np.ndarray | None = None) -> np.ndarray:
     """Max-min fair rate of every flow.
 
     flow_links[f] holds the link ids flow f crosses; capacity[l] is link l's capacity; demand[f]

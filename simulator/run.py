@@ -15,8 +15,9 @@ from netkv.simulator.engine import Simulation
 from netkv.trace import window_from_config
 
 
-def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path("results"),
-                        progress: bool = True, log=print) -> tuple[RunDir, dict]:
+def simulate_experiment(
+    exp, policies: list[str] | None = None, out: Path = Path("results"), progress: bool = True, log=print
+) -> tuple[RunDir, dict]:
     """Simulate every policy on the same trace window; returns the run dir and the summaries.
     `exp`: a built Cluster, or an Experiment (its cluster is built here)."""
     cluster = exp if isinstance(exp, Cluster) else Cluster.build(exp)
@@ -28,16 +29,27 @@ def simulate_experiment(exp, policies: list[str] | None = None, out: Path = Path
     run = RunDir.create(out, f"{exp.name}-sim", stamp, exp.path)
     (run.root / "experiment.json").write_text(json.dumps(to_dict(exp), indent=1))  # exactly what ran
     meta = {
-        "mode": "simulate", "experiment": exp.name, "netkv_version": __version__,
-        "started_utc": stamp, "seed": exp.seed, "policies": policies, "requests": len(requests),
-        "prefill_instances": len(pre), "decode_instances": len(dec),
-        "topology": topo.summary(), "compute": compute.describe(), "overrides": exp.overrides,
-        "wall_s": {}, "partial": True,
+        "mode": "simulate",
+        "experiment": exp.name,
+        "netkv_version": __version__,
+        "started_utc": stamp,
+        "seed": exp.seed,
+        "policies": policies,
+        "requests": len(requests),
+        "prefill_instances": len(pre),
+        "decode_instances": len(dec),
+        "topology": topo.summary(),
+        "compute": compute.describe(),
+        "overrides": exp.overrides,
+        "wall_s": {},
+        "partial": True,
     }
     run.write_meta(meta)
     summaries: dict[str, dict] = {}
-    log(f"simulating {len(requests)} requests on {len(pre)} prefill + {len(dec)} decode instances "
-        f"(k={topo.k}, {topo.gpus_per_server} GPUs/server) -> {run.root}")
+    log(
+        f"simulating {len(requests)} requests on {len(pre)} prefill + {len(dec)} decode instances "
+        f"(k={topo.k}, {topo.gpus_per_server} GPUs/server) -> {run.root}"
+    )
     try:
         for pol in policies:
             t0 = time.perf_counter()

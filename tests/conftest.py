@@ -22,14 +22,19 @@ from netkv.trace import Request
 
 REPO = Path(__file__).resolve().parent.parent
 # ../shared (the workspace's shared data) if this checkout sits beside it; NETKV_SHARED overrides
-SHARED = next((p for p in (Path(os.environ.get("NETKV_SHARED", REPO.parent / "shared")), Path("/work/shared"))
-               if (p / "data").exists()), REPO.parent / "shared")
+SHARED = next(
+    (
+        p
+        for p in (Path(os.environ.get("NETKV_SHARED", REPO.parent / "shared")), Path("/work/shared"))
+        if (p / "data").exists()
+    ),
+    REPO.parent / "shared",
+)
 
 SMALL = {
     "name": "t",
     "seed": 3,
-    "topology": {"k": 2, "gpus_per_server": 4, "server_link_gbps": 100, "edge_link_gbps": 100,
-                 "core_link_gbps": 100},
+    "topology": {"k": 2, "gpus_per_server": 4, "server_link_gbps": 100, "edge_link_gbps": 100, "core_link_gbps": 100},
     "placement": {"layout": "mixed-server"},
     "trace": {"requests": 30, "rate_multiplier": 4.0},
     "telemetry": {"poll_interval_s": 0.1},
@@ -128,8 +133,17 @@ def write_trace(path: Path, arrivals_s, input_tokens: int = 8192, output_tokens:
     import math
 
     nb = math.ceil(input_tokens / 512)
-    lines = [json.dumps({"timestamp": round(t * 1000), "input_length": input_tokens, "output_length": output_tokens,
-                         "hash_ids": list(range(i * nb, (i + 1) * nb))}) for i, t in enumerate(arrivals_s)]
+    lines = [
+        json.dumps(
+            {
+                "timestamp": round(t * 1000),
+                "input_length": input_tokens,
+                "output_length": output_tokens,
+                "hash_ids": list(range(i * nb, (i + 1) * nb)),
+            }
+        )
+        for i, t in enumerate(arrivals_s)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -145,9 +159,17 @@ def steer_exp(tmp_path: Path, background=(), oracle: str = "counters", n: int = 
     second from t = 3 s (8,192 tokens each, nothing shared)."""
     trace = write_trace(tmp_path / "steer.jsonl", [3.0 + i for i in range(n)])
     raw = {
-        "name": "steer", "seed": 1, "policies": ["netkv"],
-        "topology": {"k": 2, "gpus_per_server": 4, "gpu_link_gbps": 200, "server_link_gbps": 200,
-                     "edge_link_gbps": 200, "core_link_gbps": 200},
+        "name": "steer",
+        "seed": 1,
+        "policies": ["netkv"],
+        "topology": {
+            "k": 2,
+            "gpus_per_server": 4,
+            "gpu_link_gbps": 200,
+            "server_link_gbps": 200,
+            "edge_link_gbps": 200,
+            "core_link_gbps": 200,
+        },
         "placement": {"layout": "explicit", "prefill": [STEER_P], "decode": [STEER_D1, STEER_D2]},
         "trace": {"path": str(trace)},
         "telemetry": {"oracle": oracle, "poll_interval_s": 0.5},
@@ -163,8 +185,11 @@ def to_toml(raw: dict) -> str:
     import json
 
     val = lambda v: ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)  # noqa: E731
-    top = [f"{k} = {val(v)}" for k, v in raw.items() if not isinstance(v, (dict, list)) or
-           (isinstance(v, list) and not (v and isinstance(v[0], dict)))]
+    top = [
+        f"{k} = {val(v)}"
+        for k, v in raw.items()
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not (v and isinstance(v[0], dict)))
+    ]
     out = ["\n".join(top)]
     for k, v in raw.items():
         if isinstance(v, dict):

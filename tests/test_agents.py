@@ -30,9 +30,24 @@ layerwise = {layerwise}
 
 def start(tmp_path, role, host, exp):
     log = open(tmp_path / f"{host}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", host,
-                             "--experiment", str(exp), "--sock-dir", str(tmp_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NETKV_RUN": "netkv"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "netkv.agents.agent",
+            "--role",
+            role,
+            "--host",
+            host,
+            "--experiment",
+            str(exp),
+            "--sock-dir",
+            str(tmp_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NETKV_RUN": "netkv"},
+    )
 
 
 async def drive(tmp_path, n_tokens=5000, output=20, send_from=1024):
@@ -53,10 +68,31 @@ async def drive(tmp_path, n_tokens=5000, output=20, send_from=1024):
     assert (await read_msg(pr))["ev"] == "reset_done" and (await read_msg(dr))["ev"] == "reset_done"
     sizes = block_sizes(send_from, n_tokens, 128 * 1024, 1 / 4000)
     ids = list(range(math.ceil(n_tokens / 512)))
-    await send_msg(dw, {"op": "expect", "id": 0, "input": n_tokens, "output": output, "need": 12,
-                        "hash_ids": ids, "bytes": sum(sizes), "blocks": len(sizes)})
-    await send_msg(pw, {"op": "prefill", "id": 0, "hash_ids": ids, "input": n_tokens, "decode_host": "h1_0_0_1",
-                        "decode_ip": "127.0.0.1", "send_from_token": send_from})
+    await send_msg(
+        dw,
+        {
+            "op": "expect",
+            "id": 0,
+            "input": n_tokens,
+            "output": output,
+            "need": 12,
+            "hash_ids": ids,
+            "bytes": sum(sizes),
+            "blocks": len(sizes),
+        },
+    )
+    await send_msg(
+        pw,
+        {
+            "op": "prefill",
+            "id": 0,
+            "hash_ids": ids,
+            "input": n_tokens,
+            "decode_host": "h1_0_0_1",
+            "decode_ip": "127.0.0.1",
+            "send_from_token": send_from,
+        },
+    )
     pev, dev = {}, {}
 
     async def collect(r, out, until):

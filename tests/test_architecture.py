@@ -29,8 +29,13 @@ def test_the_experiment_json_every_process_reads_is_the_experiment(tmp_path, f):
     back = Cluster.build(load_json(path)).exp
     for sec in SECTIONS:
         assert getattr(back, sec) == getattr(exp, sec), sec
-    assert (back.name, back.seed, back.policies, back.background, back.policy_params) == \
-        (exp.name, exp.seed, exp.policies, exp.background, exp.policy_params)
+    assert (back.name, back.seed, back.policies, back.background, back.policy_params) == (
+        exp.name,
+        exp.seed,
+        exp.policies,
+        exp.background,
+        exp.policy_params,
+    )
     assert back.trace.requests == 7
     # paths point at the same files from anywhere (relative ones were made absolute)
     assert back.resolve(back.trace.path) == exp.resolve(exp.trace.path)
@@ -38,23 +43,28 @@ def test_the_experiment_json_every_process_reads_is_the_experiment(tmp_path, f):
 
 
 def test_a_custom_model_and_finite_background_survive_the_round_trip(tmp_path):
-    exp = make_exp(model={"layers": 4, "kv_heads": 2, "head_dim": 64, "dtype_bytes": 2, "params_b": 1.0},
-                   background=[{"src": "h0_0_0_0", "dst": "h1_0_0_0", "on_s": 2, "off_s": 1, "rate_gbps": 50}])
+    exp = make_exp(
+        model={"layers": 4, "kv_heads": 2, "head_dim": 64, "dtype_bytes": 2, "params_b": 1.0},
+        background=[{"src": "h0_0_0_0", "dst": "h1_0_0_0", "on_s": 2, "off_s": 1, "rate_gbps": 50}],
+    )
     path = tmp_path / "e.json"
     path.write_text(json.dumps(to_dict(exp)))
     back = load_json(path)
     assert back.model == exp.model and back.model.preset is None and back.background == exp.background
 
 
-@pytest.mark.parametrize("key,registry", [("topology.routing", STRATEGIES), ("placement.layout", LAYOUTS),
-                                          ("telemetry.oracle", ORACLES)])
+@pytest.mark.parametrize(
+    "key,registry", [("topology.routing", STRATEGIES), ("placement.layout", LAYOUTS), ("telemetry.oracle", ORACLES)]
+)
 def test_every_registered_name_is_accepted_and_nothing_else(key, registry):
     section, name = key.split(".")
     extra = {"prefill": ["h0_0_0_0"], "decode": ["h0_0_0_1"]}
     for entry in registry.names():
         table = {name: entry, **(extra if entry == "explicit" else {})}
         assert getattr(getattr(make_exp(**{section: table}), section), name) == entry
-    with pytest.raises(ValueError, match=rf"{key}: unknown {registry.kind} 'nope' \(known: {', '.join(registry.names())}\)"):
+    with pytest.raises(
+        ValueError, match=rf"{key}: unknown {registry.kind} 'nope' \(known: {', '.join(registry.names())}\)"
+    ):
         make_exp(**{section: {name: "nope"}})
 
 
@@ -96,8 +106,14 @@ def staged(tmp_path_factory):
 def _lint_imports(stage):
     exe = shutil.which("lint-imports", path=str(REPO / ".venv/bin")) or shutil.which("lint-imports")
     assert exe, "import-linter is not installed (scripts/setup.sh installs the [lint] extra)"
-    return subprocess.run([exe, str(REPO / "pyproject.toml")], cwd=stage, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(stage), "PATH": "/usr/bin:/bin"}, timeout=300)
+    return subprocess.run(
+        [exe, str(REPO / "pyproject.toml")],
+        cwd=stage,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(stage), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
 
 
 def test_the_layer_contracts_hold_and_catch_an_upward_import(staged, tmp_path):

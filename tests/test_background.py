@@ -128,8 +128,11 @@ class _LoopFab:
 
 
 def _exp(tmp_path, **bg):
-    raw = steer_exp(tmp_path, [{"src": ["h1_0_0_2"], "dst": ["h1_0_0_0"], "rate_gbps": 40.0, **bg}],
-                    emulation={"time_dilation": 1.0})
+    raw = steer_exp(
+        tmp_path,
+        [{"src": ["h1_0_0_2"], "dst": ["h1_0_0_0"], "rate_gbps": 40.0, **bg}],
+        emulation={"time_dilation": 1.0},
+    )
     return from_dict(raw, None)
 
 
@@ -193,8 +196,9 @@ def test_a_source_that_dies_is_an_error_naming_the_entry_never_retried(tmp_path)
 
 def exp_topo(exp):
     t = exp.topology
-    return FatTree(t.k, t.gpus_per_server, LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps,
-                                                     t.core_link_gbps))
+    return FatTree(
+        t.k, t.gpus_per_server, LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps)
+    )
 
 
 def test_report_rejects_nothing_when_there_are_no_samples():

@@ -73,8 +73,9 @@ def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, 
     desc = f"pid {other} (netkv emulate demo.toml, run directory /r/demo-emu; state {live})"
     assert statedir.live_runs() == [desc]
     assert main(["net", "status"]) == 0
-    assert capsys.readouterr().out.strip() == (f"an emulated run is live: {desc} "
-                                               "(its bridges and processes are not leftovers)")
+    assert capsys.readouterr().out.strip() == (
+        f"an emulated run is live: {desc} (its bridges and processes are not leftovers)"
+    )
     assert main(["clean"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"netkv: error: a run is live: {desc}") and "--force" in err[0]

@@ -50,10 +50,13 @@ def test_topo_json(tmp_path):
     assert len(doc["routes"]) == 64 * 63
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("[topology]\nk = 5\n", "topology.k"),
-    ("[trace]\npath = 'nowhere.jsonl'\n", "nowhere.jsonl"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("[topology]\nk = 5\n", "topology.k"),
+        ("[trace]\npath = 'nowhere.jsonl'\n", "nowhere.jsonl"),
+    ],
+)
 def test_bad_input_one_line_error(tmp_path, content, needle):
     f = tmp_path / "bad.toml"
     f.write_text(content)
@@ -80,8 +83,7 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
         assert res["requests"] == 40 and res["same_decode"] == 1.0
         assert res["ttft_s"]["mae"] == 0.0 and res["ttft_s"]["rel_err_p95"] == 0.0
     # another seed: random picks other instances, so decisions and times differ
-    p = run("simulate", str(exp), "--out", str(tmp_path / "b"), "--quiet", "--policy", "random",
-            "--set", "seed=99")
+    p = run("simulate", str(exp), "--out", str(tmp_path / "b"), "--quiet", "--policy", "random", "--set", "seed=99")
     assert p.returncode == 0, p.stderr
     (b,) = list((tmp_path / "b").iterdir())
     p = run("compare", str(a), str(b), "--json", str(tmp_path / "d.json"))

@@ -10,13 +10,16 @@ SMOKE = str(REPO / "experiments/smoke.toml")
 KNOWN = "round_robin, random, least_loaded, cache_load_aware, netkv"  # the registry's order
 
 
-@pytest.mark.parametrize("args,message", [
-    (["simulate", SMOKE, "--policy", "netkv", "--policy", "netkv"], "--policy: 'netkv' given twice"),
-    (["simulate", SMOKE, "--requests", "0"], "--requests: must be >= 1, got 0"),
-    (["simulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
-    (["emulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
-    (["simulate", SMOKE, "--set", "policies=['netkv','netkv']"], f"{SMOKE}: policies: 'netkv' listed twice"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["simulate", SMOKE, "--policy", "netkv", "--policy", "netkv"], "--policy: 'netkv' given twice"),
+        (["simulate", SMOKE, "--requests", "0"], "--requests: must be >= 1, got 0"),
+        (["simulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
+        (["emulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
+        (["simulate", SMOKE, "--set", "policies=['netkv','netkv']"], f"{SMOKE}: policies: 'netkv' listed twice"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -43,12 +46,15 @@ def test_an_interrupted_simulation_says_where_its_partial_results_are(tmp_path, 
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"netkv: interrupted; partial results kept in {run}"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["topo", "--k", "3"], "--k: must be an even integer >= 2, got 3"),
-    (["topo", "--k", "66", "--gpus", "1"], "--k: must be <= 64 (ID scheme limit), got 66"),
-    (["topo", "--gpus", "0"], "--gpus: must be > 0, got 0"),
-    (["topo", "--k", "4", "--gpus", "128"], "--k/2 * --gpus must be <= 254 (hosts of one edge share an IP /24)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["topo", "--k", "3"], "--k: must be an even integer >= 2, got 3"),
+        (["topo", "--k", "66", "--gpus", "1"], "--k: must be <= 64 (ID scheme limit), got 66"),
+        (["topo", "--gpus", "0"], "--gpus: must be > 0, got 0"),
+        (["topo", "--k", "4", "--gpus", "128"], "--k/2 * --gpus must be <= 254 (hosts of one edge share an IP /24)"),
+    ],
+)
 def test_topology_flags_are_checked(capsys, args, message):
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"netkv: error: {message}"]
@@ -80,8 +86,9 @@ def test_id_scheme_limits_are_config_errors():
     assert str(e.value) == "<experiment>: topology.k: must be <= 64 (ID scheme limit), got 66"
     with pytest.raises(ConfigError) as e:
         make_exp(topology={"k": 4, "gpus_per_server": 128})
-    assert str(e.value) == ("<experiment>: topology: k/2 * gpus_per_server must be <= 254 "
-                            "(hosts of one edge share an IP /24)")
+    assert str(e.value) == (
+        "<experiment>: topology: k/2 * gpus_per_server must be <= 254 (hosts of one edge share an IP /24)"
+    )
 
 
 def test_unusable_paths_and_corrupt_run_files(tmp_path, capsys):
@@ -104,7 +111,8 @@ def test_unusable_paths_and_corrupt_run_files(tmp_path, capsys):
     (bad / "summary.json").write_text('{"partial": fal')
     assert main(["report", str(bad)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"netkv: error: {bad / 'summary.json'}: corrupt (Expecting value at line 1)"]
+        f"netkv: error: {bad / 'summary.json'}: corrupt (Expecting value at line 1)"
+    ]
     shutil.copy(run / "summary.json", bad / "summary.json")
     with open(bad / "netkv" / "requests.jsonl", "a") as fh:
         fh.write("{oops\n")

@@ -24,7 +24,9 @@ def test_prefill_interpolates_profile_points():
     slope = (1.389835 - 0.580642) / 16384
     assert c.prefill_s(40000) == pytest.approx(1.389835 + slope * (40000 - 32768))
     assert c.prefill_s(0) == c.prefill_s(1) > 0
-    assert np.allclose(c.prefill_s_array(np.array([0, 8192, 40000])), [c.prefill_s(0), c.prefill_s(8192), c.prefill_s(40000)])
+    assert np.allclose(
+        c.prefill_s_array(np.array([0, 8192, 40000])), [c.prefill_s(0), c.prefill_s(8192), c.prefill_s(40000)]
+    )
 
 
 def test_70b_does_not_fit_one_gpu():

@@ -16,22 +16,25 @@ def test_shipped_experiments_load(f):
     assert cluster.exp.policies and cluster.prefill_hosts and cluster.decode_hosts
 
 
-@pytest.mark.parametrize("override,key", [
-    ({"topology": {"k": 3}}, "topology.k"),
-    ({"topology": {"kk": 3}}, "topology.kk"),
-    ({"topology": {"edge_link_gbps": -1}}, "topology.edge_link_gbps"),
-    ({"topology": {"routing": "zigzag"}}, "topology.routing"),
-    ({"trace": {"rate_multiplier": 0}}, "trace.rate_multiplier"),
-    ({"trace": {"requests": "ten"}}, "trace.requests"),
-    ({"placement": {"layout": "zigzag"}}, "placement.layout"),
-    ({"model": {"preset": "gpt5"}}, "model.preset"),
-    ({"policies": ["netkv", "magic"]}, "policies"),
-    ({"policy": {"cache_load_aware": {"overlap_wait": 2}}}, "policy.cache_load_aware"),
-    ({"telemetry": {"oracle": "psychic"}}, "telemetry.oracle"),
-    ({"background": [{"src": ["h9_0_0_0"], "dst": ["h0_0_0_0"]}]}, "background[0].src"),
-    ({"emulation": {"mtu": 100000}}, "emulation.mtu"),
-    ({"bogus": 1}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ({"topology": {"k": 3}}, "topology.k"),
+        ({"topology": {"kk": 3}}, "topology.kk"),
+        ({"topology": {"edge_link_gbps": -1}}, "topology.edge_link_gbps"),
+        ({"topology": {"routing": "zigzag"}}, "topology.routing"),
+        ({"trace": {"rate_multiplier": 0}}, "trace.rate_multiplier"),
+        ({"trace": {"requests": "ten"}}, "trace.requests"),
+        ({"placement": {"layout": "zigzag"}}, "placement.layout"),
+        ({"model": {"preset": "gpt5"}}, "model.preset"),
+        ({"policies": ["netkv", "magic"]}, "policies"),
+        ({"policy": {"cache_load_aware": {"overlap_wait": 2}}}, "policy.cache_load_aware"),
+        ({"telemetry": {"oracle": "psychic"}}, "telemetry.oracle"),
+        ({"background": [{"src": ["h9_0_0_0"], "dst": ["h0_0_0_0"]}]}, "background[0].src"),
+        ({"emulation": {"mtu": 100000}}, "emulation.mtu"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
 def test_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         make_exp(**override)
@@ -106,8 +109,14 @@ BAD = [
     ({"policies": "netkv"}, "policies: expected a non-empty list of policy names"),
     ({"policies": ["netkv", "random", "netkv"]}, "policies: 'netkv' listed twice"),
     ({"policy": []}, "policy: expected a table of per-policy tables"),
-    ({"policy": {"magic": {}}}, "policy.magic: unknown policy (known: round_robin, random, least_loaded, cache_load_aware, netkv)"),
-    ({"policy": {"netkv": {"transfer_weight": "x"}}}, "policy.netkv: parameter 'transfer_weight' must be a number, got 'x'"),
+    (
+        {"policy": {"magic": {}}},
+        "policy.magic: unknown policy (known: round_robin, random, least_loaded, cache_load_aware, netkv)",
+    ),
+    (
+        {"policy": {"netkv": {"transfer_weight": "x"}}},
+        "policy.netkv: parameter 'transfer_weight' must be a number, got 'x'",
+    ),
     ({"topology": []}, "topology: expected a table"),
     ({"topology": {"k": 2.0}}, "topology.k: expected an integer, got 2.0"),
     ({"topology": {"k": 0}}, "topology.k: must be an even integer >= 2, got 0"),
@@ -118,18 +127,37 @@ BAD = [
     ({"topology": {"core_link_gbps": "fast"}}, "topology.core_link_gbps: expected a number, got 'fast'"),
     ({"topology": {"core_link_gbps": float("nan")}}, "topology.core_link_gbps: expected a number, got nan"),
     ({"topology": {"oversubscription": 0.5}}, "topology.oversubscription: must be >= 1, got 0.5"),
-    ({"topology": {"routing": "zigzag"}}, "topology.routing: unknown routing strategy 'zigzag' (known: sum-mod, dst-mod, hash)"),
+    (
+        {"topology": {"routing": "zigzag"}},
+        "topology.routing: unknown routing strategy 'zigzag' (known: sum-mod, dst-mod, hash)",
+    ),
     ({"topology": {"routing": 3}}, "topology.routing: expected a string, got 3"),
     ({"placement": {"prefill_fraction": 1.0}}, "placement.prefill_fraction: must be in (0, 1), got 1.0"),
     ({"placement": {"prefill_fraction": 0}}, "placement.prefill_fraction: must be in (0, 1), got 0.0"),
-    ({"placement": {"layout": "explicit", "prefill": ["h0_0_0_0"]}},
-     "placement: layout 'explicit' needs non-empty 'prefill' and 'decode' host lists"),
-    ({"placement": {"prefill": ["h0_0_0_0"]}}, "placement: 'prefill'/'decode' host lists are only used with layout = 'explicit'"),
-    ({"placement": {"layout": "explicit", "prefill": "h0_0_0_0", "decode": ["h0_0_0_1"]}},
-     "placement.prefill: expected a list of strings, got 'h0_0_0_0'"),
-    ({"model": {"preset": "llama3-8b", "layers": 4}}, "model: give either 'preset' or layers/kv_heads/head_dim/dtype_bytes, not both"),
-    ({"model": {"layers": 4, "kv_heads": 2, "head_dim": 64, "dtype_bytes": 2}}, "model.params_b: required when no preset is given"),
-    ({"model": {"layers": 4, "kv_heads": 0, "head_dim": 64, "dtype_bytes": 2, "params_b": 1.0}}, "model.kv_heads: must be > 0, got 0"),
+    (
+        {"placement": {"layout": "explicit", "prefill": ["h0_0_0_0"]}},
+        "placement: layout 'explicit' needs non-empty 'prefill' and 'decode' host lists",
+    ),
+    (
+        {"placement": {"prefill": ["h0_0_0_0"]}},
+        "placement: 'prefill'/'decode' host lists are only used with layout = 'explicit'",
+    ),
+    (
+        {"placement": {"layout": "explicit", "prefill": "h0_0_0_0", "decode": ["h0_0_0_1"]}},
+        "placement.prefill: expected a list of strings, got 'h0_0_0_0'",
+    ),
+    (
+        {"model": {"preset": "llama3-8b", "layers": 4}},
+        "model: give either 'preset' or layers/kv_heads/head_dim/dtype_bytes, not both",
+    ),
+    (
+        {"model": {"layers": 4, "kv_heads": 2, "head_dim": 64, "dtype_bytes": 2}},
+        "model.params_b: required when no preset is given",
+    ),
+    (
+        {"model": {"layers": 4, "kv_heads": 0, "head_dim": 64, "dtype_bytes": 2, "params_b": 1.0}},
+        "model.kv_heads: must be > 0, got 0",
+    ),
     ({"model": {"preset": "gpt5"}}, "model.preset: unknown preset 'gpt5' (known: llama3-8b, llama3-70b)"),
     ({"compute": {"tensor_parallel": 0}}, "compute.tensor_parallel: must be > 0, got 0"),
     ({"compute": {"gpu_memory_gb": 0}}, "compute.gpu_memory_gb: must be > 0, got 0.0"),
@@ -154,26 +182,55 @@ BAD = [
     ({"emulation": {"time_dilation": 0}}, "emulation.time_dilation: must be > 0, got 0.0"),
     ({"emulation": {"queue_ms": 0}}, "emulation.queue_ms: must be > 0, got 0.0"),
     ({"emulation": {"max_link_mbps": -1}}, "emulation.max_link_mbps: must be > 0, got -1.0"),
-    ({"emulation": {"qdisc": "sfq"}}, "emulation.qdisc: must be 'bfifo' or 'pfifo' (this kernel has no sfq/fq_codel), got 'sfq'"),
+    (
+        {"emulation": {"qdisc": "sfq"}},
+        "emulation.qdisc: must be 'bfifo' or 'pfifo' (this kernel has no sfq/fq_codel), got 'sfq'",
+    ),
     ({"emulation": {"fair_queue_buckets": 3}}, "emulation.fair_queue_buckets: must be 0 or a power of two up to 256"),
     ({"emulation": {"fair_queue_buckets": 512}}, "emulation.fair_queue_buckets: must be 0 or a power of two up to 256"),
-    ({"emulation": {"tcp_congestion_control": "vegas"}}, "emulation.tcp_congestion_control: must be cubic, reno or bbr"),
+    (
+        {"emulation": {"tcp_congestion_control": "vegas"}},
+        "emulation.tcp_congestion_control: must be cubic, reno or bbr",
+    ),
     ({"emulation": {"drain_timeout_s": 0}}, "emulation.drain_timeout_s: must be > 0, got 0.0"),
     ({"emulation": {"mtu": 575}}, "emulation.mtu: must be within 576..9000, got 575"),
     ({"emulation": {"mtu": 9001}}, "emulation.mtu: must be within 576..9000, got 9001"),
     ({"background": {"src": "h0_0_0_0"}}, "background: expected an array of tables ([[background]])"),
     ({"background": ["x"]}, "background[0]: expected a table"),
     ({"background": [{"src": ["h0_0_0_0"]}]}, "background[0].dst: required"),
-    ({"background": [{"src": [], "dst": ["h0_0_0_1"]}]}, "background[0].src: expected a host name, a selector or a list of them"),
-    ({"background": [{"src": ["h0_0_0_0"], "dst": [3]}]}, "background[0].dst: expected a host name, a selector or a list of them"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "speed": 1}]},
-     "background[0].speed: unknown key (known: src, dst, start_s, on_s, off_s, rate_gbps)"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "on_s": "1"}]}, "background[0].on_s: expected a number, got '1'"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "on_s": True}]}, "background[0].on_s: expected a number, got True"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "start_s": -1}]}, "background[0].start_s: must be >= 0, got -1.0"),
+    (
+        {"background": [{"src": [], "dst": ["h0_0_0_1"]}]},
+        "background[0].src: expected a host name, a selector or a list of them",
+    ),
+    (
+        {"background": [{"src": ["h0_0_0_0"], "dst": [3]}]},
+        "background[0].dst: expected a host name, a selector or a list of them",
+    ),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "speed": 1}]},
+        "background[0].speed: unknown key (known: src, dst, start_s, on_s, off_s, rate_gbps)",
+    ),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "on_s": "1"}]},
+        "background[0].on_s: expected a number, got '1'",
+    ),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "on_s": True}]},
+        "background[0].on_s: expected a number, got True",
+    ),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "start_s": -1}]},
+        "background[0].start_s: must be >= 0, got -1.0",
+    ),
     ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "on_s": 0}]}, "background[0].on_s: must be > 0, got 0.0"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "off_s": -1}]}, "background[0].off_s: must be >= 0, got -1.0"),
-    ({"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "rate_gbps": 0}]}, "background[0].rate_gbps: must be > 0, got 0.0"),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "off_s": -1}]},
+        "background[0].off_s: must be >= 0, got -1.0",
+    ),
+    (
+        {"background": [{"src": "h0_0_0_0", "dst": "h0_0_0_1", "rate_gbps": 0}]},
+        "background[0].rate_gbps: must be > 0, got 0.0",
+    ),
 ]
 
 
@@ -224,10 +281,17 @@ def test_paths_resolve_relative_to_the_file(tmp_path):
 def test_set_overrides_reach_into_tables_and_take_bare_words(tmp_path):
     from netkv.config import apply_overrides
 
-    raw = apply_overrides({"trace": {"requests": 3}}, ["telemetry.oracle=static", "trace.rate_multiplier=2",
-                                                       "seed=5", "emulation.layerwise=true"], "f")
-    assert raw == {"trace": {"requests": 3, "rate_multiplier": 2}, "telemetry": {"oracle": "static"}, "seed": 5,
-                   "emulation": {"layerwise": True}}
+    raw = apply_overrides(
+        {"trace": {"requests": 3}},
+        ["telemetry.oracle=static", "trace.rate_multiplier=2", "seed=5", "emulation.layerwise=true"],
+        "f",
+    )
+    assert raw == {
+        "trace": {"requests": 3, "rate_multiplier": 2},
+        "telemetry": {"oracle": "static"},
+        "seed": 5,
+        "emulation": {"layerwise": True},
+    }
     with pytest.raises(ConfigError, match=r"--set trace.requests.x=1: 'requests' is not a table in f"):
         apply_overrides({"trace": {"requests": 3}}, ["trace.requests.x=1"], "f")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
@@ -238,18 +302,33 @@ def test_messages_that_list_what_is_known(tmp_path):
     from netkv.config import _SECTIONS  # noqa: F401
 
     cases = [
-        ({"topology": {"kk": 3}}, "topology.kk: unknown key (known: k, gpus_per_server, gpu_link_gbps, "
-         "server_link_gbps, edge_link_gbps, core_link_gbps, oversubscription, routing)"),
-        ({"bogus": 1}, "bogus: unknown top-level key (known: background, compute, emulation, model, name, placement, "
-         "policies, policy, seed, slo, telemetry, topology, trace)"),
-        ({"policies": ["netkv", "magic"]}, "policies: unknown policy 'magic' (known: round_robin, random, "
-         "least_loaded, cache_load_aware, netkv)"),
-        ({"placement": {"layout": "zigzag"}}, "placement.layout: unknown layout 'zigzag' (known: mixed-server, "
-         "alternate-servers, split-pods, random, explicit)"),
-        ({"placement": {"layout": "explicit", "prefill": ["h9_0_0_0"], "decode": ["h0_0_0_1"]}},
-         "placement: unknown host 'h9_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)"),
-        ({"background": [{"src": "h0_0_0_0", "dst": "h7_0_0_0"}]},
-         "background[0].dst: unknown host 'h7_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)"),
+        (
+            {"topology": {"kk": 3}},
+            "topology.kk: unknown key (known: k, gpus_per_server, gpu_link_gbps, "
+            "server_link_gbps, edge_link_gbps, core_link_gbps, oversubscription, routing)",
+        ),
+        (
+            {"bogus": 1},
+            "bogus: unknown top-level key (known: background, compute, emulation, model, name, placement, "
+            "policies, policy, seed, slo, telemetry, topology, trace)",
+        ),
+        (
+            {"policies": ["netkv", "magic"]},
+            "policies: unknown policy 'magic' (known: round_robin, random, least_loaded, cache_load_aware, netkv)",
+        ),
+        (
+            {"placement": {"layout": "zigzag"}},
+            "placement.layout: unknown layout 'zigzag' (known: mixed-server, "
+            "alternate-servers, split-pods, random, explicit)",
+        ),
+        (
+            {"placement": {"layout": "explicit", "prefill": ["h9_0_0_0"], "decode": ["h0_0_0_1"]}},
+            "placement: unknown host 'h9_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)",
+        ),
+        (
+            {"background": [{"src": "h0_0_0_0", "dst": "h7_0_0_0"}]},
+            "background[0].dst: unknown host 'h7_0_0_0' (hosts are named h<pod>_<edge>_<server>_<gpu>)",
+        ),
     ]
     for override, message in cases:
         with pytest.raises(ConfigError) as e:
@@ -287,7 +366,7 @@ def test_the_raw_document_and_values_with_equals_signs_are_kept(tmp_path):
 
 def test_a_toml_file_that_is_not_utf8(tmp_path):
     p = tmp_path / "latin.toml"
-    p.write_bytes(b"name = \"caf\xe9\"\n")
+    p.write_bytes(b'name = "caf\xe9"\n')
     with pytest.raises(ConfigError) as e:
         load(p)
     assert str(e.value) == f"{p}: not UTF-8 text (byte 11); TOML files are UTF-8"

@@ -11,7 +11,6 @@ import pytest
 
 from netkv.agents.protocol import block_sizes
 from netkv.config import load
-from netkv.emulation import cleanup
 from netkv.emulation.background import BackgroundError
 from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
@@ -74,12 +73,20 @@ def test_tiny_experiment_end_to_end(tmp_path):
         for r in rows:
             first = min(r["decode_hit_blocks"] * 512, r["input_tokens"])
             expect[r["decode"]] = expect.get(r["decode"], 0) + sum(
-                block_sizes(first, r["input_tokens"], kv_tok, exp.emulation.byte_scale))
+                block_sizes(first, r["input_tokens"], kv_tok, exp.emulation.byte_scale)
+            )
         got = summ[pol]["emulation"]["kv_bytes_received"]
         assert got == expect
         for r in rows:
             assert r["ttft_s"] >= r["prefill_s"] + r["transfer_s"] - 1e-9
-            t = [r["arrival_s"], r["t_prefill_start"], r["t_prefill_end"], r["t_transfer_end"], r["t_first_token"], r["t_done"]]
+            t = [
+                r["arrival_s"],
+                r["t_prefill_start"],
+                r["t_prefill_end"],
+                r["t_transfer_end"],
+                r["t_first_token"],
+                r["t_done"],
+            ]
             assert t == sorted(t)
     # both policies ran with the elephants on: their paths carried them (congestion steering itself
     # is tested on a constructed case below, where it cannot happen by accident)
@@ -90,17 +97,28 @@ def test_tiny_experiment_end_to_end(tmp_path):
 
     # the same file in the simulator: same result files and columns
     sim, _ = simulate_experiment(exp, out=tmp_path / "sim", progress=False, log=lambda *a: None)
-    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*")  # noqa: E731
-                                if p.is_file() and "logs" not in p.parts and "plots" not in p.parts)
+
+    def files(root):
+        return sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and "logs" not in p.parts and "plots" not in p.parts
+        )
+
     assert files(sim.root) == files(run.root)
     for pol in ("round_robin", "netkv"):
-        assert list(json.loads((sim.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(REQUEST_COLUMNS)
-        assert list(json.loads((run.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(REQUEST_COLUMNS)
+        assert list(json.loads((sim.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(
+            REQUEST_COLUMNS
+        )
+        assert list(json.loads((run.root / pol / "requests.jsonl").read_text().splitlines()[0])) == list(
+            REQUEST_COLUMNS
+        )
 
 
 def _steer_file(tmp_path, background, n=14):
-    raw = steer_exp(tmp_path, background, n=n, emulation={"bandwidth_scale": 4000, "time_dilation": 1.0,
-                                                      "drain_timeout_s": 60})
+    raw = steer_exp(
+        tmp_path, background, n=n, emulation={"bandwidth_scale": 4000, "time_dilation": 1.0, "drain_timeout_s": 60}
+    )
     path = tmp_path / "steer.toml"
     path.write_text(to_toml(raw))
     return load(path)
@@ -190,8 +208,12 @@ def test_controller_restart_keeps_traffic_and_falls_back(tmp_path):
 
 def test_ctrl_c_keeps_partial_results_and_cleans_up(tmp_path):
     exp = write_exp(tmp_path, policies=["round_robin", "netkv"], requests=30, rate=1.0)
-    p = subprocess.Popen([sys.executable, "-m", "netkv.cli", "emulate", str(exp.path), "--out", str(tmp_path / "emu")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "netkv.cli", "emulate", str(exp.path), "--out", str(tmp_path / "emu")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     t0 = time.monotonic()
     out = []
     while time.monotonic() - t0 < 180:

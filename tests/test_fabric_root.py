@@ -37,10 +37,16 @@ def fabric(tmp_path_factory):
 
 def iperf(f, src, dst, seconds=5, port=5201, extra=()):
     """Run iperf3 from src to dst; returns (goodput Mbit/s, per-interval Mbit/s)."""
-    server = f.host(dst).popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = f.host(dst).popen(
+        ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.3)
-    p = f.host(src).popen(["iperf3", "-c", f.topo.host(dst).ip, "-p", str(port), "-t", str(seconds), "-J", *extra],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = f.host(src).popen(
+        ["iperf3", "-c", f.topo.host(dst).ip, "-p", str(port), "-t", str(seconds), "-J", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = p.communicate(timeout=seconds + 30)
     server.wait(timeout=10)
     d = json.loads(out)
@@ -88,8 +94,22 @@ def test_capture_shows_the_pair_on_exactly_the_predicted_links(fabric, tmp_path)
     src, dst = "h0_0_0_1", "h3_1_1_2"
     s_ip, d_ip = t.host(src).ip, t.host(dst).ip
     pcap = tmp_path / "cap.pcap"
-    cap = subprocess.Popen(["tcpdump", "-i", "any", "-y", "LINUX_SLL2", "-s", "128", "-U", "-w", str(pcap),
-                            f"tcp and host {s_ip} and host {d_ip}"], stderr=subprocess.DEVNULL)
+    cap = subprocess.Popen(
+        [
+            "tcpdump",
+            "-i",
+            "any",
+            "-y",
+            "LINUX_SLL2",
+            "-s",
+            "128",
+            "-U",
+            "-w",
+            str(pcap),
+            f"tcp and host {s_ip} and host {d_ip}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.5)
     iperf(fabric, src, dst, seconds=2, port=5301)
     time.sleep(0.5)
@@ -128,8 +148,10 @@ def test_two_flows_share_a_bottleneck_fairly(fabric):
         res[src] = iperf(fabric, src, dst, seconds=6, port=port, extra=("--cport", str(cport)))[0]
 
     # client ports fixed so that the two flows fall in different fair-queue buckets
-    th = [threading.Thread(target=run, args=("h0_0_0_0", "h1_0_0_0", 5202, 40001)),
-          threading.Thread(target=run, args=("h0_0_0_1", "h1_0_0_1", 5203, 40002))]
+    th = [
+        threading.Thread(target=run, args=("h0_0_0_0", "h1_0_0_0", 5202, 40001)),
+        threading.Thread(target=run, args=("h0_0_0_1", "h1_0_0_1", 5203, 40002)),
+    ]
     for x in th:
         x.start()
     for x in th:
@@ -164,7 +186,7 @@ def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
         th.join()
     busy = set(path) | set(routing.path(t.host_index[dst], t.host_index[src]))
     idle = [lid for lid in range(t.n_links) if lid not in busy]
-    covered = intervals[math.ceil(warmup):]
+    covered = intervals[math.ceil(warmup) :]
     return sum(covered) / len(covered), samples, path, idle
 
 
@@ -184,8 +206,11 @@ def test_rest_api_answers_and_rejects_bad_input(fabric):
     assert p["tier"] == 3 and len(p["switches"]) == 7
     c = http_json(f"{fabric.rest}/cost?src=h0_0_0_0&dst=h3_1_1_3&bytes=1250000")
     assert c["seconds"] == pytest.approx(0.1, rel=0.2) and c["age_s"] is not None and c["age_s"] < 3 * POLL
-    for q, code in (("path?src=h9_9_9_9&dst=h0_0_0_0", 404), ("cost?src=h0_0_0_0&dst=h1_0_0_0&bytes=abc", 400),
-                    ("cost?src=h0_0_0_0&dst=h1_0_0_0", 400)):
+    for q, code in (
+        ("path?src=h9_9_9_9&dst=h0_0_0_0", 404),
+        ("cost?src=h0_0_0_0&dst=h1_0_0_0&bytes=abc", 400),
+        ("cost?src=h0_0_0_0&dst=h1_0_0_0", 400),
+    ):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{fabric.rest}/{q}", timeout=5)
         assert e.value.code == code
@@ -212,8 +237,9 @@ def _watch(fabric, t0, cond, limit=5.0):
 
 
 def _tx_packets(sw: str, port: int) -> int:
-    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", sw, str(port)],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", sw, str(port)], capture_output=True, text=True
+    ).stdout
     return int(re.search(r"tx pkts=(\d+)", out).group(1))
 
 
@@ -242,10 +268,15 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
 
     # 1. a constant-rate UDP stream shows when the data plane moves (no TCP timeout in the way)
     ip = t.host(dst).ip
-    srv = fabric.host(dst).popen(["iperf3", "-s", "-1", "-p", "5206"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = fabric.host(dst).popen(
+        ["iperf3", "-s", "-1", "-p", "5206"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.3)
-    cl = fabric.host(src).popen(["iperf3", "-c", ip, "-p", "5206", "-u", "-b", "40M", "-l", "8000", "-t", "9"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cl = fabric.host(src).popen(
+        ["iperf3", "-c", ip, "-p", "5206", "-u", "-b", "40M", "-l", "8000", "-t", "9"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(3)
     new_lk = t.links[new_core]
     t0 = time.monotonic()
@@ -259,8 +290,10 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     seen_back = _watch(fabric, t1, lambda L: L[core_up]["rate_mbps"] > 20 and L[core_up]["up"])
     cl.wait(30)
     srv.wait(30)
-    print(f"link down: traffic on the new path after {moved:.3f} s, in the controller's rates after {seen:.3f} s; "
-          f"link up: back after {back:.3f} s, in the rates after {seen_back:.3f} s (poll {POLL} s)")
+    print(
+        f"link down: traffic on the new path after {moved:.3f} s, in the controller's rates after {seen:.3f} s; "
+        f"link up: back after {back:.3f} s, in the rates after {seen_back:.3f} s (poll {POLL} s)"
+    )
     assert moved is not None and moved <= 2 * POLL, moved
     assert back is not None and back <= 2 * POLL, back
     assert seen is not None and seen <= moved + 2 * POLL + 0.15, seen

@@ -81,15 +81,18 @@ def _shared_prefix_trace(path, shared_blocks=12):
     """Request 0, then request 1 one second later sharing its first `shared_blocks` of 16 blocks."""
     a = list(range(100, 116))
     b = a[:shared_blocks] + list(range(200, 200 + 16 - shared_blocks))
-    lines = [{"timestamp": 0, "input_length": 8192, "output_length": 8, "hash_ids": a},
-             {"timestamp": 1000, "input_length": 8192, "output_length": 8, "hash_ids": b}]
+    lines = [
+        {"timestamp": 0, "input_length": 8192, "output_length": 8, "hash_ids": a},
+        {"timestamp": 1000, "input_length": 8192, "output_length": 8, "hash_ids": b},
+    ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
 
 def _sim(tmp_path, **compute):
     raw = {
-        "name": "cache", "policies": ["round_robin"],
+        "name": "cache",
+        "policies": ["round_robin"],
         "topology": {"k": 2, "gpus_per_server": 2},
         "placement": {"layout": "explicit", "prefill": ["h0_0_0_0"], "decode": ["h1_0_0_1"]},
         "trace": {"path": str(_shared_prefix_trace(tmp_path / "t.jsonl"))},

@@ -34,9 +34,12 @@ def wait_line(proc, needle, timeout=120):
 
 
 def net_up(tmp_path, *extra):
-    return subprocess.Popen([*NETKV, "net", "up", "--k", "2", "--gpus", "2", "--poll", "0.5",
-                             "--log-dir", str(tmp_path / "net"), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*NETKV, "net", "up", "--k", "2", "--gpus", "2", "--poll", "0.5", "--log-dir", str(tmp_path / "net"), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -106,11 +109,26 @@ def test_mn_custom_builds_the_same_fabric(tmp_path):
     pre.write_text("net\ndump\n")
     try:
         p = subprocess.run(
-            [sys.executable, shutil.which("mn"), "--custom", str(REPO / "topology/mn_custom.py"),
-             "--topo", "netkv-fattree,k=2,gpus=2",
-             "--controller", "remote,ip=127.0.0.1,port=6690", "--switch", "ovs,datapath=user,protocols=OpenFlow13",
-             "--pre", str(pre), "--test", "pingall"],
-            capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                shutil.which("mn"),
+                "--custom",
+                str(REPO / "topology/mn_custom.py"),
+                "--topo",
+                "netkv-fattree,k=2,gpus=2",
+                "--controller",
+                "remote,ip=127.0.0.1,port=6690",
+                "--switch",
+                "ovs,datapath=user,protocols=OpenFlow13",
+                "--pre",
+                str(pre),
+                "--test",
+                "pingall",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         out = p.stdout + p.stderr
         assert "Results: 0% dropped" in out, out[-2000:]
     finally:
@@ -130,8 +148,9 @@ def test_mn_custom_builds_the_same_fabric(tmp_path):
 def test_emulate_refuses_links_mininet_cannot_shape(tmp_path):
     exp = tmp_path / "fast.toml"
     exp.write_text("[topology]\nk = 2\n[emulation]\nbandwidth_scale = 100\n")
-    p = subprocess.run([*NETKV, "emulate", str(exp), "--out", str(tmp_path / "out")], capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [*NETKV, "emulate", str(exp), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and "emulation.bandwidth_scale" in err[0] and "9000 Mbit/s" in err[0], p.stderr

@@ -7,8 +7,11 @@ from netkv.simulator.maxmin import maxmin_rates
 
 
 def rates(flows, cap, demand=None):
-    return maxmin_rates([np.array(f) for f in flows], np.array(cap, dtype=float),
-                        None if demand is None else np.array(demand, dtype=float))
+    return maxmin_rates(
+        [np.array(f) for f in flows],
+        np.array(cap, dtype=float),
+        None if demand is None else np.array(demand, dtype=float),
+    )
 
 
 def test_single_flow_gets_its_bottleneck():

@@ -149,4 +149,3 @@ def test_a_zero_time_estimate_is_committed_without_a_rate():
     o = CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
     o.commit("instant", P, FAR, 1e9, 0.0)
     assert o.committed["instant"].rate == 0.0 and o.committed["instant"].duration == 0.0
-

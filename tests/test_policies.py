@@ -1,6 +1,5 @@
 """Policies choose the obviously right decode instance in constructed cases; the oracles."""
 
-
 import numpy as np
 import pytest
 
@@ -259,6 +258,7 @@ def test_no_live_decode_instance_is_an_error(name):
 
 def test_seeded_policies_repeat_and_differ_by_seed():
     v = view(list(range(16)))
+
     def seq(seed, n=30):
         pol = registry.create("random", {}, seed)
         return [pol.choose(Query(req(), 0, v), None) for _ in range(n)]
@@ -350,5 +350,3 @@ def test_unknown_policy_parameters_name_the_known_ones():
     assert str(e.value) == "unknown parameter 'x' (known: none)"
     with pytest.raises(ValueError, match=r"^parameter 'wait_weight' must be a number, got True$"):
         registry.create("netkv", {"wait_weight": True})
-
-

@@ -10,21 +10,30 @@ from netkv.results import REQUEST_COLUMNS, RequestRecord, RunDir, format_table, 
 
 def row(i, status="completed", arrival=0.0, ttft=1.0, tbt=0.05, tier=3, done=10.0, out=100, sent=1e9, age=None):
     r = dict.fromkeys(REQUEST_COLUMNS)
-    r.update(id=i, status=status, arrival_s=arrival, output_tokens=out, tier=tier, bytes_sent=sent,
-             telemetry_age_s=age)
+    r.update(id=i, status=status, arrival_s=arrival, output_tokens=out, tier=tier, bytes_sent=sent, telemetry_age_s=age)
     if status == "completed":
-        r.update(ttft_s=ttft, tbt_mean_s=tbt / 2, tbt_p99_s=tbt, tbt_top10_s=tbt, t_done=done,
-                 transfer_s=0.1 * (i + 1), queue_s=0.0, decode_wait_s=0.0, e2e_s=done - arrival, decision_us=5.0)
+        r.update(
+            ttft_s=ttft,
+            tbt_mean_s=tbt / 2,
+            tbt_p99_s=tbt,
+            tbt_top10_s=tbt,
+            t_done=done,
+            transfer_s=0.1 * (i + 1),
+            queue_s=0.0,
+            decode_wait_s=0.0,
+            e2e_s=done - arrival,
+            decision_us=5.0,
+        )
     return r
 
 
 def test_summarize_counts_slo_throughput_and_tiers():
     rows = [
         row(0, arrival=0.0, ttft=1.0, tbt=0.05, tier=0, done=4.0, age=0.2),
-        row(1, arrival=1.0, ttft=3.0, tbt=0.05, tier=3, done=6.0, age=0.4),   # misses the TTFT SLO
-        row(2, arrival=2.0, ttft=1.0, tbt=0.30, tier=3, done=9.0),            # misses the TBT SLO
+        row(1, arrival=1.0, ttft=3.0, tbt=0.05, tier=3, done=6.0, age=0.4),  # misses the TTFT SLO
+        row(2, arrival=2.0, ttft=1.0, tbt=0.30, tier=3, done=9.0),  # misses the TBT SLO
         row(3, arrival=3.0, ttft=0.5, tbt=0.10, tier=2, done=8.0),
-        row(4, status="failed", arrival=-1.0),                                # counts against the SLO
+        row(4, status="failed", arrival=-1.0),  # counts against the SLO
     ]
     s = summarize(rows, slo_ttft_s=2.0, slo_tbt_s=0.2)
     assert (s["requests"], s["completed"], s["failed"]) == (5, 4, 1)
@@ -36,7 +45,9 @@ def test_summarize_counts_slo_throughput_and_tiers():
     assert s["tier_share"] == {"0": 0.25, "1": 0.0, "2": 0.25, "3": 0.5}
     t = s["ttft_s"]
     assert t["mean"] == pytest.approx(5.5 / 4) and t["p50"] == pytest.approx(1.0)
-    assert t["p90"] == pytest.approx(np.percentile([1, 3, 1, 0.5], 90)) and t["p99"] == pytest.approx(np.percentile([1, 3, 1, 0.5], 99))
+    assert t["p90"] == pytest.approx(np.percentile([1, 3, 1, 0.5], 90)) and t["p99"] == pytest.approx(
+        np.percentile([1, 3, 1, 0.5], 99)
+    )
     assert s["transfer_s"]["mean"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)
     assert s["tbt_top10_s"]["mean"] == pytest.approx(0.125)
     assert s["tbt_mean_s"]["mean"] == pytest.approx(0.0625)
@@ -133,8 +144,9 @@ def test_a_simulation_stopped_early_is_marked_partial(tmp_path, monkeypatch, sma
     assert json.loads((run / "meta.json").read_text())["partial"] is True
     assert not (run / "netkv" / "requests.jsonl").exists()
     monkeypatch.setattr(simrun.Simulation, "run", real)
-    rd, sums = simrun.simulate_experiment(small_exp, ["round_robin"], tmp_path / "full", progress=False,
-                                          log=lambda *a: None)
+    rd, sums = simrun.simulate_experiment(
+        small_exp, ["round_robin"], tmp_path / "full", progress=False, log=lambda *a: None
+    )
     assert rd.read_summary()["partial"] is False and json.loads((rd.root / "meta.json").read_text())["partial"] is False
     assert sums["round_robin"]["completed"] == 30
 
@@ -149,8 +161,12 @@ def test_summary_statistics_of_every_metric():
     s = summarize(rows, 10.0, 10.0)
     for key, scale in (("queue_s", 1), ("decode_wait_s", 2), ("decision_us", 10), ("tbt_p99_s", 1), ("ttft_s", 1)):
         a = np.array(vals) * scale
-        assert s[key] == {"mean": pytest.approx(a.mean()), "p50": pytest.approx(np.percentile(a, 50)),
-                          "p90": pytest.approx(np.percentile(a, 90)), "p99": pytest.approx(np.percentile(a, 99))}, key
+        assert s[key] == {
+            "mean": pytest.approx(a.mean()),
+            "p50": pytest.approx(np.percentile(a, 50)),
+            "p90": pytest.approx(np.percentile(a, 90)),
+            "p99": pytest.approx(np.percentile(a, 99)),
+        }, key
     assert s["throughput_rps"] == pytest.approx(10.0) and s["output_tokens_per_s"] == pytest.approx(1000.0)
     assert s["gbytes_sent"] == 5.0
     one = summarize([row(0, ttft=0.7)], 1.0, 1.0)
@@ -183,14 +199,28 @@ def test_a_decision_is_copied_into_the_record():
     from netkv.topology import FatTree
 
     topo = FatTree(2, 2)
-    d = SimpleNamespace(prefill_host=0, decode_host=3, tier=3, decision_us=4.5, prefill_choice_us=1.5,
-                        est_transfer_s=0.25, telemetry_age_s=0.1, decode_hit_blocks=2, blocks_to_send=5,
-                        bytes_to_send=1e6)
+    d = SimpleNamespace(
+        prefill_host=0,
+        decode_host=3,
+        tier=3,
+        decision_us=4.5,
+        prefill_choice_us=1.5,
+        est_transfer_s=0.25,
+        telemetry_age_s=0.1,
+        decode_hit_blocks=2,
+        blocks_to_send=5,
+        bytes_to_send=1e6,
+    )
     r = RequestRecord(0, 0.0, 100, 5)
     r.record_decision(d, topo, "counters")
     x = r.to_row()
     assert (x["prefill"], x["decode"], x["tier"]) == (topo.hosts[0].name, topo.hosts[3].name, 3)
-    assert (x["decision_us"], x["prefill_choice_us"], x["est_transfer_s"], x["telemetry_age_s"]) == (4.5, 1.5, 0.25, 0.1)
+    assert (x["decision_us"], x["prefill_choice_us"], x["est_transfer_s"], x["telemetry_age_s"]) == (
+        4.5,
+        1.5,
+        0.25,
+        0.1,
+    )
     assert (x["oracle"], x["decode_hit_blocks"], x["blocks_sent"], x["bytes_sent"]) == ("counters", 2, 5, 1e6)
 
 

@@ -58,8 +58,9 @@ def test_a_request_walks_through_the_verbs_and_leaves_nothing_behind():
 
 
 def test_the_next_decision_sees_the_backlog_the_first_left():
-    cluster, rt, reqs = _runtime(placement={"layout": "explicit", "prefill": ["h0_0_0_0"],
-                                            "decode": ["h0_0_0_1", "h1_0_0_1"]})
+    cluster, rt, reqs = _runtime(
+        placement={"layout": "explicit", "prefill": ["h0_0_0_0"], "decode": ["h0_0_0_1", "h1_0_0_1"]}
+    )
     a, b = Tracked(reqs[0], "netkv"), Tracked(reqs[1], "netkv")
     rt.decide(a, 0.0)
     rt.prefill_started(a, 0, 0, 0.0)
@@ -122,8 +123,9 @@ class FakeWriter:
 
 def _service(tmp_path, requests=3, **overrides):
     cluster = Cluster.build(make_exp(trace={"requests": requests, "rate_multiplier": 4.0}, **overrides))
-    svc = SchedulerService(cluster, "netkv", RunDir(tmp_path), tmp_path, "http://127.0.0.1:9/netkv",
-                           log=lambda *a: None)
+    svc = SchedulerService(
+        cluster, "netkv", RunDir(tmp_path), tmp_path, "http://127.0.0.1:9/netkv", log=lambda *a: None
+    )
     svc.writers = {h: FakeWriter() for h in svc.host_slot}
     svc.t0 = time.time()
     svc.snap = Snapshot(0.0, np.zeros(cluster.topo.n_links), version=1)
@@ -138,10 +140,22 @@ def test_the_service_dispatches_and_follows_a_request_to_completion(tmp_path):
     dh, ph = lv.rec.decode, lv.rec.prefill
     (expect,) = svc.writers[dh].sent
     (prefill,) = svc.writers[ph].sent
-    sizes = block_sizes(min(d.decode_hit_blocks * BLOCK_TOKENS, r.input_tokens), r.input_tokens,
-                        svc.compute.model.kv_bytes_per_token, svc.exp.emulation.byte_scale)
-    assert expect == {"op": "expect", "id": r.id, "input": r.input_tokens, "output": r.output_tokens,
-                      "need": lv.need, "hash_ids": list(r.hash_ids), "bytes": sum(sizes), "blocks": len(sizes)}
+    sizes = block_sizes(
+        min(d.decode_hit_blocks * BLOCK_TOKENS, r.input_tokens),
+        r.input_tokens,
+        svc.compute.model.kv_bytes_per_token,
+        svc.exp.emulation.byte_scale,
+    )
+    assert expect == {
+        "op": "expect",
+        "id": r.id,
+        "input": r.input_tokens,
+        "output": r.output_tokens,
+        "need": lv.need,
+        "hash_ids": list(r.hash_ids),
+        "bytes": sum(sizes),
+        "blocks": len(sizes),
+    }
     assert prefill["op"] == "prefill" and prefill["decode_ip"] == svc.topo.host(dh).ip
     assert lv.rec.oracle == "counters" and svc.fallback_decisions == 0
     ps, ds = d.prefill_slot, d.decode_slot
@@ -158,7 +172,9 @@ def test_the_service_dispatches_and_follows_a_request_to_completion(tmp_path):
     svc.on_event(dh, {"ev": "done", "id": r.id, "tokens": [w(0.5), w(0.55), w(0.6)]})
     rec = lv.rec
     assert rec.status == "completed" and svc.finished == 1 and lv.done
-    assert (rec.t_prefill_start, rec.t_prefill_end, rec.t_transfer_end, rec.t_admit) == pytest.approx((0.1, 0.3, 0.4, 0.45))
+    assert (rec.t_prefill_start, rec.t_prefill_end, rec.t_transfer_end, rec.t_admit) == pytest.approx(
+        (0.1, 0.3, 0.4, 0.45)
+    )
     assert rec.t_first_token == pytest.approx(0.5) and rec.gaps == pytest.approx([0.05, 0.05])
     assert svc.kv_received[dh] == svc.kv_expected[dh] == sum(sizes)
 

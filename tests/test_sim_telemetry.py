@@ -15,9 +15,17 @@ BG_GBPS = 50.0  # fixed-rate elephant h0_0_0_0 -> h1_0_0_1 over links of 100 Gbi
 
 def _exp(tmp_path, arrivals, *, background=True, placement=None, **tables):
     raw = {
-        "name": "tele", "seed": 1, "policies": ["netkv"],
-        "topology": {"k": 2, "gpus_per_server": 4, "gpu_link_gbps": 100, "server_link_gbps": 100,
-                     "edge_link_gbps": 100, "core_link_gbps": 100},
+        "name": "tele",
+        "seed": 1,
+        "policies": ["netkv"],
+        "topology": {
+            "k": 2,
+            "gpus_per_server": 4,
+            "gpu_link_gbps": 100,
+            "server_link_gbps": 100,
+            "edge_link_gbps": 100,
+            "core_link_gbps": 100,
+        },
         "placement": placement or {"layout": "explicit", "prefill": ["h0_0_0_2"], "decode": ["h0_0_0_3"]},
         "trace": {"path": str(write_trace(tmp_path / "t.jsonl", arrivals, input_tokens=1024, output_tokens=4))},
         "telemetry": {"poll_interval_s": POLL, "publish_delay_s": DELAY},
@@ -115,8 +123,13 @@ def test_a_simultaneous_request_sees_the_first_requests_committed_transfer(tmp_p
     instant get the same prefill time, so their KV transfers overlap on the server uplink. The second
     decision must count the first's transfer, which the counters cannot show yet."""
     placement = {"layout": "explicit", "prefill": ["h0_0_0_0", "h0_0_0_1"], "decode": ["h1_0_0_3"]}
-    exp = _exp(tmp_path, [0.0, 1.0, 1.0], background=False, placement=placement,
-               telemetry={"count_committed": count_committed, "floor_fraction": 0.1})
+    exp = _exp(
+        tmp_path,
+        [0.0, 1.0, 1.0],
+        background=False,
+        placement=placement,
+        telemetry={"count_committed": count_committed, "floor_fraction": 0.1},
+    )
     sim = Simulation(exp, "netkv")
     rec = Recorder(sim)
     rows = rec.run()[1:]  # the first request only lets the first snapshot be published

@@ -33,7 +33,14 @@ def test_every_timeline_is_ordered_and_complete(policy):
     exp = make_exp(trace={"requests": 60, "rate_multiplier": 8.0})
     for r in rows(exp, policy):
         assert r["status"] == "completed"
-        t = [r["arrival_s"], r["t_prefill_start"], r["t_prefill_end"], r["t_transfer_end"], r["t_first_token"], r["t_done"]]
+        t = [
+            r["arrival_s"],
+            r["t_prefill_start"],
+            r["t_prefill_end"],
+            r["t_transfer_end"],
+            r["t_first_token"],
+            r["t_done"],
+        ]
         assert all(x is not None for x in t)
         assert t == sorted(t), r
         assert r["ttft_s"] >= r["prefill_s"] + r["transfer_s"] - 1e-12
@@ -123,6 +130,7 @@ def test_netkv_steers_around_a_background_elephant(tmp_path):
     """Two candidates of equal static cost; an elephant congests the path to D1 only. netkv with the
     counter oracle must pick D2; with no elephant, or with the static oracle, the two tie and the
     seeded tie-break spreads the choice (so the steering comes from the elephant, seen in counters)."""
+
     def choices(background, oracle="counters"):
         exp = from_dict(steer_exp(tmp_path, background, oracle), None)
         rs = [r for r in rows(exp, "netkv") if r["arrival_s"] >= 4.0]  # telemetry has seen the elephant
@@ -161,6 +169,7 @@ def test_the_elephant_costs_the_kv_transfer_its_fair_share(tmp_path):
 def test_stale_telemetry_is_older():
     fresh = make_exp(telemetry={"poll_interval_s": 0.1, "publish_delay_s": 0.0})
     stale = make_exp(telemetry={"poll_interval_s": 0.5, "publish_delay_s": 0.5})
+
     def age(e):
         ages = [r["telemetry_age_s"] for r in rows(e, "netkv")]
         seen = [x for x in ages if x is not None]  # None: no snapshot published yet (static fallback)
@@ -185,8 +194,12 @@ def test_component_recompute_equals_global_maxmin():
             fid = live.pop(rng.integers(len(live)))
             net.remove(float(step), fid)
         else:
-            f = net.add(float(step), rng.choice(40, size=rng.integers(1, 5), replace=False), 1e9,
-                        demand=rng.choice([np.inf, 3.0]))
+            f = net.add(
+                float(step),
+                rng.choice(40, size=rng.integers(1, 5), replace=False),
+                1e9,
+                demand=rng.choice([np.inf, 3.0]),
+            )
             live.append(f.id)
         fl = list(net.flows.values())
         ref = maxmin_rates([f.links for f in fl], cap, np.array([f.demand for f in fl]))
@@ -200,10 +213,14 @@ def test_component_recompute_equals_global_maxmin():
 def test_background_report_sums_every_on_period(tmp_path):
     """A 40 Gbit/s on/off elephant with nothing else on its path: delivered at exactly its rate over
     every on-period, and the time on adds up across cycles; an entry that never starts reports None."""
-    raw = steer_exp(tmp_path, [
-        {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 40, "on_s": 0.75, "off_s": 0.5, "start_s": 0.25},
-        {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "start_s": 10000.0},
-    ], n=4)
+    raw = steer_exp(
+        tmp_path,
+        [
+            {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 40, "on_s": 0.75, "off_s": 0.5, "start_s": 0.25},
+            {"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "start_s": 10000.0},
+        ],
+        n=4,
+    )
     exp = from_dict(raw, None)
     sim = Simulation(exp, "netkv")
     sim.run()
@@ -222,8 +239,9 @@ def test_background_report_sums_every_on_period(tmp_path):
 
 
 def test_a_short_on_period_still_reports_its_rate(tmp_path):
-    raw = steer_exp(tmp_path, [{"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 10, "on_s": 0.5,
-                                "off_s": 1e6}], n=2)
+    raw = steer_exp(
+        tmp_path, [{"src": ["h1_0_0_2"], "dst": ["h1_0_0_3"], "rate_gbps": 10, "on_s": 0.5, "off_s": 1e6}], n=2
+    )
     sim = Simulation(from_dict(raw, None), "netkv")
     sim.run()
     (r,) = sim.background_report()
@@ -327,8 +345,11 @@ def test_flow_network_details():
 def test_maxmin_gives_pathless_flows_their_demand():
     from netkv.simulator.maxmin import maxmin_rates
 
-    rates = maxmin_rates([np.array([0]), np.array([], dtype=np.int64), np.array([], dtype=np.int64)],
-                         np.array([10.0]), np.array([np.inf, 3.0, np.inf]))
+    rates = maxmin_rates(
+        [np.array([0]), np.array([], dtype=np.int64), np.array([], dtype=np.int64)],
+        np.array([10.0]),
+        np.array([np.inf, 3.0, np.inf]),
+    )
     assert list(rates) == [10.0, 3.0, 0.0]
 
 
@@ -337,16 +358,20 @@ def test_a_sequence_that_exactly_fills_the_kv_budget_joins_at_once(tmp_path):
 
     trace = write_trace(tmp_path / "t.jsonl", [0.0, 0.05], input_tokens=4096, output_tokens=200)
     need = math.ceil((4096 + 200) / BLOCK_TOKENS)  # 9 blocks each
-    raw = {"name": "fit", "policies": ["round_robin"], "topology": {"k": 2, "gpus_per_server": 2},
-           "placement": {"layout": "explicit", "prefill": ["h0_0_0_0", "h0_0_0_1"], "decode": ["h1_0_0_1"]},
-           "trace": {"path": str(trace)}}
+    raw = {
+        "name": "fit",
+        "policies": ["round_robin"],
+        "topology": {"k": 2, "gpus_per_server": 2},
+        "placement": {"layout": "explicit", "prefill": ["h0_0_0_0", "h0_0_0_1"], "decode": ["h1_0_0_1"]},
+        "trace": {"path": str(trace)},
+    }
     for blocks, waits in ((2 * need, False), (2 * need - 1, True)):
         raw["compute"] = {"decode_kv_blocks": blocks}
         first, second = rows(from_dict(raw, None), "round_robin")
         assert first["t_done"] > second["t_transfer_end"]  # the first is still running
         # joining a running batch waits for the next iteration boundary (< one step); no room: until
         # the first sequence finishes (~200 steps)
-        assert (second["decode_wait_s"] > 1.0 if waits else second["decode_wait_s"] < 0.1), (blocks, second)
+        assert second["decode_wait_s"] > 1.0 if waits else second["decode_wait_s"] < 0.1, (blocks, second)
 
 
 def test_a_flow_over_a_dead_link_never_completes():
@@ -360,8 +385,9 @@ def test_a_stalled_simulation_stops_with_an_error_instead_of_polling_for_ever(mo
     with a message, although the controller's polls and the elephants would go on for ever."""
     import signal
 
-    exp = make_exp(trace={"requests": 5},
-                   background=[{"src": ["h0_0_0_0"], "dst": ["h1_0_0_1"], "on_s": 0.5, "off_s": 0.5}])
+    exp = make_exp(
+        trace={"requests": 5}, background=[{"src": ["h0_0_0_0"], "dst": ["h1_0_0_1"], "on_s": 0.5, "off_s": 0.5}]
+    )
     sim = Simulation(exp, "netkv")
     monkeypatch.setattr(sim, "_kv_arrived", lambda r: None)
 

@@ -124,8 +124,9 @@ def test_failed_link_is_avoided_and_restored():
     rows = r.path_row(s, np.array([d]))
     assert sorted(x for x in rows[0] if x >= 0) == sorted(after)
     # only pairs whose path crossed the failed link move
-    moved = [(a, b) for a in range(t.n_hosts) for b in range(t.n_hosts) if a != b
-             and Routing(t).path(a, b) != r.path(a, b)]
+    moved = [
+        (a, b) for a in range(t.n_hosts) for b in range(t.n_hosts) if a != b and Routing(t).path(a, b) != r.path(a, b)
+    ]
     assert moved and all(core_link in Routing(t).path(a, b) for a, b in moved)
     r.mark(core_link, up=True)
     assert r.path(s, d) == before

@@ -16,19 +16,29 @@ def write(tmp_path, rows, raw=None):
 
 
 def ok(ts, n=600, out=10, ids=None):
-    return {"timestamp": ts, "input_length": n, "output_length": out,
-            "hash_ids": ids if ids is not None else list(range((n + 511) // 512))}
+    return {
+        "timestamp": ts,
+        "input_length": n,
+        "output_length": out,
+        "hash_ids": ids if ids is not None else list(range((n + 511) // 512)),
+    }
 
 
-@pytest.mark.parametrize("bad,msg", [
-    ({"input_length": 600, "output_length": 1, "hash_ids": [1, 2]}, "missing field 'timestamp'"),
-    ({"timestamp": 5, "input_length": "600", "output_length": 1, "hash_ids": [1, 2]}, "'input_length' must be an integer"),
-    ({"timestamp": 5, "input_length": -3, "output_length": 1, "hash_ids": []}, "'input_length' must be >= 1"),
-    ({"timestamp": 5, "input_length": 600, "output_length": 0, "hash_ids": [1, 2]}, "'output_length' must be >= 1"),
-    ({"timestamp": 5, "input_length": 600, "output_length": 1, "hash_ids": [1]}, "len(hash_ids) = 1"),
-    ({"timestamp": 5, "input_length": 600, "output_length": 1, "hash_ids": "ab"}, "list of integers"),
-    ({"timestamp": 5, "input_length": 600, "output_length": 1}, "missing field 'hash_ids'"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ({"input_length": 600, "output_length": 1, "hash_ids": [1, 2]}, "missing field 'timestamp'"),
+        (
+            {"timestamp": 5, "input_length": "600", "output_length": 1, "hash_ids": [1, 2]},
+            "'input_length' must be an integer",
+        ),
+        ({"timestamp": 5, "input_length": -3, "output_length": 1, "hash_ids": []}, "'input_length' must be >= 1"),
+        ({"timestamp": 5, "input_length": 600, "output_length": 0, "hash_ids": [1, 2]}, "'output_length' must be >= 1"),
+        ({"timestamp": 5, "input_length": 600, "output_length": 1, "hash_ids": [1]}, "len(hash_ids) = 1"),
+        ({"timestamp": 5, "input_length": 600, "output_length": 1, "hash_ids": "ab"}, "list of integers"),
+        ({"timestamp": 5, "input_length": 600, "output_length": 1}, "missing field 'hash_ids'"),
+    ],
+)
 def test_errors_name_file_and_line(tmp_path, bad, msg):
     p = write(tmp_path, [ok(0), ok(1), bad])
     with pytest.raises(TraceError) as e:
@@ -78,7 +88,9 @@ def test_shipped_trace_is_complete(data_dir):
 def test_shipped_trace_equals_shared(data_dir):
     a = load_trace(data_dir / "mooncake-conversation.jsonl.gz")
     b = load_trace(SHARED / "data/mooncake/conversation_trace.jsonl")
-    assert [(r.arrival_s, r.input_tokens, r.hash_ids) for r in a] == [(r.arrival_s, r.input_tokens, r.hash_ids) for r in b]
+    assert [(r.arrival_s, r.input_tokens, r.hash_ids) for r in a] == [
+        (r.arrival_s, r.input_tokens, r.hash_ids) for r in b
+    ]
 
 
 def test_more_malformed_lines_name_the_line(tmp_path):
@@ -106,8 +118,10 @@ def test_exact_messages_for_unsorted_missing_and_bad_rate(tmp_path):
     p = write(tmp_path, [ok(10), ok(5)])
     with pytest.raises(TraceError) as e:
         load_trace(p)
-    assert str(e.value) == (f"{p}:2: timestamp 5 is earlier than the previous line's 10 "
-                            "(traces must be sorted; pass sort=True to sort them)")
+    assert str(e.value) == (
+        f"{p}:2: timestamp 5 is earlier than the previous line's 10 "
+        "(traces must be sorted; pass sort=True to sort them)"
+    )
     with pytest.raises(TraceError) as e:
         load_trace(tmp_path / "nope.jsonl")
     assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: cannot open trace: No such file or directory"
@@ -161,7 +175,7 @@ def test_unreadable_files_are_trace_errors(tmp_path):
     truncated = tmp_path / "cut.jsonl.gz"
     truncated.write_bytes(gzip.compress(good)[:-20])
     latin = tmp_path / "latin.jsonl"
-    latin.write_bytes(json.dumps(ok(0)).encode() + b"\n{\"caf\xe9\": 1}\n")
+    latin.write_bytes(json.dumps(ok(0)).encode() + b'\n{"caf\xe9": 1}\n')
     for p, says in ((corrupt, "Not a gzipped file"), (truncated, "end-of-stream marker"), (latin, "not UTF-8")):
         with pytest.raises(TraceError) as e:
             load_trace(p)

@@ -95,4 +95,3 @@ def test_view_counts_are_integers():
     for name in ("active", "queued", "inbound", "kv_used", "kv_pending", "prefill_queued"):
         assert getattr(v, name).dtype.kind == "i", name
     assert v._kv_free.dtype.kind == "i" and v._batch_full.dtype == bool
-

@@ -133,9 +133,7 @@ class FatTree:
         if self.gpus_per_server < 1:
             raise ValueError(f"topology.gpus_per_server: must be >= 1, got {self.gpus_per_server}")
         if (self.k // 2) * self.gpus_per_server > 254:
-            raise ValueError(
-                "topology: k/2 * gpus_per_server must be <= 254 (hosts of one edge share an IP /24)"
-            )
+            raise ValueError("topology: k/2 * gpus_per_server must be <= 254 (hosts of one edge share an IP /24)")
         for lvl in ("gpu", "server", "edge", "core"):
             if getattr(self.rates, lvl) <= 0:
                 raise ValueError(f"topology: link rate for tier '{lvl}' must be > 0")
@@ -147,8 +145,7 @@ class FatTree:
     @classmethod
     def from_config(cls, t) -> FatTree:
         """The fat-tree of an experiment's [topology] section (`netkv.config.TopologyCfg`)."""
-        rates = LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps,
-                          t.oversubscription)
+        rates = LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps, t.oversubscription)
         return cls(t.k, t.gpus_per_server, rates)
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -194,9 +191,7 @@ class FatTree:
                 for s in range(h):
                     self.servers.append(Node("server", pod, e, s, index=len(self.servers)))
                     for g in range(G):
-                        self.hosts.append(
-                            Node("host", pod, e, s, g, index=len(self.hosts), octet=1 + s * G + g)
-                        )
+                        self.hosts.append(Node("host", pod, e, s, g, index=len(self.hosts), octet=1 + s * G + g))
             for i in range(h):
                 self.aggs.append(Node("agg", pod, i, index=len(self.aggs)))
         for i in range(h):
@@ -341,8 +336,14 @@ class FatTree:
         i, j = divmod(choice, h)
         as_, ad = int(self._h_pod[src]) * h + i, int(self._h_pod[dst]) * h + i
         return [
-            up_h, *mid_up, b["e_up"] + es * h + i, b["a_up"] + as_ * h + j,
-            b["a_down"] + ad * h + j, b["e_down"] + ed * h + i, *mid_down, down_h,
+            up_h,
+            *mid_up,
+            b["e_up"] + es * h + i,
+            b["a_up"] + as_ * h + j,
+            b["a_down"] + ad * h + j,
+            b["e_down"] + ed * h + i,
+            *mid_down,
+            down_h,
         ]
 
     def all_paths(self, src: int, dst: int) -> list[list[int]]:
@@ -390,8 +391,11 @@ class FatTree:
             "hosts": self.n_hosts,
             "servers": self.n_servers,
             "switches": {
-                "server": self.n_servers, "edge": self.n_edge, "agg": self.n_agg,
-                "core": self.n_core, "total": self.n_switches,
+                "server": self.n_servers,
+                "edge": self.n_edge,
+                "agg": self.n_agg,
+                "core": self.n_core,
+                "total": self.n_switches,
             },
             "directed_links": self.n_links,
             "link_gbps": {lvl: r.rate(lvl) for lvl in ("gpu", "server", "edge", "core")},
@@ -404,23 +408,39 @@ class FatTree:
         doc = {
             "summary": self.summary(),
             "hosts": [
-                {"name": n.name, "index": n.index, "ip": n.ip, "mac": n.mac, "pod": n.pod,
-                 "edge": n.a, "server": n.b, "gpu": n.c, "switch": self.server_of(n.index).name}
+                {
+                    "name": n.name,
+                    "index": n.index,
+                    "ip": n.ip,
+                    "mac": n.mac,
+                    "pod": n.pod,
+                    "edge": n.a,
+                    "server": n.b,
+                    "gpu": n.c,
+                    "switch": self.server_of(n.index).name,
+                }
                 for n in self.hosts
             ],
-            "switches": [
-                {"name": s.name, "kind": s.kind, "dpid": s.dpid_str, "pod": s.pod} for s in self.switches
-            ],
+            "switches": [{"name": s.name, "kind": s.kind, "dpid": s.dpid_str, "pod": s.pod} for s in self.switches],
             "links": [
-                {"id": lk.id, "src": lk.src, "dst": lk.dst, "src_port": lk.src_port,
-                 "dst_port": lk.dst_port, "gbps": lk.gbps, "level": lk.level}
+                {
+                    "id": lk.id,
+                    "src": lk.src,
+                    "dst": lk.dst,
+                    "src_port": lk.src_port,
+                    "dst_port": lk.dst_port,
+                    "gbps": lk.gbps,
+                    "level": lk.level,
+                }
                 for lk in self.links
             ],
         }
         if routing is not None:
             doc["routes"] = {
                 f"{s.name}>{d.name}": [self.links[lid].dst for lid in routing.path(s.index, d.index)][:-1]
-                for s in self.hosts for d in self.hosts if s.index != d.index
+                for s in self.hosts
+                for d in self.hosts
+                if s.index != d.index
             }
             doc["routing"] = routing.strategy.name
         return doc

@@ -48,7 +48,9 @@ def check_rates(topo: FatTree, bandwidth_scale: float, max_mbps: float = 1000.0)
                 f"to at least {math.ceil(topo.rates.rate(level) * 1000 / max_mbps)}"
             )
         if mbps < 0.5:
-            raise LinkConfigError(f"emulation.bandwidth_scale: the '{level}' tier would get {mbps:.3f} Mbit/s; lower it")
+            raise LinkConfigError(
+                f"emulation.bandwidth_scale: the '{level}' tier would get {mbps:.3f} Mbit/s; lower it"
+            )
         out[level] = mbps
     return out
 
@@ -105,8 +107,9 @@ class ShapedIntf(TCIntf):
 HOST_BUCKET_PACKETS = 64  # per-flow queue at a GPU's own NIC: deep enough that TSQ, not drops, limits TCP
 
 
-def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64,
-                     host: bool = False) -> list[str]:
+def fair_queue_batch(
+    dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64, host: bool = False
+) -> list[str]:
     """`tc -batch` lines that make a switch port's egress a fair queue at `mbps`.
 
     The kernel here has neither sfq nor fq_codel, and TCP alone shares a shallow drop-tail queue
@@ -132,14 +135,20 @@ def fair_queue_batch(dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5
         f"burst {burst} cburst {burst} quantum {q} mtu {q}",
     ]
     for i in range(buckets):
-        lines.append(f"class add dev {dev} parent 5:1 classid 5:{0x10 + i:x} htb rate {mbps / buckets:f}Mbit "
-                     f"ceil {mbps:f}Mbit burst {burst} cburst {burst} quantum {q} mtu {q}")
+        lines.append(
+            f"class add dev {dev} parent 5:1 classid 5:{0x10 + i:x} htb rate {mbps / buckets:f}Mbit "
+            f"ceil {mbps:f}Mbit burst {burst} cburst {burst} quantum {q} mtu {q}"
+        )
         lines.append(f"qdisc add dev {dev} parent 5:{0x10 + i:x} handle {0x100 + i:x}: bfifo limit {limit}")
     lines.append(f"filter add dev {dev} parent 5: prio 1 handle 2: protocol ip u32 divisor {buckets}")
-    lines.append(f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 800:: match ip protocol 6 0xff "
-                 f"link 2: hashkey mask 0x{buckets - 1:04x}0000 at 20")
+    lines.append(
+        f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 800:: match ip protocol 6 0xff "
+        f"link 2: hashkey mask 0x{buckets - 1:04x}0000 at 20"
+    )
     for i in range(buckets):
-        lines.append(f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 2:{i:x}: match u8 0 0 flowid 5:{0x10 + i:x}")
+        lines.append(
+            f"filter add dev {dev} parent 5: prio 1 protocol ip u32 ht 2:{i:x}: match u8 0 0 flowid 5:{0x10 + i:x}"
+        )
     return lines
 
 
@@ -163,14 +172,32 @@ class UserOVSSwitch(OVSSwitch):
 class NetKVFatTree(Topo):
     """Mininet topology of the shared fat-tree description."""
 
-    def build(self, k: int = 4, gpus: int = 4, bandwidth_scale: float = 4000.0, gpu_gbps: float = 900.0,
-              server_gbps: float = 400.0, edge_gbps: float = 400.0, core_gbps: float = 400.0,
-              oversubscription: float = 1.0, mtu: int = 9000, queue_ms: float = 5.0, qdisc: str = "bfifo",
-              max_mbps: float = 1000.0, fattree: FatTree | None = None):
+    def build(
+        self,
+        k: int = 4,
+        gpus: int = 4,
+        bandwidth_scale: float = 4000.0,
+        gpu_gbps: float = 900.0,
+        server_gbps: float = 400.0,
+        edge_gbps: float = 400.0,
+        core_gbps: float = 400.0,
+        oversubscription: float = 1.0,
+        mtu: int = 9000,
+        queue_ms: float = 5.0,
+        qdisc: str = "bfifo",
+        max_mbps: float = 1000.0,
+        fattree: FatTree | None = None,
+    ):
         if fattree is None:  # `mn --topo netkv-fattree,k=...`: the same [topology] section an experiment has
-            section = {"k": int(k), "gpus_per_server": int(gpus), "gpu_link_gbps": float(gpu_gbps),
-                       "server_link_gbps": float(server_gbps), "edge_link_gbps": float(edge_gbps),
-                       "core_link_gbps": float(core_gbps), "oversubscription": float(oversubscription)}
+            section = {
+                "k": int(k),
+                "gpus_per_server": int(gpus),
+                "gpu_link_gbps": float(gpu_gbps),
+                "server_link_gbps": float(server_gbps),
+                "edge_link_gbps": float(edge_gbps),
+                "core_link_gbps": float(core_gbps),
+                "oversubscription": float(oversubscription),
+            }
             fattree = FatTree.from_config(parse_section("topology", section, "mn --topo netkv-fattree"))
         t = fattree
         self.fattree = t
@@ -185,10 +212,8 @@ class NetKVFatTree(Topo):
             if key in seen:
                 continue
             seen.add(key)
-            params = dict(bw=mbps[lk.level], mtu=int(mtu), queue_ms=float(queue_ms), qdisc=qdisc,
-                          txo=False, rxo=False)
-            self.addLink(lk.src, lk.dst, port1=lk.src_port or None, port2=lk.dst_port or None,
-                         cls=ShapedLink, **params)
+            params = dict(bw=mbps[lk.level], mtu=int(mtu), queue_ms=float(queue_ms), qdisc=qdisc, txo=False, rxo=False)
+            self.addLink(lk.src, lk.dst, port1=lk.src_port or None, port2=lk.dst_port or None, cls=ShapedLink, **params)
 
 
 def intf_names(topo: FatTree) -> dict[tuple[str, int], str]:
@@ -197,4 +222,3 @@ def intf_names(topo: FatTree) -> dict[tuple[str, int], str]:
     for lk in topo.links:
         out[(lk.src, lk.src_port)] = f"{lk.src}-eth{lk.src_port}"
     return out
-

@@ -64,8 +64,10 @@ def _mixed_server(pl, topo: FatTree, seed: int):
 def _alternate_servers(pl, topo: FatTree, seed: int):
     f, G = pl.prefill_fraction, topo.gpus_per_server
     is_pre = [int((i + 1) * f) > int(i * f) for i in range(topo.n_servers)]
-    return ([n.index for n in topo.hosts if is_pre[n.index // G]],
-            [n.index for n in topo.hosts if not is_pre[n.index // G]])
+    return (
+        [n.index for n in topo.hosts if is_pre[n.index // G]],
+        [n.index for n in topo.hosts if not is_pre[n.index // G]],
+    )
 
 
 @LAYOUTS.register("split-pods", order=2)
