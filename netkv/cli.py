@@ -64,6 +64,14 @@ def cmd_emulate(a) -> int:
     try:
         require_root()
         run, _ = emulate_experiment(cluster, a.policy, Path(a.out), cli=a.cli)
+        if not a.no_fidelity:
+            from netkv.compare import format_fidelity
+            from netkv.simulator.replay import fidelity_report
+
+            print("fidelity (the simulator replays this run's choices; errors are emulated vs flow model):")
+            rep, out = fidelity_report(run.root, log=lambda *x: None)
+            print(format_fidelity(rep))
+            print(f"fidelity report: {out / 'fidelity.json'}, {out / 'transfers.png'}")
     except (FabricError, RuntimeError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
@@ -304,6 +312,19 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_fidelity(a) -> int:
+    from netkv.compare import format_fidelity
+    from netkv.simulator.replay import fidelity_report
+
+    for d in [a.run, *([a.sim] if a.sim else [])]:
+        if not (Path(d) / "summary.json").exists():
+            raise UsageError(f"{d}: no summary.json (not a run directory)")
+    rep, out = fidelity_report(a.run, a.sim, log=lambda *x: None)
+    print(format_fidelity(rep))
+    print(f"fidelity report: {out / 'fidelity.json'}, {out / 'transfers.png'}")
+    return 0
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by `simulate` and `emulate`."""
     p.add_argument("experiment", help="experiment TOML file")
@@ -335,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulate", help="run an experiment's policies on the emulated testbed (root)")
     _run_arguments(p)
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI on the running testbed before teardown")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity report (`netkv fidelity RUN` later)")
     p.set_defaults(fn=cmd_emulate)
 
     p = sub.add_parser("topo", help="print a topology summary and optionally export it as JSON")
@@ -373,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--json", help="also write the comparison as JSON")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser(
+        "fidelity",
+        help="how far an emulated run is from the flow model: the simulator replays its choices; "
+        "per-transfer and per-tier errors, TTFT error, rankings (JSON + PNG in RUN/fidelity/)",
+    )
+    p.add_argument("run", help="an emulated run directory")
+    p.add_argument("--sim", help="a simulated run of the same experiment for the ranking (default: simulate it)")
+    p.set_defaults(fn=cmd_fidelity)
 
     p = sub.add_parser("report", help="print a run's summary table and draw its plots")
     p.add_argument("run_dir")

@@ -29,15 +29,7 @@ def compare_runs(a: str | Path, b: str | Path) -> dict:
         rows_a = {r["id"]: r for r in ra.read_requests(pol) if r["status"] == "completed"}
         rows_b = {r["id"]: r for r in rb.read_requests(pol) if r["status"] == "completed"}
         ids = sorted(rows_a.keys() & rows_b.keys())
-        for i in ids:
-            ka, kb = (
-                tuple(r.get(k) for k in ("arrival_s", "input_tokens", "output_tokens")) for r in (rows_a[i], rows_b[i])
-            )
-            if ka != kb:
-                raise CompareError(
-                    f"{a} and {b} replay different requests ({pol}, request {i}: arrival, input, "
-                    f"output = {ka} vs {kb}); compare runs of one experiment and trace window"
-                )
+        _check_same_requests(rows_a, rows_b, ids, pol, a, b)
         res = {"requests": len(ids)}
         if not ids:
             out[pol] = res
@@ -93,4 +85,134 @@ def format_comparison(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
                 f"{'':<17} {name:<20} {r['mean_a']:>10.4f} {r['mean_b']:>10.4f} {r['mae']:>8.4f} "
                 f"{r['p90_abs_err']:>9.4f} {rel:>8} {pct(r['rel_err_p50']):>7} {pct(r['rel_err_p95']):>7} {corr:>6}"
             )
+    return "\n".join(lines)
+
+
+# ---- fidelity: an emulated run against the flow model ------------------------------------------
+
+# what a faithful emulation must reach (the faithful-emulation issue's targets; docs/emulation.md)
+FIDELITY_TARGETS = {"transfer_rel_p50": 0.10, "transfer_rel_p95": 0.30, "ttft_mean_rel": 0.05}
+
+
+def _completed(run: RunDir, pol: str) -> dict[int, dict]:
+    return {r["id"]: r for r in run.read_requests(pol) if r["status"] == "completed"}
+
+
+def _rel_stats(model: np.ndarray, emu: np.ndarray) -> dict:
+    rel = np.abs(emu - model) / model
+    return {
+        "n": int(len(model)),
+        "model_mean": float(model.mean()),
+        "emu_mean": float(emu.mean()),
+        "rel_p50": float(np.median(rel)),
+        "rel_p95": float(np.percentile(rel, 95)),
+        "bias": float(np.median((emu - model) / model)),  # > 0: emulated transfers are longer
+    }
+
+
+def _ranking(run: RunDir, pols: list[str]) -> list[str]:
+    s = run.read_summary()["policies"]
+    return sorted(pols, key=lambda p: s[p]["ttft_s"]["mean"] if s[p].get("ttft_s") else float("inf"))
+
+
+def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | None = None) -> dict:
+    """How far an emulated run is from the flow model, per policy: KV transfer time request by
+    request (over requests that took the same (prefill, decode) pair in both runs), overall and per
+    tier (relative error |emu - model| / model: median, p95, and the median signed error as bias),
+    mean TTFT error, the policy ranking by mean TTFT in each run, whether the targets are met, and
+    the fidelity guard's verdict from the emulated run. `model_dir` is normally the simulator
+    replaying the emulated run's choices; `free_dir` a simulation that chose for itself."""
+    m, e = RunDir(Path(model_dir)), RunDir(Path(emu_dir))
+    pols = [p for p in e.read_summary()["policies"] if p in m.read_summary()["policies"]]
+    report: dict = {"model": str(m.root), "emulated": str(e.root), "targets": FIDELITY_TARGETS, "policies": {}}
+    for pol in pols:
+        rm, re_ = _completed(m, pol), _completed(e, pol)
+        ids = sorted(rm.keys() & re_.keys())
+        _check_same_requests(rm, re_, ids, pol, m.root, e.root)
+        same = [i for i in ids if (rm[i]["prefill"], rm[i]["decode"]) == (re_[i]["prefill"], re_[i]["decode"])]
+        xfer = [i for i in same if rm[i]["transfer_s"] and re_[i]["transfer_s"] is not None]
+        res: dict = {"requests": len(ids), "same_choice": len(same) / len(ids) if ids else None}
+        if xfer:
+            res["transfer"] = _rel_stats(
+                np.array([rm[i]["transfer_s"] for i in xfer]), np.array([re_[i]["transfer_s"] for i in xfer])
+            )
+            res["transfer_by_tier"] = {}
+            for tier in sorted({rm[i]["tier"] for i in xfer}):
+                sel = [i for i in xfer if rm[i]["tier"] == tier]
+                res["transfer_by_tier"][str(tier)] = _rel_stats(
+                    np.array([rm[i]["transfer_s"] for i in sel]), np.array([re_[i]["transfer_s"] for i in sel])
+                )
+        if ids:
+            tm = float(np.mean([rm[i]["ttft_s"] for i in ids]))
+            te = float(np.mean([re_[i]["ttft_s"] for i in ids]))
+            res["ttft_mean_model"], res["ttft_mean_emu"] = tm, te
+            res["ttft_mean_rel"] = (te - tm) / tm if tm else None
+        t = res.get("transfer", {})
+        ttft_rel = res.get("ttft_mean_rel")
+        res["meets"] = {
+            "transfer_rel_p50": t.get("rel_p50", float("inf")) <= FIDELITY_TARGETS["transfer_rel_p50"],
+            "transfer_rel_p95": t.get("rel_p95", float("inf")) <= FIDELITY_TARGETS["transfer_rel_p95"],
+            "ttft_mean_rel": ttft_rel is not None and abs(ttft_rel) <= FIDELITY_TARGETS["ttft_mean_rel"],
+        }
+        report["policies"][pol] = res
+    report["ranking"] = {"emulated": _ranking(e, pols), "model": _ranking(m, pols)}
+    if free_dir is not None:
+        report["ranking"]["free_simulation"] = _ranking(RunDir(Path(free_dir)), pols)
+    report["same_ranking"] = report["ranking"]["emulated"] == report["ranking"].get(
+        "free_simulation", report["ranking"]["model"]
+    )
+    try:
+        report["guard"] = e.read_meta().get("fidelity")
+    except FileNotFoundError:
+        report["guard"] = None
+    return report
+
+
+def _check_same_requests(ra: dict, rb: dict, ids: list[int], pol: str, a, b) -> None:
+    for i in ids:
+        ka, kb = (tuple(r.get(k) for k in ("arrival_s", "input_tokens", "output_tokens")) for r in (ra[i], rb[i]))
+        if ka != kb:
+            raise CompareError(
+                f"{a} and {b} replay different requests ({pol}, request {i}: arrival, input, "
+                f"output = {ka} vs {kb}); compare runs of one experiment and trace window"
+            )
+
+
+def format_fidelity(rep: dict) -> str:
+    """The fidelity report as a table: per policy and tier, transfer error; TTFT error; rankings."""
+    pct = lambda v: "-" if v is None else f"{v:+.1%}" if v < 0 else f"{v:.1%}"  # noqa: E731
+    tiers = {"0": "same server", "1": "same edge", "2": "same pod", "3": "cross-pod"}
+    lines = [
+        f"{'policy':<17} {'transfers':<14} {'n':>4} {'model ms':>9} {'emu ms':>8} {'rel p50':>8} {'rel p95':>8} "
+        f"{'bias':>7}   TTFT mean err",
+    ]
+    for pol, res in rep["policies"].items():
+        t = res.get("transfer")
+        ttft = pct(res.get("ttft_mean_rel"))
+        if t is None:
+            lines.append(f"{pol:<17} {'(none)':<14} {'':>4} {'':>9} {'':>8} {'':>8} {'':>8} {'':>7}   {ttft}")
+            continue
+        rows = [("all", t), *((tiers.get(k, k), v) for k, v in res["transfer_by_tier"].items())]
+        for j, (name, s) in enumerate(rows):
+            lines.append(
+                f"{pol if j == 0 else '':<17} {name:<14} {s['n']:>4} {s['model_mean'] * 1e3:>9.2f} "
+                f"{s['emu_mean'] * 1e3:>8.2f} {s['rel_p50']:>8.1%} {s['rel_p95']:>8.1%} {pct(s['bias']):>7}"
+                f"   {ttft if j == 0 else ''}"
+            )
+    r = rep["ranking"]
+    lines.append(f"ranking by mean TTFT, emulated:  {' < '.join(r['emulated'])}")
+    other = "free_simulation" if "free_simulation" in r else "model"
+    lines.append(
+        f"ranking by mean TTFT, simulated: {' < '.join(r[other])}" + ("" if rep["same_ranking"] else "  (differs)")
+    )
+    tg = rep["targets"]
+    met = [p for p, res in rep["policies"].items() if all(res["meets"].values())]
+    lines.append(
+        f"targets (transfer rel p50 <= {tg['transfer_rel_p50']:.0%}, p95 <= {tg['transfer_rel_p95']:.0%}, "
+        f"TTFT mean <= {tg['ttft_mean_rel']:.0%}): met by {len(met)} of {len(rep['policies'])} policies"
+        + (f" ({', '.join(met)})" if met else "")
+    )
+    g = rep.get("guard")
+    if g:
+        lines.append(f"fidelity guard: {g.get('note', g)}")
     return "\n".join(lines)

@@ -81,3 +81,50 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def fidelity_plot(model_dir: str | Path, emu_dir: str | Path, path: str | Path) -> Path:
+    """Scatter of each request's KV transfer time, flow model (x) vs emulated (y), per policy,
+    coloured by tier, over the requests that took the same (prefill, decode) pair in both runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, e = RunDir(Path(model_dir)), RunDir(Path(emu_dir))
+    pols = [p for p in e.read_summary()["policies"] if p in m.read_summary()["policies"]]
+    fig, axes = plt.subplots(1, max(len(pols), 1), figsize=(3.3 * max(len(pols), 1), 3.6), squeeze=False)
+    names = ["same server", "same edge", "same pod", "cross pod"]
+    for ax, pol in zip(axes[0], pols):
+        rm = {r["id"]: r for r in m.read_requests(pol) if r["status"] == "completed"}
+        re_ = {r["id"]: r for r in e.read_requests(pol) if r["status"] == "completed"}
+        lo, hi = np.inf, 0.0
+        for tier in range(4):
+            pts = [
+                (rm[i]["transfer_s"], re_[i]["transfer_s"])
+                for i in rm.keys() & re_.keys()
+                if rm[i]["tier"] == tier
+                and (rm[i]["prefill"], rm[i]["decode"]) == (re_[i]["prefill"], re_[i]["decode"])
+                and rm[i]["transfer_s"]
+                and re_[i]["transfer_s"]
+            ]
+            if pts:
+                x, y = np.array(pts).T
+                ax.scatter(x * 1e3, y * 1e3, s=9, label=names[tier], color=f"C{tier}")
+                lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+        if hi > 0:
+            ax.plot([lo * 1e3, hi * 1e3], [lo * 1e3, hi * 1e3], "k--", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_title(pol, fontsize=10)
+        ax.set_xlabel("flow model (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("emulated (ms)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("KV transfer time per request: emulated vs flow model (same choices)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

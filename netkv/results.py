@@ -313,6 +313,9 @@ class RunDir:
     def read_summary(self) -> dict:
         return _read_json(self.root / "summary.json")
 
+    def read_meta(self) -> dict:
+        return _read_json(self.root / "meta.json")
+
     def read_policy_summary(self, policy: str) -> dict:
         return _read_json(self.root / policy / "summary.json")
 

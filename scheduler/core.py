@@ -38,32 +38,47 @@ class Decision:
 class Scheduler:
     """Picks (prefill, decode) for each request with one policy over a ClusterView and an oracle."""
 
-    def __init__(self, policy_name: str, params: dict, seed: int, view, oracle, topo):
+    def __init__(
+        self,
+        policy_name: str,
+        params: dict,
+        seed: int,
+        view,
+        oracle,
+        topo,
+        replay: dict[int, tuple[int, int]] | None = None,
+    ):
+        """`replay`: request id -> (prefill host, decode host) to take instead of choosing (the
+        simulator replaying an emulated run's choices, so that the two compare like with like)."""
         self.policy = registry.create(policy_name, params, seed)
         self.view = view
         self.oracle = oracle
         self.topo = topo
         self._kv_tok = float(view.compute.model.kv_bytes_per_token)
+        self.replay = replay or {}
+        self._p_slot = {int(h): i for i, h in enumerate(view.prefill_hosts)}
+        self._d_slot = {int(h): i for i, h in enumerate(view.decode_hosts)}
 
-    def choose_prefill(self, req) -> tuple[int, int, float]:
+    def choose_prefill(self, req, forced: int | None = None) -> tuple[int, int, float]:
         """(slot, prefix-hit blocks, seconds until its prefill ends) of the prefill instance expected
-        to finish the prefill first."""
+        to finish the prefill first (or of slot `forced`)."""
         v = self.view
         hits = v.prefill_index.prefix_hits(req.hash_ids)
         pf = v.compute.prefill_s_array(req.input_tokens - hits * BLOCK_TOKENS)
         finish = np.where(v.prefill_alive, v.prefill_backlog_s + pf, np.inf)
         if not np.isfinite(finish).any():
             raise RuntimeError("no live prefill instance")
-        slot = int(np.argmin(finish))
+        slot = int(np.argmin(finish)) if forced is None else forced
         return slot, int(hits[slot]), float(finish[slot])
 
     def decide(self, req) -> Decision:
         t0 = time.perf_counter_ns()
-        p_slot, p_hits, p_finish = self.choose_prefill(req)
+        forced = self.replay.get(req.id)
+        p_slot, p_hits, p_finish = self.choose_prefill(req, None if forced is None else self._p_slot[forced[0]])
         t1 = time.perf_counter_ns()
         clock = self.oracle.clock
         q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
-        d_slot = self.policy.choose(q, self.oracle)
+        d_slot = self.policy.choose(q, self.oracle) if forced is None else self._d_slot[forced[1]]
         t2 = time.perf_counter_ns()
         p_host = int(self.view.prefill_hosts[p_slot])
         d_host = int(self.view.decode_hosts[d_slot])

@@ -45,8 +45,14 @@ class Runtime:
     """One policy's scheduler state over a cluster, with the verbs of a request's life."""
 
     def __init__(
-        self, cluster: Cluster, policy: str, clock: Callable[[], float], telemetry: Callable[[], Snapshot | None]
+        self,
+        cluster: Cluster,
+        policy: str,
+        clock: Callable[[], float],
+        telemetry: Callable[[], Snapshot | None],
+        replay: dict[int, tuple[int, int]] | None = None,
     ):
+        """`replay`: request id -> (prefill host, decode host) to take instead of choosing."""
         exp = cluster.exp
         self.cluster, self.policy = cluster, policy
         self.topo, self.compute = cluster.topo, cluster.compute
@@ -55,7 +61,9 @@ class Runtime:
         self.oracle = ORACLES.get(exp.telemetry.oracle).from_config(
             self.topo, self.routing, exp.telemetry, telemetry, clock
         )
-        self.sched = Scheduler(policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo)
+        self.sched = Scheduler(
+            policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo, replay
+        )
         c, v = self.compute, self.view
         self.prefill_caches = [PrefixCache(c.prefill_cache_blocks, i, v.prefill_index) for i in range(v.n_prefill)]
         self.decode_caches = [PrefixCache(c.kv_blocks, i, v.decode_index) for i in range(v.n_decode)]

@@ -76,7 +76,17 @@ def _steps_time(s0: float, dl: float, m: int) -> float:
 class Simulation:
     """One policy over one trace window on the modelled cluster."""
 
-    def __init__(self, cluster: Cluster | Experiment, policy: str, requests=None, *, compute=None, progress=None):
+    def __init__(
+        self,
+        cluster: Cluster | Experiment,
+        policy: str,
+        requests=None,
+        *,
+        compute=None,
+        progress=None,
+        replay: dict[int, tuple[int, int]] | None = None,
+    ):
+        """`replay`: request id -> (prefill host, decode host) to take instead of the policy's choice."""
         if not isinstance(cluster, Cluster):  # an experiment: build its cluster here
             cluster = Cluster.build(cluster, compute)
         exp = self.exp = cluster.exp
@@ -88,7 +98,7 @@ class Simulation:
         self._delay = te.publish_delay_s
         self._snaps: deque[tuple[float, Snapshot]] = deque()
         self._snap: Snapshot | None = None
-        self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published)
+        self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published, replay)
         self.topo, self.compute, self.routing = rt.topo, rt.compute, rt.routing
         self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
         self.net = FlowNetwork(self.topo.capacity_bps)

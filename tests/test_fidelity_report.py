@@ -1,0 +1,98 @@
+"""The fidelity report: the simulator replays a run's choices; errors per transfer and tier, TTFT error,
+rankings, targets."""
+
+import json
+
+import pytest
+
+from netkv.cli import main
+from netkv.compare import FIDELITY_TARGETS, fidelity
+from netkv.results import RunDir
+from netkv.simulator.replay import replay_run
+from netkv.simulator.run import simulate_experiment
+
+from conftest import make_exp
+
+WALL = {"decision_us", "prefill_choice_us"}
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory):
+    """A simulated run of every policy on a small cluster, written like any run (experiment.json too)."""
+    tmp = tmp_path_factory.mktemp("fid")
+    exp = make_exp(trace={"requests": 40, "rate_multiplier": 6.0})
+    exp.path = None
+    run, _ = simulate_experiment(exp, out=tmp, progress=False, log=lambda *a: None)
+    return run.root
+
+
+def test_replaying_a_simulated_run_reproduces_it_request_by_request(sim_run, tmp_path):
+    rep = replay_run(sim_run, tmp_path / "replay", log=lambda *a: None)
+    src = RunDir(sim_run)
+    for pol in src.read_summary()["policies"]:
+        a = [{k: v for k, v in r.items() if k not in WALL} for r in src.read_requests(pol)]
+        b = [{k: v for k, v in r.items() if k not in WALL} for r in rep.read_requests(pol)]
+        assert a == b, pol
+
+
+def test_replay_takes_the_recorded_choices_not_the_policy_s(sim_run, tmp_path):
+    """Swap the decode of two requests in the source: the replay follows the record."""
+    src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(sim_run, src)
+    run = RunDir(src)
+    rows = run.read_requests("netkv")
+    rows[3]["decode"], rows[5]["decode"] = rows[5]["decode"], rows[3]["decode"]
+    assert rows[3]["decode"] != rows[5]["decode"]
+    run.write_requests("netkv", rows)
+    rep = replay_run(src, tmp_path / "replay", log=lambda *a: None).read_requests("netkv")
+    assert [r["decode"] for r in rep] == [r["decode"] for r in rows]
+
+
+def test_a_run_against_itself_is_perfectly_faithful(sim_run):
+    rep = fidelity(sim_run, sim_run)
+    for pol, res in rep["policies"].items():
+        assert res["same_choice"] == 1.0 and res["ttft_mean_rel"] == 0.0, pol
+        if "transfer" in res:
+            assert res["transfer"]["rel_p50"] == res["transfer"]["rel_p95"] == 0.0
+            assert sum(t["n"] for t in res["transfer_by_tier"].values()) == res["transfer"]["n"]
+        assert all(res["meets"].values())
+    assert rep["same_ranking"] and rep["ranking"]["emulated"] == rep["ranking"]["model"]
+    assert rep["targets"] == FIDELITY_TARGETS
+
+
+def test_errors_are_measured_per_tier_and_over_same_choices_only(sim_run, tmp_path):
+    """Cross-pod transfers 50% longer, one request moved elsewhere: the cross-pod tier shows +50%, the
+    others 0, and the moved request leaves the transfer comparison."""
+    import shutil
+
+    emu = tmp_path / "emu"
+    shutil.copytree(sim_run, emu)
+    run = RunDir(emu)
+    rows = run.read_requests("round_robin")
+    moved = next(r for r in rows if r["tier"] != 3 and r["transfer_s"])
+    moved["decode"] = "elsewhere"
+    for r in rows:
+        if r["tier"] == 3 and r["transfer_s"]:
+            r["transfer_s"] *= 1.5
+    run.write_requests("round_robin", rows)
+    res = fidelity(sim_run, emu)["policies"]["round_robin"]
+    assert res["transfer_by_tier"]["3"]["rel_p50"] == pytest.approx(0.5)
+    assert res["transfer_by_tier"]["3"]["bias"] == pytest.approx(0.5)
+    others = [v for k, v in res["transfer_by_tier"].items() if k != "3"]
+    assert others and all(v["rel_p95"] == 0.0 for v in others)
+    with_xfer = sum(1 for r in rows if r["transfer_s"])
+    assert res["transfer"]["n"] == with_xfer - 1 and res["same_choice"] == pytest.approx(1 - 1 / len(rows))
+    assert res["meets"]["transfer_rel_p95"] is False
+
+
+def test_netkv_fidelity_writes_its_report_and_refuses_a_directory_that_is_not_a_run(sim_run, tmp_path, capsys):
+    assert main(["fidelity", str(sim_run)]) == 0
+    out = capsys.readouterr().out
+    assert "ranking by mean TTFT, emulated:" in out and "met by 5 of 5 policies" in out
+    doc = json.loads((sim_run / "fidelity" / "fidelity.json").read_text())
+    assert set(doc["policies"]) == {"round_robin", "random", "least_loaded", "cache_load_aware", "netkv"}
+    assert (sim_run / "fidelity" / "transfers.png").stat().st_size > 10_000
+    assert main(["fidelity", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
