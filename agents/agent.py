@@ -3,8 +3,9 @@
 python -m netkv.agents.agent --role prefill|decode --host NAME --experiment FILE --sock-dir DIR
 
 Prefill agent: FCFS queue; LRU prefix cache; sleeps the profile's prefill time for the uncached
-tokens (x time_dilation); then streams the blocks the chosen decode instance lacks over a new TCP
-connection, real bytes scaled by byte_scale, framed per block (agents/protocol.py). With
+tokens (x time_dilation); then streams the blocks the chosen decode instance lacks over a pooled,
+long-lived TCP connection to it, real bytes scaled by byte_scale, framed per block
+(agents/protocol.py). With
 `emulation.layerwise = true` the transfer starts with the prefill and block i leaves once (i+1)/n
 of the prefill time has passed (layer-wise streaming that overlaps transfer and compute).
 
@@ -29,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netkv.agents.protocol import KV_PORT, read_kv, read_msg, send_msg, write_kv
+from netkv.agents.protocol import ACK, KV_PORT, read_kv, read_msg, send_msg, write_kv
 from netkv.compute import compute_from_config
 from netkv.config import ConfigError, load_json
 from netkv.kvcache import PrefixCache
@@ -77,6 +78,7 @@ class Agent:
                 op = msg.get("op")
                 if op == "reset":
                     self.reset()
+                    await self.connect_peers(msg.get("peers") or [])
                     self.emit("reset_done")
                 elif op == "shutdown":
                     asyncio.get_running_loop().stop()
@@ -91,6 +93,9 @@ class Agent:
 
     def reset(self) -> None:
         raise NotImplementedError
+
+    async def connect_peers(self, peers: list[str]) -> None:
+        """Open the long-lived connections to the given peers (prefill agents only)."""
 
     def handle(self, msg: dict) -> None:
         raise NotImplementedError
@@ -124,7 +129,36 @@ class PrefillAgent(Agent):
         super().__init__(*a, **kw)
         self.zero = bytes(1 << 16)
         self.layerwise = self.exp.emulation.layerwise
+        # idle long-lived KV connections per decode IP (kept across resets, like RDMA queue pairs)
+        self._pool: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self.connections_opened = 0
         self.reset()
+
+    async def connect_peers(self, peers: list[str]) -> None:
+        for ip in peers:
+            if not self._pool.get(ip):
+                try:
+                    self._release(ip, *(await self._open(ip)))
+                except (TimeoutError, OSError) as e:  # the transfer that needs it will fail and say why
+                    self.emit("peer_unreachable", ip=ip, reason=f"{type(e).__name__}: {e}")
+
+    async def _open(self, ip: str):
+        conn = await asyncio.wait_for(asyncio.open_connection(ip, KV_PORT), 10)
+        self.connections_opened += 1
+        return conn
+
+    async def _connection(self, ip: str):
+        """An idle pooled connection to `ip`, or a new one (none idle, or the peer closed them)."""
+        idle = self._pool.get(ip, [])
+        while idle:
+            reader, writer = idle.pop()
+            if not (writer.is_closing() or reader.at_eof()):
+                return reader, writer
+            writer.close()
+        return await self._open(ip)
+
+    def _release(self, ip: str, reader, writer) -> None:
+        self._pool.setdefault(ip, []).append((reader, writer))
 
     def reset(self) -> None:
         if getattr(self, "_worker", None) is not None:
@@ -185,14 +219,17 @@ class PrefillAgent(Agent):
         sizes = block_sizes(job.send_from_token, job.input, self.kv_tok, self.byte_scale)
         t0 = time.time()
         self.emit("xfer_start", id=job.id, t=t0)
+        writer = None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(job.decode_ip, KV_PORT), 10)
+            reader, writer = await self._connection(job.decode_ip)
             sent = await write_kv(writer, job.id, self.host, sizes, pace, self.zero)
-            writer.write_eof()
-            await reader.read()  # the decode side closes after reading everything
-            writer.close()
+            if await reader.readexactly(1) != ACK:
+                raise ConnectionError("the decode agent answered something other than an ACK")
+            self._release(job.decode_ip, reader, writer)
             self.emit("xfer_sent", id=job.id, t=time.time(), bytes=sent, blocks=len(sizes))
-        except (TimeoutError, OSError, ConnectionError) as e:
+        except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError) as e:
+            if writer is not None:
+                writer.close()
             self.emit("xfer_failed", id=job.id, t=time.time(), reason=f"{type(e).__name__}: {e}")
 
 
@@ -226,6 +263,7 @@ class DecodeAgent(Agent):
         super().__init__(*a, **kw)
         self._loop_task = None
         self.bytes_received = 0
+        self.connections = 0  # KV connections accepted since start
         self.reset()
 
     def reset(self) -> None:
@@ -257,15 +295,32 @@ class DecodeAgent(Agent):
             self._maybe_ready(s)
 
     async def _kv_conn(self, reader, writer):
+        """One long-lived connection from a prefill agent: transfers one after another, each ACKed."""
+        self.connections += 1
+        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
         try:
-            hdr, nbytes, nblocks, err = await read_kv(reader)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
-            self.emit("kv_arrived", id=None, t=time.time(), ok=False, reason=f"broken stream: {e}")
-            writer.close()
+            while True:
+                try:
+                    hdr, nbytes, nblocks, err = await read_kv(reader)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial or e.expected != 4:  # not a clean close between two transfers
+                        self.emit("kv_arrived", id=None, t=time.time(), ok=False, reason=f"broken stream: {e}")
+                    return
+                except (ConnectionError, ValueError) as e:
+                    self.emit("kv_arrived", id=None, t=time.time(), ok=False, reason=f"broken stream: {e}")
+                    return
+                self._kv_received(hdr, nbytes, nblocks, err, time.time(), peer)
+                if err is not None:
+                    return  # the stream is out of step: close it, the prefill side opens a new one
+                writer.write(ACK)
+                await writer.drain()
+        except ConnectionError:
             return
+        finally:
+            writer.close()
+
+    def _kv_received(self, hdr: dict, nbytes: int, nblocks: int, err: str | None, t: float, peer: str) -> None:
         self.bytes_received += nbytes
-        t = time.time()
-        writer.close()
         rid = hdr["id"]
         s = self.seqs.get(rid)
         if s is None:  # KV before the scheduler's expect: keep it until the expect arrives
@@ -281,6 +336,7 @@ class DecodeAgent(Agent):
             bytes=nbytes,
             blocks=nblocks,
             total_received=self.bytes_received,
+            conn=peer,
         )
         if err is None:
             s.arrived = True

@@ -4,10 +4,13 @@ Control plane, out of band: every agent listens on a Unix socket in the run's so
 (path-based Unix sockets cross Mininet's network namespaces, which share the file system); the
 scheduler connects to each and exchanges one JSON object per line in both directions.
 
-KV stream, over the emulated fabric: one TCP connection per transfer from the prefill agent to the
-decode agent's KV port. A 4-byte big-endian length and a JSON header {"id", "blocks", "bytes",
-"src"} come first, then every block as a 16-byte frame header (request id u64, block index u32,
-payload length u32) followed by its payload.
+KV stream, over the emulated fabric: long-lived TCP connections from the prefill agent to the
+decode agent's KV port, as a real P/D cluster keeps its RDMA queue pairs: opened when the scheduler
+names the decode peers (and again only if one closed), reused by every transfer, a second one
+opened when two transfers to one peer overlap. Per transfer: a 4-byte big-endian length and a JSON
+header {"id", "blocks", "bytes", "src"}, then every block as a 16-byte frame header (request id
+u64, block index u32, payload length u32) followed by its payload; the decode side answers one ACK
+byte once it has read the whole transfer, and the connection is free again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import struct
 KV_PORT = 7000
 BLOCK_HDR = struct.Struct("!QII")
 LEN = struct.Struct("!I")
+ACK = b"\x06"  # the decode side has read a whole transfer
 
 
 async def send_msg(writer: asyncio.StreamWriter, obj: dict) -> None:

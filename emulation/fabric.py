@@ -279,7 +279,10 @@ class Fabric:
         for h in self.net.hosts:
             h.cmd(
                 f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1; "
-                f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc}"
+                f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc} "
+                # KV connections are long-lived (like RDMA queue pairs): an idle gap must not reset
+                # the congestion window to slow start
+                "net.ipv4.tcp_slow_start_after_idle=0"
             )
         names = [i.name for sw in self.net.switches for i in sw.intfList() if i.name != "lo"]
         script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)

@@ -108,8 +108,10 @@ class SchedulerService:
                 raise RuntimeError(f"agent socket {path} answered {hello}")
             self.writers[h] = w
             readers[h] = r
-        for w in self.writers.values():
-            await send_msg(w, {"op": "reset"})
+        # prefill agents keep long-lived KV connections to every decode agent (opened at reset)
+        peers = [self.topo.host(h).ip for h, (role, _) in self.host_slot.items() if role == "decode"]
+        for h, w in self.writers.items():
+            await send_msg(w, {"op": "reset", "peers": peers if self.host_slot[h][0] == "prefill" else []})
         for h, r in readers.items():
             msg = await asyncio.wait_for(read_msg(r), 30)
             if not msg or msg.get("ev") != "reset_done":

@@ -133,3 +133,92 @@ def test_prefill_to_decode_over_tcp(tmp_path, layerwise):
         assert k["t"] >= pev["prefill_start"]["t"] + 0.8 * pf
     else:
         assert pev["xfer_start"]["t"] >= pev["prefill_end"]["t"]
+
+
+class _Ctl:
+    """The scheduler's side of one agent's control socket."""
+
+    def __init__(self, tmp_path, host):
+        self.path, self.host, self.seen = tmp_path / f"{host}.sock", host, []
+
+    async def open(self):
+        for _ in range(200):
+            try:
+                self.r, self.w = await asyncio.open_unix_connection(str(self.path))
+                assert (await read_msg(self.r))["ev"] == "hello"
+                return self
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"agent {self.host} did not start")
+
+    async def send(self, **msg):
+        await send_msg(self.w, msg)
+
+    async def wait(self, ev, rid=None):
+        while True:
+            m = await asyncio.wait_for(read_msg(self.r), 30)
+            self.seen.append(m)
+            if m["ev"] == ev and (rid is None or m.get("id") == rid):
+                return m
+
+
+async def _one_transfer(pre, dec, rid, n_tokens=3000):
+    sizes = block_sizes(0, n_tokens, 128 * 1024, 1 / 4000)
+    ids = list(range(100 * rid, 100 * rid + math.ceil(n_tokens / 512)))
+    await dec.send(
+        op="expect", id=rid, input=n_tokens, output=2, need=8, hash_ids=ids, bytes=sum(sizes), blocks=len(sizes)
+    )
+    await pre.send(
+        op="prefill",
+        id=rid,
+        hash_ids=ids,
+        input=n_tokens,
+        decode_host="h1_0_0_1",
+        decode_ip="127.0.0.1",
+        send_from_token=0,
+    )
+    got = await dec.wait("kv_arrived", rid)
+    sent = await pre.wait("xfer_sent", rid)
+    assert got["ok"] and got["bytes"] == sent["bytes"] == sum(sizes)
+    return got["conn"]
+
+
+def test_kv_connections_are_long_lived_and_reopened_after_the_decode_agent_restarts(tmp_path):
+    """The prefill agent opens its connection to the decode peer at reset and every transfer reuses
+    it; when the decode agent is killed and started again, the next transfer opens a new one and
+    succeeds (the dead connection is not reused)."""
+    toml = tmp_path / "exp.toml"
+    toml.write_text(EXP.format(layerwise="false"))
+    exp = tmp_path / "experiment.json"
+    exp.write_text(json.dumps(to_dict(load(toml))))
+    pre_p, dec_p = start(tmp_path, "prefill", "h0_0_0_0", exp), start(tmp_path, "decode", "h1_0_0_1", exp)
+    procs = [pre_p, dec_p]
+
+    async def scenario():
+        pre, dec = await _Ctl(tmp_path, "h0_0_0_0").open(), await _Ctl(tmp_path, "h1_0_0_1").open()
+        await dec.send(op="reset")
+        await dec.wait("reset_done")
+        await pre.send(op="reset", peers=["127.0.0.1"])  # opens the long-lived connection
+        await pre.wait("reset_done")
+        conns = [await _one_transfer(pre, dec, rid) for rid in range(3)]
+        dec_p.kill()
+        dec_p.wait(10)
+        procs.append(start(tmp_path, "decode", "h1_0_0_1", exp))
+        dec2 = await _Ctl(tmp_path, "h1_0_0_1").open()
+        await dec2.send(op="reset")
+        await dec2.wait("reset_done")
+        after = await _one_transfer(pre, dec2, 3)
+        failed = [m for m in pre.seen if m["ev"] == "xfer_failed"]
+        for c in (pre, dec2):
+            await c.send(op="shutdown")
+        return conns, after, failed
+
+    try:
+        conns, after, failed = asyncio.run(scenario())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+    assert len(set(conns)) == 1, conns  # one connection carried all three transfers
+    assert after != conns[0] and failed == []
