@@ -22,13 +22,19 @@ from netkv.topology import Routing
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 POLL = 0.5  # (a 100 ms poll is tested in test_fabric_poll100_root.py)
+# the demo's operating point: 400 Gbit/s links emulated at 25 Mbit/s. These tests check shaping,
+# fairness and counters where the userspace datapath is not CPU-bound; at 4000 (100 Mbit/s) two
+# contending flows already keep ovs-vswitchd's forwarding thread near saturation and the shares
+# wander with whatever else the machine runs (scripts/bench_fabric.py measures that ceiling).
+SCALE = 16000
+LINK_MBPS = 400e3 / SCALE
 
 
 @pytest.fixture(scope="module")
 def fabric(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root")  # the conftest hook turns this into a failure in CI
-    spec = FabricSpec.for_fattree(4, 4, poll_interval=POLL, bandwidth_scale=4000, mtu=9000)
+    spec = FabricSpec.for_fattree(4, 4, poll_interval=POLL, bandwidth_scale=SCALE, mtu=9000)
     t0 = time.monotonic()
     with Fabric(spec, tmp_path_factory.mktemp("fabric")) as f:
         f.up_s = time.monotonic() - t0
@@ -138,7 +144,7 @@ def test_capture_shows_the_pair_on_exactly_the_predicted_links(fabric, tmp_path)
 def test_shaped_path_reaches_configured_rate(fabric):
     # steady state: the first second (slow start, ARP, first flow setup) is omitted (-O 1)
     good, per_s = iperf(fabric, "h0_0_0_0", "h2_0_0_0", seconds=6, extra=("-O", "1"))
-    assert good == pytest.approx(100.0, rel=0.10), per_s  # 400 Gbit/s / 4000
+    assert good == pytest.approx(LINK_MBPS, rel=0.10), per_s  # 400 Gbit/s / 16000
 
 
 def test_two_flows_share_a_bottleneck_fairly(fabric):
@@ -156,8 +162,8 @@ def test_two_flows_share_a_bottleneck_fairly(fabric):
         x.start()
     for x in th:
         x.join()
-    for v in res.values():  # both cross the server uplink of s0_0_0 (100 Mbit/s)
-        assert v == pytest.approx(50.0, rel=0.15)
+    for v in res.values():  # both cross the server uplink of s0_0_0 (25 Mbit/s)
+        assert v == pytest.approx(LINK_MBPS / 2, rel=0.15)
 
 
 def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
@@ -190,13 +196,25 @@ def rates_during_iperf(fab, src, dst, port, warmup, interval, seconds=7):
     return sum(covered) / len(covered), samples, path, idle
 
 
+def assert_counters_match(t, path, samples, good):
+    """The controller's mean rate on every link of the path matches iperf3's goodput: within 10% from
+    the first bottleneck on (what crosses it is what is delivered); before it, the link also carries
+    the retransmissions of what the bottleneck's queue dropped (up to +25%)."""
+    slowest = min(t.links[x].gbps for x in path)
+    first_bottleneck = min(i for i, lid in enumerate(path) if t.links[lid].gbps == slowest)
+    for i, lid in enumerate(path):
+        rate = sum(s[lid]["rate_mbps"] for s in samples) / len(samples)
+        if i >= first_bottleneck:
+            assert rate == pytest.approx(good, rel=0.10), t.links[lid]
+        else:
+            assert good * 0.95 <= rate <= good * 1.25, (t.links[lid], rate, good)
+
+
 def test_controller_rates_match_iperf_and_idle_links_read_zero(fabric):
     good, samples, path, idle = rates_during_iperf(fabric, "h1_1_0_0", "h3_0_1_0", 5204, warmup=2.5, interval=POLL)
     assert len(samples) >= 4
     mid = samples[:-1]
-    for lid in path:
-        rate = sum(s[lid]["rate_mbps"] for s in mid) / len(mid)
-        assert rate == pytest.approx(good, rel=0.10), fabric.topo.links[lid]
+    assert_counters_match(fabric.topo, path, mid, good)
     worst = max(s[lid]["rate_mbps"] for s in mid for lid in idle)
     assert worst < 1.0  # Mbit/s: idle links near zero
 
@@ -205,7 +223,9 @@ def test_rest_api_answers_and_rejects_bad_input(fabric):
     p = http_json(f"{fabric.rest}/path?src=h0_0_0_0&dst=h3_1_1_3")
     assert p["tier"] == 3 and len(p["switches"]) == 7
     c = http_json(f"{fabric.rest}/cost?src=h0_0_0_0&dst=h3_1_1_3&bytes=1250000")
-    assert c["seconds"] == pytest.approx(0.1, rel=0.2) and c["age_s"] is not None and c["age_s"] < 3 * POLL
+    # 1.25 MB over an idle path whose bottleneck is a 400 Gbit/s link emulated at LINK_MBPS
+    want = 1.25e6 * 8 / (LINK_MBPS * 1e6)
+    assert c["seconds"] == pytest.approx(want, rel=0.2) and c["age_s"] is not None and c["age_s"] < 3 * POLL
     for q, code in (
         ("path?src=h9_9_9_9&dst=h0_0_0_0", 404),
         ("cost?src=h0_0_0_0&dst=h1_0_0_0&bytes=abc", 400),
@@ -273,7 +293,7 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     )
     time.sleep(0.3)
     cl = fabric.host(src).popen(
-        ["iperf3", "-c", ip, "-p", "5206", "-u", "-b", "40M", "-l", "8000", "-t", "9"],
+        ["iperf3", "-c", ip, "-p", "5206", "-u", "-b", f"{0.6 * LINK_MBPS:.0f}M", "-l", "8000", "-t", "9"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -282,12 +302,12 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     t0 = time.monotonic()
     fabric.net.configLinkStatus(lk.src, lk.dst, "down")
     moved = _watch_port(new_lk, t0)  # data plane
-    seen = _watch(fabric, t0, lambda L: L[new_core]["rate_mbps"] > 20 and not L[core_up]["up"])  # telemetry
+    seen = _watch(fabric, t0, lambda L: L[new_core]["rate_mbps"] > 0.4 * LINK_MBPS and not L[core_up]["up"])
     time.sleep(2)
     t1 = time.monotonic()
     fabric.net.configLinkStatus(lk.src, lk.dst, "up")
     back = _watch_port(lk, t1)
-    seen_back = _watch(fabric, t1, lambda L: L[core_up]["rate_mbps"] > 20 and L[core_up]["up"])
+    seen_back = _watch(fabric, t1, lambda L: L[core_up]["rate_mbps"] > 0.4 * LINK_MBPS and L[core_up]["up"])
     cl.wait(30)
     srv.wait(30)
     print(
@@ -309,4 +329,5 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     fabric.net.configLinkStatus(lk.src, lk.dst, "up")
     th.join()
     good, intervals = result["i"]
-    assert min(intervals[4:6]) > 50 and min(intervals[-4:]) > 50, intervals
+    # half the link rate within a second of the failure's new path and after the repair
+    assert min(intervals[4:6]) > LINK_MBPS / 2 and min(intervals[-4:]) > LINK_MBPS / 2, intervals

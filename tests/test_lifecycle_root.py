@@ -93,6 +93,8 @@ def test_stray_bridge_is_reported(tmp_path):
         with Fabric(FabricSpec.for_fattree(2, 2), tmp_path):
             pass
     assert any("OVS bridges" in x for x in cleanup.find_leftovers())
+    cleanup.clean(verbose=False)
+    assert cleanup.find_leftovers() == []
 
 
 def test_mn_custom_builds_the_same_fabric(tmp_path):
