@@ -103,6 +103,7 @@ class Agent:
     async def serve(self) -> None:
         self.sock_path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._control, path=str(self.sock_path))
+        os.chmod(self.sock_path, 0o600)  # the control socket is the scheduler's (root's) alone
         asyncio.get_running_loop().create_task(self._sender())
         await self.start()
         async with server:

@@ -103,6 +103,9 @@ def cmd_topo(a) -> int:
     from netkv.topology import FatTree, Routing
 
     if a.experiment:
+        given = [f for f, v in (("--k", a.k), ("--gpus", a.gpus), ("--routing", a.routing)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: the experiment file sets the topology; give one or the other")
         cluster = _load(a.experiment)
         topo = cluster.topo
         routing = Routing(topo, cluster.exp.topology.routing)
@@ -111,7 +114,9 @@ def cmd_topo(a) -> int:
         from netkv.config import parse_section
 
         try:
-            section = parse_section("topology", {"k": a.k, "gpus_per_server": a.gpus, "routing": a.routing}, "")
+            dflt = lambda v, d: d if v is None else v  # noqa: E731
+            table = {"k": dflt(a.k, 4), "gpus_per_server": dflt(a.gpus, 4), "routing": dflt(a.routing, "sum-mod")}
+            section = parse_section("topology", table, "")
             topo = FatTree.from_config(section)
         except ValueError as e:  # the message names the experiment key; say which flag instead
             msg = str(e).removeprefix(": ").replace("topology.k", "--k").replace("topology.gpus_per_server", "--gpus")
@@ -360,10 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_emulate)
 
     p = sub.add_parser("topo", help="print a topology summary and optionally export it as JSON")
-    p.add_argument("experiment", nargs="?", help="experiment TOML file (else --k/--gpus)")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--gpus", type=int, default=4, help="GPUs per server")
-    p.add_argument("--routing", default="sum-mod", choices=_strategy_names(), help="path choice among equal-cost paths")
+    p.add_argument("experiment", nargs="?", help="experiment TOML file (else --k/--gpus/--routing)")
+    p.add_argument("--k", type=int, help="pods (default 4)")
+    p.add_argument("--gpus", type=int, help="GPUs per server (default 4)")
+    p.add_argument("--routing", choices=_strategy_names(), help="path choice among equal-cost paths (default sum-mod)")
     p.add_argument("--json", help="write the description (nodes, ids, links) to this file")
     p.add_argument("--routes", action="store_true", help="include every host pair's routed path in --json")
     p.set_defaults(fn=cmd_topo)

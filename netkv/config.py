@@ -149,8 +149,9 @@ class Experiment:
         return str(self.path) if self.path else "<experiment>"
 
     def error(self, key: str, msg: str) -> ConfigError:
-        """A ConfigError naming this experiment's file and `key` (for checks made after loading)."""
-        return ConfigError(f"{self.where}: {key}: {msg}")
+        """A ConfigError naming this experiment's file and `key` (for checks made after loading), or
+        the `--set` override that gave the key its value."""
+        return _blame_override(ConfigError(f"{self.where}: {key}: {msg}"), self.where, self.overrides)
 
     def resolve(self, ref: str) -> Path:
         """A path from the file: 'builtin:NAME' is shipped data; relative paths are relative to the file."""
@@ -256,9 +257,22 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: invalid TOML: {e}") from None
-    exp = from_dict(apply_overrides(raw, overrides, where), p)
+    try:
+        exp = from_dict(apply_overrides(raw, overrides, where), p)
+    except ConfigError as e:
+        raise _blame_override(e, where, overrides or []) from None
     exp.overrides = list(overrides or [])
     return exp
+
+
+def _blame_override(e: ConfigError, where: str, overrides: list[str]) -> ConfigError:
+    """An error about a key a `--set` override gave its value names the override, not the file."""
+    msg = str(e)
+    for ov in reversed(overrides):
+        key = ov.partition("=")[0].strip()
+        if msg.startswith(f"{where}: {key}:") or msg.startswith(f"{where}: {key} "):
+            return ConfigError(f"--set {ov}: {msg[len(where) + 2 :]}")
+    return e
 
 
 def _check_topology(where: str, t: TopologyCfg) -> None:
@@ -318,8 +332,16 @@ def _check_slo(where: str, s: SloCfg) -> None:
     _positive(where, "slo.tbt_s", s.tbt_s)
 
 
+MIN_PERIOD_S = 0.001  # port counters are not read, nor elephants switched, faster than once a millisecond
+
+
+def _at_least(where: str, key: str, v: float, low: float) -> None:
+    if v < low:
+        _fail(where, key, f"must be >= {low:g} s, got {v:g}")
+
+
 def _check_telemetry(where: str, te: TelemetryCfg) -> None:
-    _positive(where, "telemetry.poll_interval_s", te.poll_interval_s)
+    _at_least(where, "telemetry.poll_interval_s", te.poll_interval_s, MIN_PERIOD_S)
     _positive(where, "telemetry.publish_delay_s", te.publish_delay_s, allow_zero=True)
     if not 0 < te.floor_fraction < 1:
         _fail(where, "telemetry.floor_fraction", f"must be in (0, 1), got {te.floor_fraction}")
@@ -391,8 +413,10 @@ def _background(where: str, i: int, b) -> BackgroundCfg:
                 _fail(where, f"{key}.{k_}", f"expected a number, got {v!r}")
             setattr(bg, k_, float(v))
     _positive(where, f"{key}.start_s", bg.start_s, allow_zero=True)
-    _positive(where, f"{key}.on_s", bg.on_s)
+    _at_least(where, f"{key}.on_s", bg.on_s, MIN_PERIOD_S)
     _positive(where, f"{key}.off_s", bg.off_s, allow_zero=True)
+    if 0 < bg.off_s < MIN_PERIOD_S:
+        _at_least(where, f"{key}.off_s", bg.off_s, MIN_PERIOD_S)
     _positive(where, f"{key}.rate_gbps", bg.rate_gbps)
     return bg
 

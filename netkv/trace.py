@@ -5,7 +5,9 @@ Each line is one request: {"timestamp": ms, "input_length": tokens, "output_leng
 
 Handling (documented and tested):
 - a missing field, a wrong type, a negative or zero length, or len(hash_ids) != ceil(input/512)
-  is an error: TraceError("FILE:LINE: ...").
+  is an error: TraceError("FILE:LINE: ..."); so is a value past physical bounds: a timestamp past
+  one year, an input over 10 M tokens (the longest context windows offered today), an output over
+  1 M tokens; and a window that `rate_multiplier` stretches past one year.
 - unsorted timestamps are an error by default; `sort=True` sorts stably instead (the order of equal
   timestamps is kept).
 - blank lines are skipped.
@@ -21,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK_TOKENS = 512
+MAX_SPAN_S = 365 * 24 * 3600.0  # a replayed window spans at most a year of arrivals
+MAX_INPUT_TOKENS = 10_000_000  # the longest context windows offered today are 1-10 M tokens
+MAX_OUTPUT_TOKENS = 1_000_000
 
 
 class TraceError(ValueError):
@@ -49,7 +54,7 @@ def _open(path: Path):
     return open(path, encoding="utf-8")
 
 
-def _int_field(obj: dict, key: str, where: str, minimum: int) -> int:
+def _int_field(obj: dict, key: str, where: str, minimum: int, maximum: float) -> int:
     if key not in obj:
         raise TraceError(f"{where}: missing field '{key}'")
     v = obj[key]
@@ -60,6 +65,8 @@ def _int_field(obj: dict, key: str, where: str, minimum: int) -> int:
             raise TraceError(f"{where}: field '{key}' must be an integer, got {v!r}")
     if v < minimum:
         raise TraceError(f"{where}: field '{key}' must be >= {minimum}, got {v}")
+    if v > maximum:
+        raise TraceError(f"{where}: field '{key}' must be <= {maximum:.0f}, got {v}")
     return v
 
 
@@ -71,9 +78,9 @@ def parse_line(text: str, where: str) -> tuple[int, int, int, tuple[int, ...]]:
         raise TraceError(f"{where}: invalid JSON ({e.msg})") from None
     if not isinstance(obj, dict):
         raise TraceError(f"{where}: expected a JSON object")
-    ts = _int_field(obj, "timestamp", where, 0)
-    inp = _int_field(obj, "input_length", where, 1)
-    out = _int_field(obj, "output_length", where, 1)
+    ts = _int_field(obj, "timestamp", where, 0, MAX_SPAN_S * 1000)
+    inp = _int_field(obj, "input_length", where, 1, MAX_INPUT_TOKENS)
+    out = _int_field(obj, "output_length", where, 1, MAX_OUTPUT_TOKENS)
     if "hash_ids" not in obj:
         raise TraceError(f"{where}: missing field 'hash_ids'")
     ids = obj["hash_ids"]
@@ -120,7 +127,7 @@ def load_trace(
                 if ts < last_ts and not sort:
                     raise TraceError(
                         f"{where}: timestamp {ts} is earlier than the previous line's {last_ts} "
-                        "(traces must be sorted; pass sort=True to sort them)"
+                        "(a trace must be sorted by timestamp; sort the file first)"
                     )
                 last_ts = max(last_ts, ts)
                 rows.append((ts, lineno, inp, out, ids))
@@ -140,6 +147,12 @@ def load_trace(
             f"{path}: the window (start {start_s} s, duration {duration_s}, requests {requests}) holds no requests"
         )
     t0 = selected[0][0]
+    span = (selected[-1][0] - t0) / 1000.0 / rate_multiplier
+    if span > MAX_SPAN_S:
+        raise TraceError(
+            f"{path}: rate_multiplier {rate_multiplier:g} stretches the window's arrivals over {span:.3g} s "
+            f"(more than a year)"
+        )
     return [
         Request(i, (ts - t0) / 1000.0 / rate_multiplier, inp, out, ids, line)
         for i, (ts, line, inp, out, ids) in enumerate(selected)

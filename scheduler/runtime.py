@@ -71,6 +71,16 @@ class Runtime:
         self.queued_est = np.zeros(v.n_prefill)  # per prefill slot: estimated work queued behind it
 
     # ---- decision ----------------------------------------------------------------------------
+    def refuse(self, t: Tracked) -> str | None:
+        """Why a request can never be served on this cluster (its KV, input + output, does not fit
+        an empty decode instance), or None. The drivers fail such a request at its arrival."""
+        need = self.compute.blocks_for(t.req.input_tokens + t.req.output_tokens)
+        if need > self.compute.kv_blocks:
+            return (
+                f"needs {need} KV blocks (input + output), more than a decode instance holds ({self.compute.kv_blocks})"
+            )
+        return None
+
     def decide(self, t: Tracked, now: float, oracle_label: str | None = None) -> Decision:
         """Choose (prefill, decode) for a request arriving at `now` and commit the choice: the
         decode instance expects its KV, the prefill instance has it queued, the oracle knows the

@@ -231,6 +231,10 @@ class SchedulerService:
     async def dispatch(self, lv: _Live) -> None:
         """Decide for one arriving request and send it to its decode and prefill agents."""
         v = self.view
+        reason = self.rt.refuse(lv)
+        if reason is not None:
+            self.fail(lv, reason)
+            return
         if not v.prefill_alive.any() or not v.decode_alive.any():
             self.fail(lv, "no live prefill or decode agent")
             return

@@ -127,7 +127,24 @@ class Simulation:
             self._work += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
+    MAX_PERIODIC = 10_000_000  # polls + background toggles a run may need: bounds its time and memory
+
+    def _check_periodic(self) -> None:
+        """Refuse a run whose periodic events alone would take for ever (a 1 ms poll over a year)."""
+        span = self.requests[-1].arrival_s if self.requests else 0.0
+        checks = [("telemetry.poll_interval_s", self._poll)] if self.oracle.uses_telemetry else []
+        checks += [(f"background[{i}]", b.on_s + b.off_s) for i, b in enumerate(self.exp.background)]
+        for key, period in checks:
+            n = span / period
+            if n > self.MAX_PERIODIC:
+                raise self.exp.error(
+                    key,
+                    f"a period of {period:g} s over {span:.4g} s of arrivals is {n:.3g} events "
+                    f"(at most {self.MAX_PERIODIC:.0e}); lengthen it or shorten the trace window",
+                )
+
     def run(self) -> list[RequestRecord]:
+        self._check_periodic()
         reqs = [_Req(r, self.policy) for r in self.requests]
         self._reqs = reqs
         for i, r in enumerate(reqs):
@@ -176,6 +193,11 @@ class Simulation:
     # ---- arrivals and prefill ----------------------------------------------------------------
     def _arrival(self, i, _):
         r = self._reqs[i]
+        reason = self.rt.refuse(r)
+        if reason is not None:
+            self.rt.failed(r, reason)
+            self._count_finished()
+            return
         d = self.rt.decide(r, self.now)
         p = self.prefills[d.prefill_slot]
         p.queue.append(r)
@@ -350,11 +372,14 @@ class Simulation:
             if r.runs:
                 rec.gaps = np.concatenate([f + dl_ * np.arange(n) for f, dl_, n in r.runs])
             r.runs = []
-            self.finished += 1
-            if self._bar is not None:
-                self._bar.update(1)
+            self._count_finished()
         if finished:
             D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
+
+    def _count_finished(self) -> None:
+        self.finished += 1
+        if self._bar is not None:
+            self._bar.update(1)
 
     def _admit(self, D: _Decode):
         v = self.view

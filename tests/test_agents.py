@@ -193,9 +193,11 @@ def test_kv_connections_are_long_lived_and_reopened_after_the_decode_agent_resta
     exp.write_text(json.dumps(to_dict(load(toml))))
     pre_p, dec_p = start(tmp_path, "prefill", "h0_0_0_0", exp), start(tmp_path, "decode", "h1_0_0_1", exp)
     procs = [pre_p, dec_p]
+    modes = []
 
     async def scenario():
         pre, dec = await _Ctl(tmp_path, "h0_0_0_0").open(), await _Ctl(tmp_path, "h1_0_0_1").open()
+        modes[:] = [(tmp_path / f"{h}.sock").stat().st_mode & 0o777 for h in ("h0_0_0_0", "h1_0_0_1")]
         await dec.send(op="reset")
         await dec.wait("reset_done")
         await pre.send(op="reset", peers=["127.0.0.1"])  # opens the long-lived connection
@@ -221,4 +223,5 @@ def test_kv_connections_are_long_lived_and_reopened_after_the_decode_agent_resta
                 p.terminate()
                 p.wait(10)
     assert len(set(conns)) == 1, conns  # one connection carried all three transfers
+    assert modes == [0o600, 0o600]  # control sockets: the scheduler's (root's) alone
     assert after != conns[0] and failed == []

@@ -88,3 +88,14 @@ def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, 
     # the owner's own process does not see itself as another live run
     monkeypatch.setattr(os, "getpid", lambda: other)
     assert statedir.live_runs() == []
+
+
+def test_a_run_s_socket_directory_is_private_and_names_its_owner(state_only):
+    d = statedir.claim_run("20261127-000000", "netkv emulate x.toml", state_only / "results" / "x-emu")
+    assert d == state_only / f"sock-20261127-000000-{os.getpid()}"
+    assert d.stat().st_mode & 0o777 == 0o700
+    assert json.loads((d / "owner.json").read_text()) == {
+        "what": "netkv emulate x.toml",
+        "run_dir": str(state_only / "results" / "x-emu"),
+    }
+    assert statedir.owner_pid(d) == os.getpid() and d not in statedir.stale_state_entries()

@@ -17,7 +17,7 @@ KNOWN = "round_robin, random, least_loaded, cache_load_aware, netkv"  # the regi
         (["simulate", SMOKE, "--requests", "0"], "--requests: must be >= 1, got 0"),
         (["simulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
         (["emulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
-        (["simulate", SMOKE, "--set", "policies=['netkv','netkv']"], f"{SMOKE}: policies: 'netkv' listed twice"),
+        (["simulate", SMOKE, "--set", "policies=['netkv','netkv']"], "--set policies=['netkv','netkv']: policies: 'netkv' listed twice"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
@@ -119,3 +119,23 @@ def test_unusable_paths_and_corrupt_run_files(tmp_path, capsys):
     assert main(["compare", str(run), str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"netkv: error: {bad / 'netkv' / 'requests.jsonl'}:41: corrupt")
+
+
+def test_topology_flags_beside_an_experiment_file_are_refused(capsys):
+    assert main(["topo", SMOKE, "--k", "8"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "netkv: error: --k: the experiment file sets the topology; give one or the other"
+    )
+
+
+def test_an_error_in_a_value_given_by_set_names_the_override(capsys, tmp_path):
+    assert main(["simulate", SMOKE, "--set", "topology.k=3", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "netkv: error: --set topology.k=3: topology.k: must be an even integer >= 2, got 3"
+    )
+    assert main(["simulate", SMOKE, "--set", "topology.routing='zigzag'", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "netkv: error: --set topology.routing='zigzag': topology.routing: unknown routing strategy 'zigzag' "
+        "(known: sum-mod, dst-mod, hash)"
+    )
+    assert not any(tmp_path.iterdir())

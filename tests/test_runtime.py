@@ -205,3 +205,11 @@ def test_without_telemetry_the_service_decides_with_the_static_fallback_and_says
     asyncio.run(svc.dispatch(svc.live[0]))
     assert svc.live[0].rec.oracle == "static-fallback" and svc.fallback_decisions == 1
     assert svc.live[0].rec.telemetry_age_s is None
+
+
+def test_the_service_fails_a_request_too_large_for_any_decode_instance_without_dispatching_it(tmp_path):
+    svc = _service(tmp_path, requests=1, compute={"decode_kv_blocks": 1})
+    lv = svc.live[0]
+    asyncio.run(svc.dispatch(lv))
+    assert lv.rec.status == "failed" and lv.rec.fail_reason.startswith("needs ") and lv.dec is None
+    assert all(w.sent == [] for w in svc.writers.values()) and svc.finished == 1

@@ -403,3 +403,50 @@ def test_a_stalled_simulation_stops_with_an_error_instead_of_polling_for_ever(mo
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert len(sim._snaps) <= 1  # published samples are not kept while nothing reads them
+
+
+def test_a_run_whose_polls_alone_would_take_for_ever_is_refused_before_it_starts():
+    """A 1 ms poll over a trace window stretched to months: refused with the key, not run for hours."""
+    from netkv.config import ConfigError
+
+    exp = make_exp(trace={"requests": 30, "rate_multiplier": 1e-5}, telemetry={"poll_interval_s": 0.001})
+    sim = Simulation(exp, "netkv")
+    with pytest.raises(ConfigError) as e:
+        sim.run()
+    span = sim.requests[-1].arrival_s
+    assert str(e.value) == (
+        f"<experiment>: telemetry.poll_interval_s: a period of 0.001 s over {span:.4g} s of arrivals is "
+        f"{span / 0.001:.3g} events (at most 1e+07); lengthen it or shorten the trace window"
+    )
+    assert sim.events == 0
+    # the same window with the static oracle needs no polls and runs
+    assert (
+        len(
+            Simulation(
+                make_exp(trace={"requests": 30, "rate_multiplier": 1e-5}, telemetry={"oracle": "static"}), "netkv"
+            ).run()
+        )
+        == 30
+    )
+
+
+def test_a_request_whose_kv_cannot_fit_a_decode_instance_fails_with_the_reason():
+    """It used to 'complete' on an idle instance far over its KV budget; now it fails at arrival,
+    and requests that fit still complete."""
+    from netkv.scheduler.cluster import Cluster
+
+    exp = make_exp(trace={"requests": 30})
+    cluster = Cluster.build(exp)
+    needs = [cluster.compute.blocks_for(r.input_tokens + r.output_tokens) for r in window_from_config(exp)]
+    cap = sorted(needs)[len(needs) // 2]  # half of the requests fit, half do not
+    small = make_exp(trace={"requests": 30}, compute={"decode_kv_blocks": cap})
+    recs = Simulation(small, "netkv").run()
+    for r, need in zip(recs, needs):
+        if need > cap:
+            assert r.status == "failed" and r.decode is None
+            assert (
+                r.fail_reason == f"needs {need} KV blocks (input + output), more than a decode instance holds ({cap})"
+            )
+        else:
+            assert r.status == "completed"
+    assert 0 < sum(r.status == "failed" for r in recs) < len(recs)

@@ -120,7 +120,7 @@ def test_exact_messages_for_unsorted_missing_and_bad_rate(tmp_path):
         load_trace(p)
     assert str(e.value) == (
         f"{p}:2: timestamp 5 is earlier than the previous line's 10 "
-        "(traces must be sorted; pass sort=True to sort them)"
+        "(a trace must be sorted by timestamp; sort the file first)"
     )
     with pytest.raises(TraceError) as e:
         load_trace(tmp_path / "nope.jsonl")
@@ -181,3 +181,35 @@ def test_unreadable_files_are_trace_errors(tmp_path):
             load_trace(p)
         msg = str(e.value)
         assert msg.startswith(f"{p}: cannot read the trace after ") and says in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "field,value,limit",
+    [
+        ("timestamp", 10**20, "31536000000"),
+        ("input_length", 10**7 + 1, "10000000"),
+        ("output_length", 10**12, "1000000"),
+    ],
+)
+def test_values_past_physical_bounds_are_refused_with_the_line(tmp_path, field, value, limit):
+    """A far-future timestamp or a huge length used to make the simulator run for ever."""
+    row = (
+        ok(0)
+        if field != "input_length"
+        else {**ok(0), "input_length": value, "hash_ids": list(range(-(-value // 512)))}
+    )
+    row = {**row, field: value}
+    p = write(tmp_path, [ok(0), row])
+    with pytest.raises(TraceError) as e:
+        load_trace(p)
+    assert str(e.value) == f"{p}:2: field '{field}' must be <= {limit}, got {value}"
+
+
+def test_a_rate_multiplier_that_stretches_the_window_past_a_year_is_refused(tmp_path):
+    p = write(tmp_path, [ok(0), ok(3000)])
+    assert load_trace(p, rate_multiplier=1e-4)[-1].arrival_s == pytest.approx(3e4)
+    with pytest.raises(TraceError) as e:
+        load_trace(p, rate_multiplier=1e-300)
+    assert (
+        str(e.value) == f"{p}: rate_multiplier 1e-300 stretches the window's arrivals over 3e+300 s (more than a year)"
+    )
