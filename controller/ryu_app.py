@@ -179,6 +179,22 @@ def _json(obj, status=200):
     return Response(status=status, content_type="application/json", charset="utf-8", body=json.dumps(obj).encode())
 
 
+def _error(e: Exception):
+    """400 for a malformed request (ValueError), 404 for an unknown host (KeyError); the message as
+    raised (a KeyError's str() would add quotes)."""
+    return _json({"error": str(e.args[0]) if e.args else type(e).__name__}, 400 if isinstance(e, ValueError) else 404)
+
+
+def _not_routed(req):
+    """Anything the routes above did not take: an unknown path is a 404, another method than GET a
+    405 (not Ryu's HTML 404 page); both JSON like every other error."""
+    if req.method in ("GET", "HEAD"):
+        return _json({"error": f"no such route: {req.path}"}, 404)
+    resp = _json({"error": f"method {req.method} not allowed (the API is GET only)"}, 405)
+    resp.headers["Allow"] = "GET, HEAD"
+    return resp
+
+
 class RestApi(ControllerBase):
     def __init__(self, req, link, data, **config):
         super().__init__(req, link, data, **config)
@@ -190,14 +206,17 @@ class RestApi(ControllerBase):
 
     @route("netkv", "/netkv/links", methods=["GET"])
     def links(self, req, **_):
-        return _json(self.logic.links_view(history=req.GET.get("history") in ("1", "true")))
+        h = req.GET.get("history")
+        if h not in (None, "0", "1", "false", "true"):
+            return _error(ValueError(f"history must be 0, 1, false or true, got '{h}'"))
+        return _json(self.logic.links_view(history=h in ("1", "true")))
 
     @route("netkv", "/netkv/path", methods=["GET"])
     def path(self, req, **_):
         try:
             return _json(self.logic.path_view(_param(req, "src"), _param(req, "dst")))
         except (KeyError, ValueError) as e:
-            return _json({"error": str(e).strip("'\"")}, 400 if isinstance(e, ValueError) else 404)
+            return _error(e)
 
     @route("netkv", "/netkv/cost", methods=["GET"])
     def cost(self, req, **_):
@@ -209,7 +228,13 @@ class RestApi(ControllerBase):
                 raise ValueError(f"bytes must be a number, got '{raw}'") from None
             return _json(self.logic.cost_view(_param(req, "src"), _param(req, "dst"), nbytes))
         except (KeyError, ValueError) as e:
-            return _json({"error": str(e).strip("'\"")}, 400 if isinstance(e, ValueError) else 404)
+            return _error(e)
+
+    # must be registered last so that the routes above match first: Ryu registers a controller's
+    # routes in the alphabetical order of their method names (inspect.getmembers), hence "zz_"
+    @route("netkv", "/netkv/{name}")
+    def zz_not_routed(self, req, **_):
+        return _not_routed(req)
 
 
 def _param(req, name):

@@ -17,7 +17,10 @@ KNOWN = "round_robin, random, least_loaded, cache_load_aware, netkv"  # the regi
         (["simulate", SMOKE, "--requests", "0"], "--requests: must be >= 1, got 0"),
         (["simulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
         (["emulate", SMOKE, "--requests", "-1"], "--requests: must be >= 1, got -1"),
-        (["simulate", SMOKE, "--set", "policies=['netkv','netkv']"], "--set policies=['netkv','netkv']: policies: 'netkv' listed twice"),
+        (
+            ["simulate", SMOKE, "--set", "policies=['netkv','netkv']"],
+            "--set policies=['netkv','netkv']: policies: 'netkv' listed twice",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
