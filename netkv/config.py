@@ -19,6 +19,7 @@ from typing import Any
 
 from netkv import DATA_DIR
 from netkv.compute import MODEL_PRESETS
+from netkv.messages import show
 
 
 class ConfigError(ValueError):
@@ -177,25 +178,29 @@ def _coerce(where: str, key: str, value, tp):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if tp is bool:
         if not isinstance(value, bool):
-            _fail(where, key, f"expected true/false, got {value!r}")
+            _fail(where, key, f"expected true/false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(where, key, f"expected an integer, got {value!r}")
+            _fail(where, key, f"expected an integer, got {show(value)}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            _fail(where, key, f"expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(where, key, f"expected a number, got {show(value)}")
+        if isinstance(value, int) and abs(value) > 1e300:  # float() of 10**400 overflows
+            _fail(where, key, "expected a finite number, got an integer too large for a float")
+        if math.isnan(value):
+            _fail(where, key, f"expected a number, got {show(value)}")
         if not math.isfinite(value):
-            _fail(where, key, f"expected a finite number, got {value!r}")
+            _fail(where, key, f"expected a finite number, got {show(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            _fail(where, key, f"expected a string, got {value!r}")
+            _fail(where, key, f"expected a string, got {show(value)}")
         return value
     if typing.get_origin(tp) is list:
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            _fail(where, key, f"expected a list of strings, got {value!r}")
+            _fail(where, key, f"expected a list of strings, got {show(value)}")
         return value
     raise TypeError(f"unsupported config type {tp}")
 
@@ -223,12 +228,18 @@ def _positive(where, key, v, allow_zero=False):
 # loading
 
 
+def _flag(ov: str) -> str:
+    """An override as an error message shows it: as typed, or quoted and cut when it is not one
+    short printable line."""
+    return ov if ov.isprintable() and len(ov) <= 80 else show(ov)
+
+
 def apply_overrides(raw: dict, overrides: list[str] | None, where: str) -> dict:
     """Apply `section.key=value` overrides (value in TOML syntax) to a parsed document."""
     for ov in overrides or []:
         key, sep, value = ov.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {ov}: expected KEY=VALUE, e.g. emulation.bandwidth_scale=16000")
+            raise ConfigError(f"--set {_flag(ov)}: expected KEY=VALUE, e.g. emulation.bandwidth_scale=16000")
         try:
             val = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -238,7 +249,7 @@ def apply_overrides(raw: dict, overrides: list[str] | None, where: str) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {ov}: '{part}' is not a table in {where}")
+                raise ConfigError(f"--set {_flag(ov)}: {show(part)} is not a table in {where}")
         node[parts[-1]] = val
     return raw
 
@@ -271,7 +282,7 @@ def _blame_override(e: ConfigError, where: str, overrides: list[str]) -> ConfigE
     for ov in reversed(overrides):
         key = ov.partition("=")[0].strip()
         if msg.startswith(f"{where}: {key}:") or msg.startswith(f"{where}: {key} "):
-            return ConfigError(f"--set {ov}: {msg[len(where) + 2 :]}")
+            return ConfigError(f"--set {_flag(ov)}: {msg[len(where) + 2 :]}")
     return e
 
 
@@ -410,7 +421,7 @@ def _background(where: str, i: int, b) -> BackgroundCfg:
         if k_ in b and b[k_] is not None:
             v = b[k_]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                _fail(where, f"{key}.{k_}", f"expected a number, got {v!r}")
+                _fail(where, f"{key}.{k_}", f"expected a number, got {show(v)}")
             setattr(bg, k_, float(v))
     _positive(where, f"{key}.start_s", bg.start_s, allow_zero=True)
     _at_least(where, f"{key}.on_s", bg.on_s, MIN_PERIOD_S)
@@ -429,7 +440,7 @@ def _policies(where: str, raw: dict) -> tuple[list[str], dict[str, dict[str, Any
         _fail(where, "policies", "expected a non-empty list of policy names")
     for i, pol in enumerate(policies):
         if not isinstance(pol, str):
-            _fail(where, "policies", f"expected policy names, got {pol!r}")
+            _fail(where, "policies", f"expected policy names, got {show(pol)}")
         if pol in policies[:i]:
             _fail(where, "policies", f"'{pol}' listed twice")
     params = raw.get("policy", {})
@@ -450,7 +461,7 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
         _fail(where, "name", "must be a non-empty string without '/'")
     seed = raw.get("seed", 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        _fail(where, "seed", f"expected an integer, got {seed!r}")
+        _fail(where, "seed", f"expected an integer, got {show(seed)}")
     policies, policy_params = _policies(where, raw)
     secs = {n: parse_section(n, raw.get(n, {}), where) for n in _SECTIONS}
     raw_bg = raw.get("background", [])

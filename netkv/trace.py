@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from netkv.messages import show
+
 BLOCK_TOKENS = 512
 MAX_SPAN_S = 365 * 24 * 3600.0  # a replayed window spans at most a year of arrivals
 MAX_INPUT_TOKENS = 10_000_000  # the longest context windows offered today are 1-10 M tokens
@@ -62,7 +64,7 @@ def _int_field(obj: dict, key: str, where: str, minimum: int, maximum: float) ->
         if isinstance(v, float) and v.is_integer() and key == "timestamp":
             v = int(v)
         else:
-            raise TraceError(f"{where}: field '{key}' must be an integer, got {v!r}")
+            raise TraceError(f"{where}: field '{key}' must be an integer, got {show(v)}")
     if v < minimum:
         raise TraceError(f"{where}: field '{key}' must be >= {minimum}, got {v}")
     if v > maximum:
@@ -76,6 +78,8 @@ def parse_line(text: str, where: str) -> tuple[int, int, int, tuple[int, ...]]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise TraceError(f"{where}: invalid JSON ({e.msg})") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise TraceError(f"{where}: invalid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise TraceError(f"{where}: expected a JSON object")
     ts = _int_field(obj, "timestamp", where, 0, MAX_SPAN_S * 1000)

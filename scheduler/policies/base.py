@@ -6,6 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
+from netkv.messages import show
 from netkv.trace import BLOCK_TOKENS
 
 
@@ -56,9 +57,9 @@ class Policy:
                 known = ", ".join(cls.defaults) or "none"
                 raise ValueError(f"unknown parameter '{k}' (known: {known})")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"parameter '{k}' must be a number, got {v!r}")
+                raise ValueError(f"parameter '{k}' must be a number, got {show(v)}")
             if not np.isfinite(v) or v < 0:  # weights: nan/inf/negative would silently change the policy
-                raise ValueError(f"parameter '{k}' must be a finite number >= 0, got {v!r}")
+                raise ValueError(f"parameter '{k}' must be a finite number >= 0, got {show(v)}")
 
     def choose(self, q: Query, oracle) -> int:
         """Return the decode slot for the query (only slots with view.decode_alive set)."""
