@@ -137,6 +137,11 @@ def cmd_topo(a) -> int:
         + ", ".join(f"{k} {v:g}" for k, v in s["link_gbps"].items())
     )
     print("  equal-cost paths: " + ", ".join(f"{k} {v}" for k, v in s["equal_cost_paths"].items()))
+    names = {"server": "server switch", "edge": "edge", "agg": "aggregation"}
+    print(
+        "  oversubscription (down:up): "
+        + ", ".join(f"{names[k]} {v:.3g}:1" for k, v in s["oversubscription_by_layer"].items())
+    )
     print(f"  routing: {routing.strategy.name}")
     if pre is not None:
         print(f"  placement: {len(pre)} prefill, {len(dec)} decode")

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from netkv.topology import FatTree, Routing
+from netkv.topology import FatTree, LinkRates, Routing
 
 
 @pytest.mark.parametrize("k,G", [(4, 4), (8, 4)])
@@ -137,3 +137,20 @@ def test_bad_parameters():
         FatTree(3, 4)
     with pytest.raises(ValueError, match="gpus_per_server"):
         FatTree(4, 0)
+
+
+def test_oversubscription_is_stated_per_layer_down_over_up():
+    """The config's `oversubscription` divides edge and core rates; what a layer really is, down:up,
+    follows from the rates (the paper-like file is 18:1 at the server switch and 1:1 above it)."""
+    paper = FatTree(4, 4, LinkRates(900, 200, 400, 400, 2.0))
+    assert paper.oversubscription_by_layer() == {"server": 18.0, "edge": 1.0, "agg": 1.0}
+    tapered = FatTree(4, 2, LinkRates(400, 400, 100, 50, 1.0))
+    assert tapered.oversubscription_by_layer() == {"server": 2.0, "edge": 4.0, "agg": 2.0}
+    assert paper.summary()["oversubscription_by_layer"]["server"] == 18.0
+
+
+def test_netkv_topo_prints_down_up_per_layer(capsys):
+    from netkv.cli import main
+
+    assert main(["topo", "--k", "4", "--gpus", "2"]) == 0
+    assert "  oversubscription (down:up): server switch 4.5:1, edge 1:1, aggregation 1:1" in capsys.readouterr().out

@@ -383,6 +383,13 @@ class FatTree:
         ]
 
     # ---- export ------------------------------------------------------------------------------
+    def oversubscription_by_layer(self) -> dict[str, float]:
+        """Per switch layer, capacity facing down over capacity facing up (a k-ary fat-tree has k/2
+        links each way at edge and aggregation; a server switch has G GPU links and one uplink)."""
+        r = self.rates
+        gpu, server, edge, core = (r.rate(x) for x in ("gpu", "server", "edge", "core"))
+        return {"server": self.gpus_per_server * gpu / server, "edge": server / edge, "agg": edge / core}
+
     def summary(self) -> dict:
         r = self.rates
         return {
@@ -399,7 +406,8 @@ class FatTree:
             },
             "directed_links": self.n_links,
             "link_gbps": {lvl: r.rate(lvl) for lvl in ("gpu", "server", "edge", "core")},
-            "oversubscription": r.oversubscription,
+            "oversubscription": r.oversubscription,  # the config knob: divides edge-agg and agg-core rates
+            "oversubscription_by_layer": self.oversubscription_by_layer(),  # down:up per switch layer
             "equal_cost_paths": {TIER_NAMES[t]: self.n_paths(t) for t in range(4)},
         }
 
