@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 import subprocess
 import threading
 import time
@@ -34,11 +35,12 @@ from netkv.simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
 # Client source ports: 30000 + server port + 64 x m keeps the low bits (the fair-queue bucket) of a
-# pair; m runs on across on-periods and across runs in this process (starting at a pid-dependent
-# point), so that no client binds a 4-tuple still in TIME_WAIT from a run a few seconds earlier
-# (iperf3 --cport fails with "Address already in use" then).
+# pair; m runs on across on-periods and across runs in this process, so that no client binds a
+# 4-tuple still in TIME_WAIT from a run a few seconds earlier (iperf3 --cport fails with "Address
+# already in use" then). Each process starts at a random slot: two processes started in quick
+# succession (consecutive pids) would otherwise walk the same slots within TIME_WAIT's 60 s.
 CPORT_SLOTS = 400  # 35,4xx + 64 x 399 < 65,536
-_cport_seq = itertools.count(os.getpid() % CPORT_SLOTS)
+_cport_seq = itertools.count(random.SystemRandom().randrange(CPORT_SLOTS))
 BASE_PORT = 5400
 SETTLE_S = 2.0  # wall seconds after a flow starts or stops before its counters count as steady (TCP converging)
 

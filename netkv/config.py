@@ -169,6 +169,8 @@ class Experiment:
 
 
 def _fail(where: str, key: str, msg: str):
+    if not key.isprintable() or len(key) > 80:  # a key from the file: keep the message one line
+        key = show(key)
     raise ConfigError(f"{where}: {key}: {msg}")
 
 

@@ -166,6 +166,25 @@ def test_the_prefill_choice_weighs_backlog_and_prefix_hits():
         s.choose_prefill(r)
 
 
+def test_exact_prefill_ties_are_shared_at_random_not_given_to_the_lowest_slot():
+    """Idle prefill instances without a prefix hit tie exactly: each takes a fair share (seeded, so
+    a run repeats), only among the tied ones; a unique minimum still wins outright."""
+    pre = [P, TOPO.host_index["h0_0_0_1"], TOPO.host_index["h0_0_0_2"], TOPO.host_index["h0_0_0_3"]]
+
+    def picks(seed, backlog):
+        v = ClusterView(pre, [FAR], COMPUTE)
+        v.prefill_backlog_s[:] = backlog
+        s = Scheduler("round_robin", {}, seed, v, StaticOracle(TOPO, ROUTING), TOPO)
+        return [s.choose_prefill(req(4096))[0] for _ in range(400)]
+
+    got = picks(1, [0.0, 0.0, 0.0, 0.0])
+    counts = [got.count(i) for i in range(4)]
+    assert all(70 <= c <= 130 for c in counts), counts  # 100 expected each
+    assert picks(1, [0.0] * 4) == got and picks(2, [0.0] * 4) != got
+    assert set(picks(1, [0.1, 0.0, 0.1, 0.0])) == {1, 3}  # only the tied minimum shares
+    assert set(picks(1, [0.1, 0.2, 0.0, 0.3])) == {2}
+
+
 def test_round_robin_cycles_and_skips_dead():
     v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"]])
     rr = registry.create("round_robin")
