@@ -89,8 +89,8 @@ class ClusterView:
         a1 = max(act, 1)
         self._wait_full[s] = (waiting + 1) * (float(self.remaining[s]) / a1) * step / a1
         self._next_step[s] = c.step_a + c.step_b * (act + 1) + c.step_c * ctx
-        self._batch_full[s] = act + waiting >= c.max_batch or self.queued[s] > 0
-        self._kv_free[s] = c.kv_blocks - int(self.kv_used[s])
+        self._batch_full[s] = act + waiting >= c.max_batch
+        self._kv_free[s] = c.kv_blocks - int(self.kv_used[s]) - int(self.kv_pending[s])
 
     def _refresh_all(self) -> None:
         c = self.compute
@@ -101,8 +101,8 @@ class ClusterView:
         a1 = np.maximum(act, 1)
         self._wait_full[:] = (waiting + 1) * (self.remaining / a1) * self._step / a1
         self._next_step[:] = c.step_a + c.step_b * (act + 1) + c.step_c * self.ctx_total
-        self._batch_full[:] = (act + waiting >= c.max_batch) | (self.queued > 0)
-        self._kv_free[:] = c.kv_blocks - self.kv_used
+        self._batch_full[:] = act + waiting >= c.max_batch
+        self._kv_free[:] = c.kv_blocks - self.kv_used - self.kv_pending
 
     # ---- estimates shared by policies ------------------------------------------------------------
     def decode_hits(self, hash_ids) -> np.ndarray:
@@ -115,9 +115,13 @@ class ClusterView:
         return self._step
 
     def est_wait_s(self, need_blocks: int) -> np.ndarray:
-        """Expected wait before a new sequence joins each instance's batch.
+        """Expected wait before a new sequence of `need_blocks` KV blocks (input + output, as the
+        instance reserves them) joins each instance's batch.
 
-        With room (batch below max, nobody waiting, KV fits): half an iteration on average. Without:
+        With room — the running, queued and inbound sequences leave a batch slot, and the KV blocks
+        not used nor promised to the queued and inbound ones hold `need_blocks` — half an iteration
+        on average (a queued sequence alone does not mean the batch is full: it may only be waiting
+        for the next iteration boundary). Without:
         the time for (queued + inbound + 1) sequences to finish, at the batch's completion rate
         active / (mean remaining tokens x iteration time) (Little's law).
         """

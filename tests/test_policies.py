@@ -369,3 +369,21 @@ def test_unknown_policy_parameters_name_the_known_ones():
     assert str(e.value) == "unknown parameter 'x' (known: none)"
     with pytest.raises(ValueError, match=r"^parameter 'wait_weight' must be a number, got True$"):
         registry.create("netkv", {"wait_weight": True})
+
+
+def test_netkv_checks_room_for_the_input_and_the_output_blocks():
+    """The instance reserves input + output blocks: a candidate whose free KV holds the input but not
+    the output makes the newcomer wait, so netkv takes the identical candidate with room."""
+    a, b = TOPO.host_index["h0_0_0_2"], TOPO.host_index["h0_0_0_3"]  # same server as P: equal transfers
+    r = req(16384)  # 32 input blocks; + 100 output tokens = 33 blocks reserved
+    need = COMPUTE.blocks_for(r.input_tokens + r.output_tokens)
+    assert need == r.n_blocks + 1
+    for seed in range(20):
+        v = view([a, b])
+        v.active[:] = 4
+        v.ctx_total[:] = 4000
+        v.remaining[:] = 400
+        v.kv_used[:] = [COMPUTE.kv_blocks - r.n_blocks, 0]  # slot 0: room for the input only
+        v.touch_all()
+        pol = registry.create("netkv", {}, seed=seed)
+        assert pol.choose(Query(r, 0, v), StaticOracle(TOPO, ROUTING)) == 1, seed

@@ -12,10 +12,10 @@ from conftest import COMPUTE, FAR, NEAR, TOPO, P, view
 
 def test_est_wait_is_half_a_step_with_room_and_littles_law_without():
     v = view([FAR, NEAR, TOPO.host_index["h1_0_0_2"], TOPO.host_index["h2_0_0_0"]])
-    v.active[:] = [0, 4, COMPUTE.max_batch, 4]
+    v.active[:] = [0, 4, COMPUTE.max_batch, COMPUTE.max_batch - 3]
     v.ctx_total[:] = [0, 4000, 128000, 4000]
     v.remaining[:] = [0, 400, 12800, 400]
-    v.queued[3] = 2  # someone already waits at slot 3: no room for a newcomer
+    v.queued[3] = 2  # with one inbound, they take the last 3 batch slots at slot 3: no room left
     v.inbound[3] = 1
     v.touch_all()
     step = v.step_s()
@@ -27,12 +27,24 @@ def test_est_wait_is_half_a_step_with_room_and_littles_law_without():
     assert wait[1] == pytest.approx(step[1] / 2)
     # full batch: (waiting + 1) sequences must finish at active / (remaining / active x step) per second
     assert wait[2] == pytest.approx(1 * (12800 / c.max_batch) * step[2] / c.max_batch)
-    assert wait[3] == pytest.approx(4 * (400 / 4) * step[3] / 4)
-    # no KV room for the newcomer: the same Little's-law wait at slot 1
+    a3 = COMPUTE.max_batch - 3
+    assert wait[3] == pytest.approx(4 * (400 / a3) * step[3] / a3)
+    # no KV room for the newcomer: the same Little's-law wait at slot 1; blocks promised to queued
+    # and inbound sequences (kv_pending) are not free either
     v.kv_used[1] = c.kv_blocks - 5
     v.touch(1)
     assert v.est_wait_s(10)[1] == pytest.approx(1 * (400 / 4) * step[1] / 4)
     assert v.est_wait_s(5)[1] == pytest.approx(step[1] / 2)
+    v.kv_used[1], v.kv_pending[1] = c.kv_blocks - 20, 15
+    v.touch(1)
+    assert v.est_wait_s(6)[1] == pytest.approx(1 * (400 / 4) * step[1] / 4)
+    assert v.est_wait_s(5)[1] == pytest.approx(step[1] / 2)
+    v.kv_used[1], v.kv_pending[1] = 0, 0
+    # a sequence queued only until the next iteration boundary does not make the batch full
+    v.queued[1] = 1
+    v.touch(1)
+    assert v.est_wait_s(10)[1] == pytest.approx(step[1] / 2)
+    v.queued[1] = 0
     # touching one slot refreshes it alone, and the vectorised refresh agrees with the per-slot one
     v.remaining[2] = 6400
     v.touch(2)

@@ -18,7 +18,8 @@ class NetKV(Policy):
     def choose(self, q, oracle):
         v = q.view
         transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes, at=q.transfer_start)
-        wait = v.est_wait_s(q.req.n_blocks)
+        # the instance reserves blocks for the input and the output (as the engine and agents do)
+        wait = v.est_wait_s(v.compute.blocks_for(q.req.input_tokens + q.req.output_tokens))
         if self.params["transfer_weight"] != 1.0:
             transfer = self.params["transfer_weight"] * transfer
         if self.params["wait_weight"] != 1.0:
