@@ -405,6 +405,12 @@ class DecodeAgent(Agent):
                 self._state()
 
 
+def command(role: str, host: str, experiment: Path, sock_dir: Path) -> list[str]:
+    """The command line that starts an agent (the orchestrator runs it inside the host's namespace)."""
+    return [sys.executable, "-m", "netkv.agents.agent", "--role", role, "--host", host,
+            "--experiment", str(experiment), "--sock-dir", str(sock_dir)]  # fmt: skip
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="NetKV prefill/decode agent (runs inside a Mininet host)")
     ap.add_argument("--role", choices=("prefill", "decode"), required=True)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from netkv import __version__
+from netkv.agents.agent import command as agent_command
 from netkv.config import to_dict
 from netkv.emulation import statedir
 from netkv.emulation.background import (
@@ -47,19 +48,7 @@ def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir:
             name = fab.topo.hosts[h].name
             logf = open(log_dir / f"agent-{name}.log", "wb")
             procs[name] = fab.host(name).popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "netkv.agents.agent",
-                    "--role",
-                    role,
-                    "--host",
-                    name,
-                    "--experiment",
-                    str(exp_json),
-                    "--sock-dir",
-                    str(sock_dir),
-                ],
+                agent_command(role, name, exp_json, sock_dir),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **AGENT_ENV},

@@ -71,6 +71,10 @@ def congested_snapshot(src, dst, util=1.0, spare=None):
     return Snapshot(10.0, rates, version=1)
 
 
+# a request's timeline, in the order its events must happen (simulated and emulated alike)
+TIMELINE = ("arrival_s", "t_prefill_start", "t_prefill_end", "t_transfer_end", "t_first_token", "t_done")
+
+
 def make_exp(**overrides):
     """An Experiment from SMALL with top-level tables merged (one level deep), checked as every
     entry point checks it (its cluster is built: names, hosts, ID-scheme limits)."""

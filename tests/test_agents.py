@@ -6,10 +6,10 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 
+from netkv.agents.agent import command as agent_command
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
 from netkv.config import load, to_dict
 
@@ -31,19 +31,7 @@ layerwise = {layerwise}
 def start(tmp_path, role, host, exp):
     log = open(tmp_path / f"{host}.log", "wb")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "netkv.agents.agent",
-            "--role",
-            role,
-            "--host",
-            host,
-            "--experiment",
-            str(exp),
-            "--sock-dir",
-            str(tmp_path),
-        ],
+        agent_command(role, host, exp, tmp_path),
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "NETKV_RUN": "netkv"},

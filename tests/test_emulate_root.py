@@ -16,7 +16,7 @@ from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
 from netkv.simulator.run import simulate_experiment
 
-from conftest import ELEPHANT_TO_D1, STEER_D2, steer_exp, to_toml
+from conftest import ELEPHANT_TO_D1, STEER_D2, TIMELINE, steer_exp, to_toml
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 
@@ -79,14 +79,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
         assert got == expect
         for r in rows:
             assert r["ttft_s"] >= r["prefill_s"] + r["transfer_s"] - 1e-9
-            t = [
-                r["arrival_s"],
-                r["t_prefill_start"],
-                r["t_prefill_end"],
-                r["t_transfer_end"],
-                r["t_first_token"],
-                r["t_done"],
-            ]
+            t = [r[k] for k in TIMELINE]
             assert t == sorted(t)
     # both policies ran with the elephants on: their paths carried them (congestion steering itself
     # is tested on a constructed case below, where it cannot happen by accident)

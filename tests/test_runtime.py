@@ -27,10 +27,6 @@ def _runtime(policy="netkv", **overrides):
     return cluster, rt, window_from_config(cluster.exp)
 
 
-def _remote(cluster, rt, d) -> bool:
-    return d.bytes_to_send > 0
-
-
 def test_a_request_walks_through_the_verbs_and_leaves_nothing_behind():
     cluster, rt, reqs = _runtime()
     v, t = rt.view, Tracked(reqs[0], "netkv")

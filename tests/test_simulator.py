@@ -11,7 +11,7 @@ from netkv.simulator.engine import Simulation
 from netkv.simulator.network import FlowNetwork
 from netkv.trace import BLOCK_TOKENS, window_from_config
 
-from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, make_exp, steer_exp
+from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, TIMELINE, make_exp, steer_exp
 
 WALL = {"decision_us", "prefill_choice_us"}  # wall-clock columns differ between runs
 
@@ -33,14 +33,7 @@ def test_every_timeline_is_ordered_and_complete(policy):
     exp = make_exp(trace={"requests": 60, "rate_multiplier": 8.0})
     for r in rows(exp, policy):
         assert r["status"] == "completed"
-        t = [
-            r["arrival_s"],
-            r["t_prefill_start"],
-            r["t_prefill_end"],
-            r["t_transfer_end"],
-            r["t_first_token"],
-            r["t_done"],
-        ]
+        t = [r[k] for k in TIMELINE]
         assert all(x is not None for x in t)
         assert t == sorted(t), r
         assert r["ttft_s"] >= r["prefill_s"] + r["transfer_s"] - 1e-12
