@@ -20,7 +20,13 @@ from netkv.emulation import statedir
 NODE_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)$")
 INTF_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)-eth\d+$")
 # command-line markers of processes this project starts
-PROC_MARKERS = ("netkv.controller.launcher", "netkv.agents.", "netkv-bg-iperf")
+# (a fabric's own ovsdb-server/ovs-vswitchd daemons name their state directory ovs-<pid>)
+PROC_MARKERS = (
+    "netkv.controller.launcher",
+    "netkv.agents.",
+    "netkv-bg-iperf",
+    f"{statedir.STATE_DIR}/{statedir.OVS_PREFIX}",
+)
 CLEAN_HINT = "run `netkv clean` (as root) to remove them"
 
 

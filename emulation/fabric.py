@@ -8,8 +8,10 @@ stops Mininet, the controller and every process the run started, then checks not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +41,7 @@ class FabricSpec:
     qdisc: str = "bfifo"
     fair_buckets: int = 64  # per-flow fair queueing at switch ports (0: plain drop-tail)
     tcp_cc: str = "cubic"
+    ovs_daemons: str = "switch"  # "switch": one ovs-vswitchd per switch; "shared": the system's
     max_link_mbps: float = 1000.0
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
@@ -58,6 +61,7 @@ class FabricSpec:
             qdisc=em.qdisc,
             fair_buckets=em.fair_queue_buckets,
             tcp_cc=em.tcp_congestion_control,
+            ovs_daemons=em.ovs_daemons,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
             poll_interval=te.poll_interval_s * em.time_dilation,
             publish_delay=te.publish_delay_s * em.time_dilation,
@@ -91,14 +95,18 @@ class FabricSpec:
         }
 
 
-def require_root() -> None:
+def require_root(system_ovs: bool = True) -> None:
+    """Root and the tools; the system's Open vSwitch running when the fabric uses it (`shared`)."""
     if os.geteuid() != 0:
         raise FabricError("the emulated fabric needs root (Mininet, Open vSwitch); run as root")
-    for tool in ("mn", "mnexec", "ovs-vsctl"):
-        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+    for tool in ("mn", "mnexec", "ovs-vsctl", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd"):
+        if shutil.which(tool) is None:
             raise FabricError(f"'{tool}' is missing: run scripts/setup.sh as root")
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
-        raise FabricError("Open vSwitch is not running: run scripts/setup.sh (it starts ovsdb-server and ovs-vswitchd)")
+    if system_ovs and subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
+        raise FabricError(
+            "Open vSwitch is not running (emulation.ovs_daemons = 'shared' uses the system's): "
+            "run scripts/setup.sh (it starts ovsdb-server and ovs-vswitchd)"
+        )
 
 
 class Fabric:
@@ -114,6 +122,24 @@ class Fabric:
         self.timings: dict[str, float] = {}
         self._old_handlers = {}
         self._owns_state = False  # set once this instance has created anything to tear down
+        self.ovs_root: Path | None = None  # per-switch OVS daemons and the OpenFlow socket
+
+    @property
+    def per_switch(self) -> bool:
+        return self.spec.ovs_daemons == "switch"
+
+    @property
+    def of_socket(self) -> Path | None:
+        return self.ovs_root / "of.sock" if self.ovs_root is not None else None
+
+    def ofctl_target(self, switch: str) -> str:
+        """What ovs-ofctl is given to reach a switch: its bridge name in the system daemon, or the
+        bridge's management socket in its own daemon."""
+        if self.per_switch:
+            from netkv.topology.ovs_daemon import SwitchDaemon
+
+            return SwitchDaemon(switch, self.ovs_root / switch).ofctl_target()
+        return switch
 
     @property
     def rest(self) -> str:
@@ -155,7 +181,7 @@ class Fabric:
     def preflight(self) -> None:
         """Everything that can refuse a start before anything is created: root and tools, link
         rates Mininet can shape, no leftovers of an earlier run."""
-        require_root()
+        require_root(system_ovs=not self.per_switch)
         from netkv.topology.mininet_fabric import check_rates
 
         try:
@@ -177,6 +203,8 @@ class Fabric:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._owns_state = True
         t0 = time.monotonic()
+        if self.per_switch:
+            self.ovs_root = statedir.claim_ovs_dir()
         self.start_controller()
         self._build_mininet()
         self.timings["build_s"] = time.monotonic() - t0
@@ -192,6 +220,11 @@ class Fabric:
         cfg.write_text(json.dumps(self.spec.controller_config(), indent=1))
         logf = open(self.log_dir / "controller.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.of_socket is not None:
+            self.of_socket.unlink(missing_ok=True)
+            listen = ["--of-socket", str(self.of_socket)]
+        else:
+            listen = ["--of-port", str(self.spec.of_port)]
         self.ctrl = subprocess.Popen(
             [
                 sys.executable,
@@ -199,8 +232,7 @@ class Fabric:
                 "netkv.controller.launcher",
                 "--config",
                 str(cfg),
-                "--of-port",
-                str(self.spec.of_port),
+                *listen,
                 "--rest-port",
                 str(self.spec.rest_port),
             ],
@@ -247,7 +279,7 @@ class Fabric:
         from mininet.net import Mininet
         from mininet.node import RemoteController
 
-        from netkv.topology.mininet_fabric import NetKVFatTree, UserOVSSwitch
+        from netkv.topology.mininet_fabric import DaemonOVSSwitch, NetKVFatTree, UserOVSSwitch
 
         setLogLevel("error")
         s = self.spec
@@ -259,12 +291,19 @@ class Fabric:
             qdisc=s.qdisc,
             max_mbps=s.max_link_mbps,
         )
+        if self.per_switch:
+            root, target = str(self.ovs_root), f"unix:{self.of_socket}"
+            switch = functools.partial(DaemonOVSSwitch, run_root=root, controller=target)
+            controller = None  # each switch's own daemon is pointed at the controller's socket
+        else:
+            switch = UserOVSSwitch
+            controller = lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port)  # noqa: E731
         self.net = Mininet(
             topo=mtopo,
-            switch=UserOVSSwitch,
+            switch=switch,
             build=False,
             autoSetMacs=False,
-            controller=lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port),
+            controller=controller,
             waitConnected=False,
         )
         self.net.build()
@@ -273,59 +312,66 @@ class Fabric:
         self._static_arp()
 
     def _tune_interfaces(self) -> None:
-        """MTU and offloads off on every interface (hosts in their namespaces, switches in the root)."""
-        mtu = self.spec.mtu
+        """MTU and offloads off on every interface, TCP settings in every GPU's namespace, and the
+        per-flow fair queues; one script per node (run in the node's namespace), all side by side."""
+        from netkv.topology.mininet_fabric import emulated_mbps, fair_queue_batch
+
+        mtu, s = self.spec.mtu, self.spec
         off = "rx off tx off sg off tso off gso off gro off"
+        scripts = {}
+
+        def fair_queues(node, names: list[str], mbps_of, host: bool) -> str:
+            if s.fair_buckets <= 0:
+                return ""
+            lines = []
+            dels = "".join(f"tc qdisc del dev {n} root >/dev/null 2>&1\n" for n in names)  # Mininet's HTB, if any
+            for n in names:
+                lines += fair_queue_batch(n, mbps_of(n), mtu, s.queue_ms, s.fair_buckets, host=host)
+            batch = self.log_dir / f".fq-{node.name}"
+            batch.write_text("\n".join(lines) + "\n")
+            return dels + f"tc -batch {batch} >/dev/null 2>&1 || echo FAILED-TC\n"
+
+        def switch_port_mbps(n: str) -> float:
+            sw, port = n.rsplit("-eth", 1)
+            return emulated_mbps(self.topo.link_by_port[(sw, int(port))].gbps, s.bandwidth_scale)
+
+        gpu_mbps = emulated_mbps(self.topo.rates.rate("gpu"), s.bandwidth_scale)
         for h in self.net.hosts:
-            h.cmd(
-                f"ip link set {h.defaultIntf()} mtu {mtu}; ethtool -K {h.defaultIntf()} {off} >/dev/null 2>&1; "
-                f"sysctl -qw net.ipv4.tcp_congestion_control={self.spec.tcp_cc} "
+            dev = h.defaultIntf().name
+            scripts[h] = (
+                f"ip link set {dev} mtu {mtu}\nethtool -K {dev} {off} >/dev/null 2>&1\n"
+                f"sysctl -qw net.ipv4.tcp_congestion_control={s.tcp_cc}\n"
                 # KV connections are long-lived (like RDMA queue pairs): an idle gap must not reset
                 # the congestion window to slow start
-                "net.ipv4.tcp_slow_start_after_idle=0"
+                "sysctl -qw net.ipv4.tcp_slow_start_after_idle=0\n"
+                # each GPU's own NIC: per-flow fair too, with deep per-flow queues
+                + fair_queues(h, [dev], lambda _n: gpu_mbps, host=True)
             )
-        names = [i.name for sw in self.net.switches for i in sw.intfList() if i.name != "lo"]
-        script = "".join(f"ip link set {n} mtu {mtu}; ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
-        subprocess.run(["sh", "-s"], input=script, text=True, check=False, capture_output=True)
-        if self.spec.fair_buckets > 0:
-            from netkv.topology.mininet_fabric import emulated_mbps, fair_queue_batch
+        for sw in self.net.switches:
+            names = [i.name for i in sw.intfList() if i.name != "lo"]
+            body = "".join(f"ip link set {n} mtu {mtu}\n" for n in names)
+            body += "".join(f"ethtool -K {n} {off} >/dev/null 2>&1\n" for n in names)
+            scripts[sw] = body + fair_queues(sw, names, switch_port_mbps, host=False)
+        self._run_on_nodes(scripts, "interface setup")
 
-            lines = []
-            for n in names:
-                sw, port = n.rsplit("-eth", 1)
-                lk = self.topo.link_by_port[(sw, int(port))]
-                lines += fair_queue_batch(
-                    n,
-                    emulated_mbps(lk.gbps, self.spec.bandwidth_scale),
-                    mtu,
-                    self.spec.queue_ms,
-                    self.spec.fair_buckets,
-                )
-            p = subprocess.run(
-                ["tc", "-force", "-batch", "-"], input="\n".join(lines) + "\n", text=True, capture_output=True
-            )
-            if p.returncode != 0:
-                raise FabricError(f"tc fair-queue setup failed: {p.stderr.strip()[:300]}")
-            # each GPU's own NIC: per-flow fair too, with deep per-flow queues (in its namespace)
-            gbps = self.topo.rates.rate("gpu")
-            for h in self.net.hosts:
-                dev = h.defaultIntf().name
-                body = "\n".join(
-                    fair_queue_batch(
-                        dev,
-                        emulated_mbps(gbps, self.spec.bandwidth_scale),
-                        mtu,
-                        self.spec.queue_ms,
-                        self.spec.fair_buckets,
-                        host=True,
-                    )
-                )
-                path = self.log_dir / f".fq-{h.name}"
-                path.write_text(body + "\n")
-                out = h.cmd(f"tc -force -batch {path} >/dev/null 2>&1 || echo FAILED")
-                path.unlink()
-                if "FAILED" in out:
-                    raise FabricError(f"tc fair-queue setup failed on {dev}")
+    def _run_on_nodes(self, scripts: dict, what: str) -> None:
+        """Run one shell script per Mininet node, all nodes side by side; a line FAILED* fails it."""
+        files = {}
+        for node, body in scripts.items():
+            path = self.log_dir / f".setup-{node.name}.sh"
+            path.write_text(body)
+            files[node] = path
+            node.sendCmd(f"sh {path}")
+        failed = []
+        for node, path in files.items():
+            out = node.waitOutput()
+            path.unlink(missing_ok=True)
+            if "FAILED" in out:
+                failed.append(node.name)
+        for f in self.log_dir.glob(".fq-*"):
+            f.unlink(missing_ok=True)
+        if failed:
+            raise FabricError(f"{what} failed on {', '.join(failed[:4])} (tc or ip refused a command)")
 
     def _static_arp(self) -> None:
         lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]
@@ -348,6 +394,17 @@ class Fabric:
                 self.log(f"warning: Mininet stop failed: {e}")
             self.net = None
         self.stop_controller()
+        if self.ovs_root is not None:
+            from netkv.topology import ovs_daemon
+
+            stray = ovs_daemon.running_daemons(str(self.ovs_root))  # e.g. a build that failed half-way
+            for pid in stray:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(self.ovs_root, ignore_errors=True)
+            self.ovs_root = None
         left = cleanup.find_leftovers()
         if left:
             cleanup.clean(verbose=False)
@@ -406,7 +463,9 @@ class Fabric:
         out = {}
         for sw in self.topo.switches:
             p = subprocess.run(
-                ["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", sw.name], capture_output=True, text=True
+                ["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", self.ofctl_target(sw.name)],
+                capture_output=True,
+                text=True,
             )
             out[sw.name] = p.stdout
         return out

@@ -1,7 +1,7 @@
 """Fidelity guard: sample the CPU of ovs-vswitchd and of the machine during an emulated run.
 
-The userspace datapath forwards every packet in one ovs-vswitchd thread; when that thread (or the
-machine) is saturated, queues build outside the shaped links and the emulation stops being
+The userspace datapath forwards every packet in an ovs-vswitchd main thread (the system's, or one
+per emulated switch); when such a thread (or the machine) is saturated, queues build outside the shaped links and the emulation stops being
 faithful (Mininet-HiFi's argument, CoNEXT 2012). The guard samples every `interval` seconds and
 reports the share of samples near saturation; a run with a large share is flagged.
 """
@@ -16,11 +16,38 @@ import psutil
 SATURATED = 90.0  # percent of one core (busiest ovs thread) or of the machine
 
 
-def _ovs() -> psutil.Process | None:
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] == "ovs-vswitchd":
-            return p
-    return None
+class OvsCpu:
+    """CPU of every ovs-vswitchd on the machine (the system's, or one per emulated switch): total and
+    busiest thread, in percent of one core, since the previous call."""
+
+    def __init__(self):
+        self._procs: dict[int, psutil.Process] = {}
+        self._prev: dict[tuple[int, int], float] = {}
+        self._prev_t = time.monotonic()
+        self.sample()
+
+    def _refresh(self) -> None:
+        for p in psutil.process_iter(["name"]):
+            if p.info["name"] == "ovs-vswitchd" and p.pid not in self._procs:
+                self._procs[p.pid] = p
+
+    def sample(self) -> tuple[float, float, int]:
+        """(total %, busiest thread %, daemons seen) over the time since the previous sample."""
+        self._refresh()
+        now = time.monotonic()
+        dt, self._prev_t = now - self._prev_t, now
+        cur: dict[tuple[int, int], float] = {}
+        for pid, p in list(self._procs.items()):
+            try:
+                for t in p.threads():
+                    cur[(pid, t.id)] = t.user_time + t.system_time
+            except psutil.Error:
+                del self._procs[pid]
+        deltas = [v - self._prev[k] for k, v in cur.items() if k in self._prev]
+        self._prev = cur
+        if dt <= 0:
+            return 0.0, 0.0, len(self._procs)
+        return sum(deltas) / dt * 100, max(deltas, default=0.0) / dt * 100, len(self._procs)
 
 
 class FidelityGuard:
@@ -30,7 +57,9 @@ class FidelityGuard:
         self.interval = interval
         self.threshold = threshold
         self.flag_share = flag_share
-        self.samples: list[tuple[float, float, float, float]] = []  # t, ovs total %, ovs busiest thread %, machine %
+        self.samples: list[
+            tuple[float, float, float, float]
+        ] = []  # t, all ovs-vswitchd %, busiest ovs thread %, machine %
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -52,36 +81,11 @@ class FidelityGuard:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        ovs = _ovs()
+        ovs = OvsCpu()
         psutil.cpu_percent(None)
-        prev_threads: dict[int, float] = {}
-        prev_t = time.monotonic()
-        prev_total = None
-        if ovs is not None:
-            try:
-                prev_threads = {t.id: t.user_time + t.system_time for t in ovs.threads()}
-                ct = ovs.cpu_times()
-                prev_total = ct.user + ct.system
-            except psutil.Error:
-                ovs = None
         while not self._stop.wait(self.interval):
-            now = time.monotonic()
-            dt = now - prev_t
-            prev_t = now
-            machine = psutil.cpu_percent(None)
-            total = busiest = 0.0
-            if ovs is not None:
-                try:
-                    threads = {t.id: t.user_time + t.system_time for t in ovs.threads()}
-                    ct = ovs.cpu_times()
-                except psutil.Error:
-                    ovs = None
-                    threads, ct = {}, None
-                if ct is not None and dt > 0:
-                    busiest = max(((v - prev_threads.get(k, v)) / dt * 100 for k, v in threads.items()), default=0.0)
-                    total = ((ct.user + ct.system) - (prev_total or 0.0)) / dt * 100
-                    prev_threads, prev_total = threads, ct.user + ct.system
-            self.samples.append((now, total, busiest, machine))
+            total, busiest, _ = ovs.sample()
+            self.samples.append((time.monotonic(), total, busiest, psutil.cpu_percent(None)))
 
     def report(self) -> dict:
         n = len(self.samples)

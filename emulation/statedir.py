@@ -4,6 +4,8 @@ One module owns it. Entries:
   net.json                     `netkv net up`: pid, REST URL, fat-tree size, log directory
   sock-<stamp>-<pid>/          `netkv emulate`: the agents' Unix sockets (mode 0700) and owner.json
                                (what is running, its run directory)
+  ovs-<pid>/                   a fabric's per-switch Open vSwitch daemons (databases, sockets, logs)
+                               and the controller's OpenFlow socket (mode 0700)
 An entry whose owner process is alive is a live run (named by `netkv net status`, refused by
 `netkv clean` without --force, and a second fabric refuses to start beside it); one whose owner is
 gone is stale (a run killed hard) and `netkv clean` removes it.
@@ -73,6 +75,15 @@ def claim_run(stamp: str, what: str, run_dir: Path) -> Path:
     return d
 
 
+# ---- the fabric's own Open vSwitch daemons ----------------------------------------------------
+OVS_PREFIX = "ovs-"
+
+
+def claim_ovs_dir() -> Path:
+    """This process's directory for per-switch OVS daemons and the OpenFlow socket (created empty)."""
+    return _private_dir(STATE_DIR / f"{OVS_PREFIX}{os.getpid()}")
+
+
 # ---- reading it back -------------------------------------------------------------------------
 def state_entries() -> list[Path]:
     """Files and per-run socket directories in the state directory."""
@@ -82,7 +93,7 @@ def state_entries() -> list[Path]:
 def owner_pid(entry: Path) -> int | None:
     """PID of the process that owns a state entry: sock-<stamp>-<pid> directories carry it in their
     name, net.json in its "pid" field; None when the entry names no owner."""
-    m = re.match(r"^sock-.*-(\d+)$", entry.name)
+    m = re.match(r"^sock-.*-(\d+)$", entry.name) or re.match(rf"^{OVS_PREFIX}(\d+)$", entry.name)
     if m:
         return int(m.group(1))
     if entry.name == "net.json":
@@ -107,17 +118,23 @@ def live_runs() -> list[str]:
     """Runs still going (a state entry whose owner process is alive, other than this process), each
     described with its pid, what it is, its run directory when known, and its state entry."""
     out = []
-    for e in state_entries():
+    entries = state_entries()
+    named = {owner_pid(e) for e in entries if not e.name.startswith(OVS_PREFIX)}
+    for e in entries:
         pid = owner_pid(e)
         if pid is None or pid == os.getpid() or not psutil.pid_exists(pid):
             continue
+        if e.name.startswith(OVS_PREFIX) and pid in named:
+            continue  # the fabric of a run already named by its other entry
         info = {}
         if e.is_dir() and (e / "owner.json").is_file():
             try:
                 info = json.loads((e / "owner.json").read_text())
             except ValueError:
                 info = {}
-        what = info.get("what") or ("netkv net up" if e.name == "net.json" else "netkv emulate")
+        what = info.get("what") or {"net.json": "netkv net up"}.get(
+            e.name, "emulated fabric" if e.name.startswith(OVS_PREFIX) else "netkv emulate"
+        )
         where = f", run directory {info['run_dir']}" if info.get("run_dir") else ""
         out.append(f"pid {pid} ({what}{where}; state {e})")
     return out

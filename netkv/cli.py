@@ -179,6 +179,8 @@ def _spec_from_args(a):
         spec.poll_interval = a.poll
     spec.rest_port = a.rest_port
     spec.of_port = a.of_port
+    if a.ovs_daemons is not None:
+        spec.ovs_daemons = a.ovs_daemons
     return spec
 
 
@@ -386,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=4)
     p.add_argument("--poll", type=float, help="controller poll interval, wall seconds")
     p.add_argument("--rest-port", type=int, default=8080)
-    p.add_argument("--of-port", type=int, default=6653)
+    p.add_argument("--of-port", type=int, default=6653, help="OpenFlow port (--ovs-daemons shared)")
+    p.add_argument(
+        "--ovs-daemons",
+        choices=["switch", "shared"],
+        help="one ovs-vswitchd per switch (default) or the system's for the whole fabric",
+    )
     p.add_argument("--log-dir", default="results/net")
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI")
     p.add_argument("--no-check", action="store_true", help="skip the full ping check")

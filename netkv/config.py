@@ -116,6 +116,9 @@ class EmulationCfg:
     qdisc: str = "bfifo"  # leaf queue of the shaped links
     fair_queue_buckets: int = 64  # per-flow fair queueing at switch ports (0 = plain drop-tail)
     tcp_congestion_control: str = "cubic"
+    # "switch": every switch has its own ovs-vswitchd in its own network namespace (as a real switch
+    # has its own forwarding plane); "shared": the whole fabric in the system's ovs-vswitchd
+    ovs_daemons: str = "switch"
     layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
     drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
 
@@ -373,6 +376,8 @@ def _check_emulation(where: str, em: EmulationCfg) -> None:
         _fail(where, "emulation.fair_queue_buckets", "must be 0 or a power of two up to 256")
     if em.tcp_congestion_control not in ("cubic", "reno", "bbr"):
         _fail(where, "emulation.tcp_congestion_control", "must be cubic, reno or bbr")
+    if em.ovs_daemons not in ("switch", "shared"):
+        _fail(where, "emulation.ovs_daemons", f"must be 'switch' or 'shared', got '{em.ovs_daemons}'")
     _positive(where, "emulation.drain_timeout_s", em.drain_timeout_s)
     if not 576 <= em.mtu <= 9000:
         _fail(where, "emulation.mtu", f"must be within 576..9000, got {em.mtu}")

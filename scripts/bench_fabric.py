@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark of the emulated fabric (root): up/teardown time, leftovers, controller CPU at a 100 ms
-poll, and aggregate goodput of a permutation traffic pattern against the max-min prediction.
+poll, idle RTT across pods, OVS CPU under a 4-flow incast, and aggregate goodput of a permutation
+traffic pattern against the max-min prediction; for each OVS layout (a daemon per switch, or the
+whole fabric in the system's daemon) and MTU.
 
-For each MTU, one fabric is built; every host sends one iperf3 flow to its partner under a seeded
-random permutation (no host sends to itself); the sum of goodputs is compared with the sum of the
-max-min fair rates the flow model gives on the same routed paths and emulated capacities.
+Incast: four GPUs in other pods each send one iperf3 flow to the same GPU, so that the four share
+one shaped port (the server switch's port to that GPU); the figure is the CPU of every
+ovs-vswitchd together, in % of one core, and the goodput against the port's rate.
+Permutation: every host sends one iperf3 flow to its partner under a seeded random permutation (no
+host sends to itself); the sum of goodputs is compared with the sum of the max-min fair rates the
+flow model gives on the same routed paths and emulated capacities.
 Prints every figure; the ratios are measured in the same run.
 """
 
@@ -23,7 +28,7 @@ import psutil
 
 from netkv.emulation import cleanup
 from netkv.emulation.fabric import Fabric, FabricSpec
-from netkv.emulation.fidelity import FidelityGuard
+from netkv.emulation.fidelity import FidelityGuard, OvsCpu
 from netkv.simulator.maxmin import maxmin_rates
 from netkv.topology import Routing
 
@@ -42,6 +47,54 @@ def controller_cpu(fab: Fabric, seconds: float) -> float:
     proc.cpu_percent(None)
     time.sleep(seconds)
     return proc.cpu_percent(None)
+
+
+def idle_rtt_ms(fab: Fabric) -> float:
+    """Mean ping RTT (ms) from the first GPU to the last (different pods: seven switches)."""
+    t = fab.topo
+    out = fab.host(t.hosts[0].name).cmd(f"ping -c 20 -i 0.05 -q {t.hosts[-1].ip}")
+    try:
+        return float(out.strip().splitlines()[-1].split("=")[1].split("/")[1])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
+def run_incast(fab: Fabric, seconds: int, flows: int = 4) -> tuple[float, float, float]:
+    """(OVS CPU % of one core, goodput Mbit/s, the shared port's rate Mbit/s) of `flows` cross-pod
+    flows into one GPU."""
+    t = fab.topo
+    dst = t.hosts[0]
+    srcs = [h for h in t.hosts if h.pod != dst.pod][::4][:flows]
+    srv = [
+        fab.host(dst.name).popen(["iperf3", "-s", "-1", "-p", str(7000 + i)], stdout=subprocess.DEVNULL)
+        for i in range(len(srcs))
+    ]
+    time.sleep(1.0)
+    cpu = OvsCpu()
+    cl = [
+        fab.host(h.name).popen(
+            ["iperf3", "-c", dst.ip, "-p", str(7000 + i), "-t", str(seconds), "-J"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for i, h in enumerate(srcs)
+    ]
+    outs = [c.communicate(timeout=seconds + 60)[0] for c in cl]
+    total, _, _ = cpu.sample()
+    for p in srv:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    good = 0.0
+    for o in outs:
+        try:
+            good += json.loads(o)["end"]["sum_received"]["bits_per_second"] / 1e6
+        except (json.JSONDecodeError, KeyError):
+            pass
+    rate = t.rates.rate("gpu") * 1000 / fab.spec.bandwidth_scale
+    return total, good, rate
 
 
 def run_permutation(fab: Fabric, perm: list[int], seconds: int) -> tuple[float, float, list[float]]:
@@ -94,49 +147,62 @@ def run_permutation(fab: Fabric, perm: list[int], seconds: int) -> tuple[float, 
     return float(sum(goods)), float(pred.sum()), goods
 
 
+def bench_one(a, layout: str, mtu: int) -> None:
+    spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.monotonic()
+        fab = Fabric(spec, Path(d), log=lambda *x: None)
+        fab.__enter__()
+        try:
+            up = time.monotonic() - t0
+            cpu = controller_cpu(fab, 10.0)
+            rtt = idle_rtt_ms(fab)
+            inc_cpu, inc_good, inc_rate = run_incast(fab, a.seconds)
+            perm = permutation(fab.topo.n_hosts, a.seed)
+            with FidelityGuard() as guard:
+                got, pred, goods = run_permutation(fab, perm, a.seconds)
+            rep = guard.report()
+        finally:
+            t1 = time.monotonic()
+            fab.__exit__(None, None, None)
+            down = time.monotonic() - t1
+    left = cleanup.find_leftovers()
+    print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}:")
+    print(f"  fabric up {up:.1f} s, teardown {down:.1f} s, leftovers after teardown: {left or 'none'}")
+    print(f"  controller CPU at 100 ms poll (idle fabric, 10 s): {cpu:.1f} % of one core")
+    print(f"  idle RTT across pods (7 switches): {rtt:.2f} ms")
+    print(
+        f"  incast, 4 cross-pod flows into one {inc_rate:.0f} Mbit/s port, {a.seconds} s: OVS CPU (all daemons) "
+        f"{inc_cpu:.1f} % of one core, goodput {inc_good:.1f} Mbit/s ({inc_good / inc_rate:.2f} of the port)"
+    )
+    print(
+        f"  permutation of {len(perm)} flows, {a.seconds} s: aggregate goodput {got:.0f} Mbit/s vs "
+        f"max-min prediction {pred:.0f} Mbit/s -> ratio {got / pred:.3f}"
+    )
+    print(f"  per-flow goodput min/median/max: {min(goods):.1f} / {np.median(goods):.1f} / {max(goods):.1f} Mbit/s")
+    print(
+        f"  fidelity guard: busiest ovs thread mean {rep['ovs_busiest_thread_pct']['mean']:.0f} %, "
+        f"max {rep['ovs_busiest_thread_pct']['max']:.0f} %; all ovs {rep['ovs_total_pct_mean']:.0f} %; "
+        f"machine mean {rep['machine_pct']['mean']:.0f} %; {rep['note']}",
+        flush=True,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--scale", type=float, default=4000, help="bandwidth_scale (400G -> 100 Mbit/s at 4000)")
-    ap.add_argument("--mtus", type=int, nargs="+", default=[9000, 1500])
+    ap.add_argument("--mtus", type=int, nargs="+", default=[9000])
+    ap.add_argument("--ovs-daemons", nargs="+", default=["switch", "shared"], choices=["switch", "shared"])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     if cleanup.find_leftovers():
         raise SystemExit("leftovers on the machine; run `netkv clean` first")
-    for mtu in a.mtus:
-        spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1)
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.monotonic()
-            fab = Fabric(spec, Path(d), log=lambda *x: None)
-            fab.__enter__()
-            try:
-                up = time.monotonic() - t0
-                cpu = controller_cpu(fab, 10.0)
-                perm = permutation(fab.topo.n_hosts, a.seed)
-                with FidelityGuard() as guard:
-                    got, pred, goods = run_permutation(fab, perm, a.seconds)
-                rep = guard.report()
-            finally:
-                t1 = time.monotonic()
-                fab.__exit__(None, None, None)
-                down = time.monotonic() - t1
-        left = cleanup.find_leftovers()
-        print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}:")
-        print(f"  fabric up {up:.1f} s, teardown {down:.1f} s, leftovers after teardown: {left or 'none'}")
-        print(f"  controller CPU at 100 ms poll (idle fabric, 10 s): {cpu:.1f} % of one core")
-        print(
-            f"  permutation of {len(perm)} flows, {a.seconds} s: aggregate goodput {got:.0f} Mbit/s vs "
-            f"max-min prediction {pred:.0f} Mbit/s -> ratio {got / pred:.3f}"
-        )
-        print(f"  per-flow goodput min/median/max: {min(goods):.1f} / {np.median(goods):.1f} / {max(goods):.1f} Mbit/s")
-        print(
-            f"  fidelity guard: busiest ovs thread mean {rep['ovs_busiest_thread_pct']['mean']:.0f} %, "
-            f"max {rep['ovs_busiest_thread_pct']['max']:.0f} %; machine mean {rep['machine_pct']['mean']:.0f} %; "
-            f"{rep['note']}",
-            flush=True,
-        )
+    for layout in a.ovs_daemons:
+        for mtu in a.mtus:
+            bench_one(a, layout, mtu)
     return 0
 
 

@@ -82,7 +82,7 @@ def test_a_live_run_is_named_not_called_leftovers(tmp_path, state_only, capsys, 
     assert live.exists()
     from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
 
-    monkeypatch.setattr("netkv.emulation.fabric.require_root", lambda: None)
+    monkeypatch.setattr("netkv.emulation.fabric.require_root", lambda **_: None)
     with pytest.raises(FabricError, match=rf"another emulated run is live: pid {other} "):
         Fabric(FabricSpec.for_fattree(2, 2), tmp_path / "logs").preflight()
     # the owner's own process does not see itself as another live run

@@ -189,6 +189,7 @@ BAD = [
     ),
     ({"emulation": {"fair_queue_buckets": 3}}, "emulation.fair_queue_buckets: must be 0 or a power of two up to 256"),
     ({"emulation": {"fair_queue_buckets": 512}}, "emulation.fair_queue_buckets: must be 0 or a power of two up to 256"),
+    ({"emulation": {"ovs_daemons": "pod"}}, "emulation.ovs_daemons: must be 'switch' or 'shared', got 'pod'"),
     (
         {"emulation": {"tcp_congestion_control": "vegas"}},
         "emulation.tcp_congestion_control: must be cubic, reno or bbr",
@@ -259,7 +260,7 @@ def test_values_on_the_edge_of_each_rule_are_accepted():
         compute={"memory_utilization": 1.0, "prefill_cache_blocks": 0},
         trace={"start_s": 0.0},
         telemetry={"publish_delay_s": 0.0, "floor_fraction": 0.999},
-        emulation={"mtu": 576, "fair_queue_buckets": 0, "qdisc": "pfifo", "tcp_congestion_control": "bbr"},
+        emulation={"mtu": 576, "fair_queue_buckets": 0, "qdisc": "pfifo", "tcp_congestion_control": "bbr", "ovs_daemons": "shared"},
         background=[{"src": "h0_0_0_0", "dst": "h0_0_0_1", "off_s": 0, "start_s": 0, "on_s": 2, "rate_gbps": 5}],
     )
     assert exp.emulation.mtu == 576 and exp.telemetry.floor_fraction == 0.999

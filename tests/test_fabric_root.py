@@ -10,7 +10,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -81,13 +80,13 @@ def test_installed_flows_realise_the_routing_function(fabric):
                 assert walk(tables, fabric.topo, s, d) == routing.path(s, d)
 
 
-def _ifindex_names():
+def _ifindex_names(node) -> dict[int, str]:
+    """ifindex -> interface name in a Mininet node's network namespace."""
     out = {}
-    for p in Path("/sys/class/net").iterdir():
-        try:
-            out[int((p / "ifindex").read_text())] = p.name
-        except (OSError, ValueError):
-            pass
+    for line in node.cmd("ip -o link show").splitlines():
+        m = re.match(r"^(\d+): ([^:@]+)", line)
+        if m:
+            out[int(m.group(1))] = m.group(2)
     return out
 
 
@@ -99,42 +98,36 @@ def test_capture_shows_the_pair_on_exactly_the_predicted_links(fabric, tmp_path)
     t = fabric.topo
     src, dst = "h0_0_0_1", "h3_1_1_2"
     s_ip, d_ip = t.host(src).ip, t.host(dst).ip
-    pcap = tmp_path / "cap.pcap"
-    cap = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            "any",
-            "-y",
-            "LINUX_SLL2",
-            "-s",
-            "128",
-            "-U",
-            "-w",
-            str(pcap),
-            f"tcp and host {s_ip} and host {d_ip}",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.5)
+    # one capture per switch, in the switch's network namespace (its own with per-switch daemons)
+    caps = {}
+    for sw in t.switches:
+        node = fabric.net.get(sw.name)
+        pcap = tmp_path / f"{sw.name}.pcap"
+        filt = f"tcp and host {s_ip} and host {d_ip}"
+        cmd = ["tcpdump", "-i", "any", "-y", "LINUX_SLL2", "-s", "128", "-U", "-w", str(pcap), filt]
+        caps[sw.name] = (node, pcap, node.popen(cmd, stderr=subprocess.DEVNULL))
+    time.sleep(2.0)
     iperf(fabric, src, dst, seconds=2, port=5301)
     time.sleep(0.5)
-    cap.terminate()
-    cap.wait(10)
-    names = _ifindex_names()
     fwd, rev = set(), set()
     n = 0
-    for pkt in rdpcap(str(pcap)):
-        if CookedLinuxV2 not in pkt or IP not in pkt or TCP not in pkt:
-            continue
-        n += 1
-        intf = names[pkt[CookedLinuxV2].ifindex]
-        m = re.match(r"(.+)-eth(\d+)$", intf)
-        sw, port = m.group(1), int(m.group(2))
-        out_link = t.link_by_port[(sw, port)]
-        outgoing = pkt[CookedLinuxV2].pkttype == 4
-        lk = out_link if outgoing else t.link_by_ends[(out_link.dst, out_link.src)]
-        (fwd if pkt[IP].src == s_ip else rev).add(lk.id)
+    for name, (node, pcap, cap) in caps.items():
+        cap.terminate()
+        cap.wait(10)
+        names = _ifindex_names(node)
+        for pkt in rdpcap(str(pcap)):
+            if CookedLinuxV2 not in pkt or IP not in pkt or TCP not in pkt:
+                continue
+            intf = names.get(pkt[CookedLinuxV2].ifindex, "")
+            m = re.match(r"(.+)-eth(\d+)$", intf)
+            if not m or m.group(1) != name:
+                continue  # another node's interface (all switches share the root namespace when "shared")
+            n += 1
+            sw, port = m.group(1), int(m.group(2))
+            out_link = t.link_by_port[(sw, port)]
+            outgoing = pkt[CookedLinuxV2].pkttype == 4
+            lk = out_link if outgoing else t.link_by_ends[(out_link.dst, out_link.src)]
+            (fwd if pkt[IP].src == s_ip else rev).add(lk.id)
     routing = Routing(t, fabric.spec.routing)
     assert n > 100
     assert fwd == set(routing.path(t.host_index[src], t.host_index[dst]))
@@ -256,19 +249,21 @@ def _watch(fabric, t0, cond, limit=5.0):
     return None
 
 
-def _tx_packets(sw: str, port: int) -> int:
+def _tx_packets(fabric, sw: str, port: int) -> int:
     out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", sw, str(port)], capture_output=True, text=True
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", fabric.ofctl_target(sw), str(port)],
+        capture_output=True,
+        text=True,
     ).stdout
     return int(re.search(r"tx pkts=(\d+)", out).group(1))
 
 
-def _watch_port(lk, t0, limit=5.0, packets=20):
+def _watch_port(fabric, lk, t0, limit=5.0, packets=20):
     """Seconds after t0 until the switch port feeding link lk has sent `packets` more packets
     (read straight from OVS every ~10 ms: the data plane, not the controller's view)."""
-    base = _tx_packets(lk.src, lk.src_port)
+    base = _tx_packets(fabric, lk.src, lk.src_port)
     while time.monotonic() - t0 < limit:
-        if _tx_packets(lk.src, lk.src_port) - base >= packets:
+        if _tx_packets(fabric, lk.src, lk.src_port) - base >= packets:
             return time.monotonic() - t0
         time.sleep(0.005)
     return None
@@ -301,12 +296,12 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     new_lk = t.links[new_core]
     t0 = time.monotonic()
     fabric.net.configLinkStatus(lk.src, lk.dst, "down")
-    moved = _watch_port(new_lk, t0)  # data plane
+    moved = _watch_port(fabric, new_lk, t0)  # data plane
     seen = _watch(fabric, t0, lambda L: L[new_core]["rate_mbps"] > 0.4 * LINK_MBPS and not L[core_up]["up"])
     time.sleep(2)
     t1 = time.monotonic()
     fabric.net.configLinkStatus(lk.src, lk.dst, "up")
-    back = _watch_port(lk, t1)
+    back = _watch_port(fabric, lk, t1)
     seen_back = _watch(fabric, t1, lambda L: L[core_up]["rate_mbps"] > 0.4 * LINK_MBPS and L[core_up]["up"])
     cl.wait(30)
     srv.wait(30)

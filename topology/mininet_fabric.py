@@ -16,12 +16,14 @@ on every interface (TCP stalls on the userspace datapath otherwise) and the MTU 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from mininet.link import TCIntf, TCLink
 from mininet.node import OVSSwitch, Switch
 from mininet.topo import Topo
 
 from netkv.config import parse_section
+from netkv.topology import ovs_daemon
 from netkv.topology.fattree import FatTree
 
 OFFLOADS = ("rx", "tx", "sg", "tso", "gso", "gro")
@@ -117,7 +119,7 @@ def fair_queue_batch(
     queueing from what exists: an HTB parent at the link rate with `buckets` equal child classes
     (guaranteed rate/buckets, ceil = rate, DRR among them) and a u32 hash on the TCP source port
     that spreads flows over the children; each child has a bfifo sized in time. Non-TCP traffic
-    goes to the first child.
+    goes to the first child. The device must have no root qdisc yet (`tc qdisc del dev DEV root`).
 
     `host=True` shapes a GPU's own NIC: the same per-flow fairness (what fq gives a real host), with
     each child queue `HOST_BUCKET_PACKETS` frames deep, since a host never drops its own TCP's packets.
@@ -129,7 +131,6 @@ def fair_queue_batch(
     if host:
         limit = max(limit, HOST_BUCKET_PACKETS * q)
     lines = [
-        f"qdisc del dev {dev} root",
         f"qdisc add dev {dev} root handle 5: htb default 10",
         f"class add dev {dev} parent 5: classid 5:1 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit "
         f"burst {burst} cburst {burst} quantum {q} mtu {q}",
@@ -167,6 +168,47 @@ class UserOVSSwitch(OVSSwitch):
         params.setdefault("protocols", "OpenFlow13")
         params.setdefault("failMode", "secure")
         super().__init__(name, **params)
+
+
+class DaemonOVSSwitch(Switch):
+    """OVS bridge in its own network namespace, served by its own ovsdb-server and ovs-vswitchd
+    (topology/ovs_daemon.py says why); userspace datapath, OpenFlow 1.3, fail mode secure, and the
+    controller reached over the Unix socket `controller` ("unix:PATH")."""
+
+    def __init__(self, name, run_root: str = "", controller: str = "", **params):
+        params["inNamespace"] = True
+        super().__init__(name, **params)
+        if not run_root or not controller:
+            raise ValueError("DaemonOVSSwitch needs run_root and controller")
+        self.daemon = ovs_daemon.SwitchDaemon(name, Path(run_root) / name)
+        self.controller_target = controller
+
+    def start(self, controllers):  # noqa: ARG002 (Mininet's signature; batchStartup does the work)
+        pass
+
+    def bridge_cmd(self) -> list[str]:
+        ports = [(intf.name, port) for intf, port in self.ports.items() if intf.name != "lo" and port > 0]
+        dpid = self.dpid.rjust(16, "0")
+        return self.daemon.bridge_cmd(dpid, sorted(ports, key=lambda x: x[1]), self.controller_target)
+
+    @classmethod
+    def batchStartup(cls, switches, run=None):  # noqa: N802, ARG003 (Mininet's name and signature)
+        by_name = {s.name: s for s in switches}
+        daemons = [s.daemon for s in switches]
+        ovs_daemon.start(daemons, lambda n: by_name[n].pid)
+        ovs_daemon.configure(daemons, {s.name: s.bridge_cmd() for s in switches})
+        return switches
+
+    @classmethod
+    def batchShutdown(cls, switches, run=None):  # noqa: N802, ARG003
+        ovs_daemon.stop([s.daemon for s in switches])
+        for s in switches:
+            s.deleteIntfs()
+        return switches
+
+    def stop(self, deleteIntfs=True):  # noqa: N803
+        ovs_daemon.stop([self.daemon])
+        super().stop(deleteIntfs)
 
 
 class NetKVFatTree(Topo):
