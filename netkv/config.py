@@ -111,7 +111,9 @@ class EmulationCfg:
     bandwidth_scale: float = 4000.0  # emulated link rate = real rate / bandwidth_scale
     time_dilation: float = 10.0  # one real-cluster second lasts this many emulated seconds
     mtu: int = 9000
-    queue_ms: float = 5.0  # per-link queue, as time at the emulated link rate
+    # per-link (per-bucket) queue, as time at the emulated link rate: deep enough that a KV transfer
+    # is not lost at a contended port (a P/D fabric is lossless: RDMA over PFC or InfiniBand)
+    queue_ms: float = 20.0
     max_link_mbps: float = 1000.0
     qdisc: str = "bfifo"  # leaf queue of the shaped links
     fair_queue_buckets: int = 64  # per-flow fair queueing at switch ports (0 = plain drop-tail)

@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,8 +60,44 @@ def idle_rtt_ms(fab: Fabric) -> float:
         return float("nan")
 
 
+PROBE = str(Path(__file__).with_name("xfer_probe.py"))
+
+
+def run_transfers(fab: Fabric, sizes: list[int], reps: int = 8) -> list[str]:
+    """Idle-link transfer time over a long-lived connection vs bytes / bottleneck rate (the flow
+    model's time without latency), for a same-server and a cross-pod pair; one line per case. The
+    time includes the one-byte answer (one RTT more than the transfer itself)."""
+    t = fab.topo
+    a = t.hosts[0]
+    same = next(h for h in t.hosts[1:] if h.name.rsplit("_", 1)[0] == a.name.rsplit("_", 1)[0])
+    far = t.hosts[-1]
+    routing = Routing(t, fab.spec.routing)
+    cap = t.capacity_bps / fab.spec.bandwidth_scale  # emulated bytes/s per link
+    lines = []
+    for label, b in (("same server", same), ("cross-pod", far)):
+        rate = float(min(cap[x] for x in routing.path(t.host_index[a.name], t.host_index[b.name])))
+        for n in sizes:
+            port = 7600 + len(lines)
+            srv = fab.host(b.name).popen([sys.executable, PROBE, "server", str(port)])
+            time.sleep(0.3)
+            cl = fab.host(a.name).popen(
+                [sys.executable, PROBE, "client", b.ip, str(port), str(n), str(reps), "0.3"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            out, _ = cl.communicate(timeout=120)
+            srv.wait(timeout=10)
+            med = float(np.median(json.loads(out)))
+            ideal = n / rate
+            lines.append(
+                f"  transfer {label:11s} {n:>8d} B at {rate * 8 / 1e6:.1f} Mbit/s: median {med * 1e3:7.2f} ms, "
+                f"bytes/rate {ideal * 1e3:7.2f} ms, ratio {med / ideal:.2f}"
+            )
+    return lines
+
+
 def run_incast(fab: Fabric, seconds: int, flows: int = 4) -> tuple[float, float, float]:
-    """(OVS CPU % of one core, goodput Mbit/s, the shared port's rate Mbit/s) of `flows` cross-pod
+    """(OVS CPU % of one core, goodput Mbit/s, max-min prediction Mbit/s) of `flows` cross-pod
     flows into one GPU."""
     t = fab.topo
     dst = t.hosts[0]
@@ -93,8 +130,10 @@ def run_incast(fab: Fabric, seconds: int, flows: int = 4) -> tuple[float, float,
             good += json.loads(o)["end"]["sum_received"]["bits_per_second"] / 1e6
         except (json.JSONDecodeError, KeyError):
             pass
-    rate = t.rates.rate("gpu") * 1000 / fab.spec.bandwidth_scale
-    return total, good, rate
+    routing = Routing(t, fab.spec.routing)
+    links = [np.array(routing.path(t.host_index[h.name], t.host_index[dst.name])) for h in srcs]
+    pred = maxmin_rates(links, t.capacity_bps / fab.spec.bandwidth_scale * 8 / 1e6)
+    return total, good, float(pred.sum())
 
 
 def run_permutation(fab: Fabric, perm: list[int], seconds: int) -> tuple[float, float, list[float]]:
@@ -157,7 +196,8 @@ def bench_one(a, layout: str, mtu: int) -> None:
             up = time.monotonic() - t0
             cpu = controller_cpu(fab, 10.0)
             rtt = idle_rtt_ms(fab)
-            inc_cpu, inc_good, inc_rate = run_incast(fab, a.seconds)
+            xfers = run_transfers(fab, a.transfers) if a.transfers else []
+            inc_cpu, inc_good, inc_pred = run_incast(fab, a.seconds)
             perm = permutation(fab.topo.n_hosts, a.seed)
             with FidelityGuard() as guard:
                 got, pred, goods = run_permutation(fab, perm, a.seconds)
@@ -171,9 +211,10 @@ def bench_one(a, layout: str, mtu: int) -> None:
     print(f"  fabric up {up:.1f} s, teardown {down:.1f} s, leftovers after teardown: {left or 'none'}")
     print(f"  controller CPU at 100 ms poll (idle fabric, 10 s): {cpu:.1f} % of one core")
     print(f"  idle RTT across pods (7 switches): {rtt:.2f} ms")
+    print("\n".join(xfers))
     print(
-        f"  incast, 4 cross-pod flows into one {inc_rate:.0f} Mbit/s port, {a.seconds} s: OVS CPU (all daemons) "
-        f"{inc_cpu:.1f} % of one core, goodput {inc_good:.1f} Mbit/s ({inc_good / inc_rate:.2f} of the port)"
+        f"  incast, 4 cross-pod flows into one GPU, {a.seconds} s: OVS CPU (all daemons) {inc_cpu:.1f} % of one "
+        f"core, goodput {inc_good:.1f} Mbit/s vs max-min {inc_pred:.1f} ({inc_good / inc_pred:.2f})"
     )
     print(
         f"  permutation of {len(perm)} flows, {a.seconds} s: aggregate goodput {got:.0f} Mbit/s vs "
@@ -197,6 +238,9 @@ def main() -> int:
     ap.add_argument("--ovs-daemons", nargs="+", default=["switch", "shared"], choices=["switch", "shared"])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--transfers", type=int, nargs="*", default=[15000, 60000, 240000, 960000], help="probe sizes, bytes"
+    )
     a = ap.parse_args()
     if cleanup.find_leftovers():
         raise SystemExit("leftovers on the machine; run `netkv clean` first")

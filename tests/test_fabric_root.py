@@ -326,3 +326,35 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     good, intervals = result["i"]
     # half the link rate within a second of the failure's new path and after the repair
     assert min(intervals[4:6]) > LINK_MBPS / 2 and min(intervals[-4:]) > LINK_MBPS / 2, intervals
+
+
+def _probe_median(fabric, src, dst, nbytes, port):
+    """Median seconds of KV-sized transfers over one long-lived connection, the link idle between
+    them (scripts/xfer_probe.py; each includes the one-byte answer)."""
+    import sys
+
+    from conftest import REPO
+
+    probe = str(REPO / "scripts" / "xfer_probe.py")
+    srv = fabric.host(dst).popen([sys.executable, probe, "server", str(port)])
+    time.sleep(0.3)
+    cl = fabric.host(src).popen(
+        [sys.executable, probe, "client", fabric.topo.host(dst).ip, str(port), str(nbytes), "6", "0.3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = cl.communicate(timeout=60)
+    srv.wait(timeout=10)
+    times = sorted(json.loads(out))
+    return times[len(times) // 2]
+
+
+def test_a_transfer_after_idle_takes_its_bytes_over_the_rate(fabric):
+    # a real port sends at its line rate and no faster: no burst credit saved up while idle (the
+    # shaper once let 36 KB through at veth speed: a 60 KB transfer took 0.37x its bytes / rate)
+    gpu_rate = fabric.topo.rates.rate("gpu") * 1e9 / 8 / SCALE  # emulated bytes/s of a GPU link
+    same = _probe_median(fabric, "h0_0_0_0", "h0_0_0_1", 60000, 5310)
+    assert 0.85 <= same / (60000 / gpu_rate) <= 1.25, same
+    link_rate = LINK_MBPS * 1e6 / 8
+    far = _probe_median(fabric, "h0_0_0_0", "h3_1_1_3", 240000, 5311)
+    assert 0.9 <= far / (240000 / link_rate) <= 1.2, far

@@ -57,6 +57,13 @@ def check_rates(topo: FatTree, bandwidth_scale: float, max_mbps: float = 1000.0)
     return out
 
 
+# HTB's token bucket per shaped class, in frames. A real port sends at its line rate and no faster;
+# every byte of burst lets an idle link send that much at veth speed. With 4 frames (36 KB at MTU
+# 9000), a 60 KB KV transfer over an idle 56 Mbit/s GPU link took 0.37x its bytes / rate (measured,
+# scripts/bench_fabric.py prints these transfer ratios). One frame is the least a shaper can send.
+BURST_FRAMES = 1
+
+
 class ShapedIntf(TCIntf):
     """TCIntf whose HTB class is sized for the MTU and whose queue is a bfifo sized in time."""
 
@@ -74,8 +81,7 @@ class ShapedIntf(TCIntf):
             return [], " root "
         mtu = getattr(self, "_mtu", 9000)
         rate_bps = bw * 1e6 / 8
-        # burst: at least a few frames and 2 ms worth of bytes at the rate (timer granularity)
-        burst = int(max(4 * (mtu + 100), rate_bps * 0.002))
+        burst = BURST_FRAMES * (mtu + 100)
         limit = int(max(2 * (mtu + 100), rate_bps * getattr(self, "_queue_ms", 5.0) / 1000))
         qdisc = getattr(self, "_qdisc", "bfifo")
         if not isinstance(self.node, Switch):
@@ -126,12 +132,15 @@ def fair_queue_batch(
     """
     rate_bps = mbps * 1e6 / 8
     q = mtu + 100
-    burst = int(max(4 * q, rate_bps * 0.002))
+    burst = BURST_FRAMES * q
     limit = int(max(2 * q, rate_bps * queue_ms / 1000))
     if host:
         limit = max(limit, HOST_BUCKET_PACKETS * q)
     lines = [
-        f"qdisc add dev {dev} root handle 5: htb default 10",
+        # the line rate, strictly: TBF never sends ahead of its tokens (HTB lets each class send one
+        # frame past them, and a NIC that bursts past its rate overflows the next port's queue)
+        f"qdisc add dev {dev} root handle 4: tbf rate {mbps:f}Mbit burst {q} mtu {q} limit {limit}",
+        f"qdisc add dev {dev} parent 4:1 handle 5: htb default 10",
         f"class add dev {dev} parent 5: classid 5:1 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit "
         f"burst {burst} cburst {burst} quantum {q} mtu {q}",
     ]

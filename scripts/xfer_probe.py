@@ -1,0 +1,58 @@
+"""Time KV-like transfers over one long-lived TCP connection (run inside two Mininet hosts).
+
+server PORT                      accept one connection; per message: read its 8-byte length and
+                                 the bytes, answer one byte
+client IP PORT NBYTES REPS GAP   send REPS messages of NBYTES, GAP seconds apart (the link idles in
+                                 between, as between KV transfers); print one JSON line with the
+                                 seconds from first byte sent to the answer, for each message after
+                                 two warm-up ones
+Used by scripts/bench_fabric.py --transfers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+
+
+def server(port: int) -> None:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(1)
+    c, _ = s.accept()
+    while True:
+        hdr = c.recv(8, socket.MSG_WAITALL)
+        if len(hdr) < 8:
+            return
+        left = int.from_bytes(hdr, "big")
+        while left:
+            b = c.recv(min(1 << 20, left))
+            if not b:
+                return
+            left -= len(b)
+        c.sendall(b"k")
+
+
+def client(ip: str, port: int, n: int, reps: int, gap: float) -> None:
+    c = socket.create_connection((ip, port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = n.to_bytes(8, "big") + b"x" * n
+    times = []
+    for i in range(reps + 2):
+        time.sleep(gap)
+        t0 = time.monotonic()
+        c.sendall(data)
+        c.recv(1)
+        if i >= 2:
+            times.append(time.monotonic() - t0)
+    print(json.dumps(times))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        server(int(sys.argv[2]))
+    else:
+        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
