@@ -30,9 +30,11 @@ from netkv.emulation.background import (
     format_report,
 )
 from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_table
 from netkv.scheduler.cluster import Cluster
+from netkv.scheduler.service import clock_file
 from netkv.topology import Routing
 from netkv.trace import window_from_config
 
@@ -117,12 +119,25 @@ class _Run:
         self.run.write_meta(self.meta)
 
     def policy(
-        self, fab: Fabric, sock_dir: Path, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor, agents, on_running
+        self,
+        fab: Fabric,
+        sock_dir: Path,
+        pol: str,
+        bg: BackgroundTraffic,
+        mon: BackgroundMonitor,
+        agents,
+        on_running,
+        faults: FaultInjector | None = None,
     ) -> None:
-        """Replay the trace with one policy: background on, the scheduler service, results collected."""
+        """Replay the trace with one policy: background on, link faults on the trace clock, the
+        scheduler service, results collected."""
         bg.start()
         if bg.pairs:
             mon.start()
+        faults = faults or FaultInjector(fab, self.exp)
+        clock = clock_file(sock_dir, pol)
+        clock.unlink(missing_ok=True)
+        faults.start(clock)
         t0 = time.monotonic()
         args = [
             sys.executable,
@@ -146,7 +161,7 @@ class _Run:
             if on_running is not None:
                 on_running(fab, agents, pol)
             while (rc := svc.poll()) is None:
-                bg_error = bg.error()
+                bg_error = bg.error() or faults.error()
                 if bg_error:
                     svc.send_signal(signal.SIGINT)  # it writes what it has, marked partial
                     rc = svc.wait(timeout=120)
@@ -158,6 +173,7 @@ class _Run:
             svc.wait(timeout=120)
             rc = 130
         finally:
+            faults.stop()
             mon.stop()
             bg.stop()
         self.meta["wall_s"][pol] = time.monotonic() - t0
@@ -170,6 +186,12 @@ class _Run:
                 f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
                 "no results; its error is printed above"
             ) from None
+        if faults.events:
+            self.summaries[pol]["faults"] = faults.report()
+            RunDir(self.run.root).write_policy_summary(pol, self.summaries[pol])
+            self.meta.setdefault("faults", {})[pol] = faults.report()
+            late = max((abs(e["late_s"]) for e in faults.report()), default=0.0)
+            self.log(f"policy {pol}: {len(faults.report())} link changes injected (at most {late * 1e3:.0f} ms late)")
         if bg.pairs:
             self._background(pol, bg, mon)
 

@@ -107,6 +107,29 @@ class BackgroundCfg:
 
 
 @dataclass
+class FaultCfg:
+    """A link failure: the link between two adjacent switches goes down at `at_s` (real-cluster
+    seconds on the trace clock) for `down_s` seconds (for ever if omitted); `times` > 1 repeats it
+    every `every_s` seconds (a flapping link)."""
+
+    link: list[str]
+    at_s: float = 0.0
+    down_s: float = math.inf
+    times: int = 1
+    every_s: float | None = None
+
+    def schedule(self) -> list[tuple[float, bool]]:
+        """(time, up?) changes in time order: down at at_s, up at at_s + down_s, per repetition."""
+        out = []
+        for k in range(self.times):
+            t = self.at_s + k * (self.every_s or 0.0)
+            out.append((t, False))
+            if math.isfinite(self.down_s):
+                out.append((t + self.down_s, True))
+        return out
+
+
+@dataclass
 class EmulationCfg:
     bandwidth_scale: float = 4000.0  # emulated link rate = real rate / bandwidth_scale
     time_dilation: float = 10.0  # one real-cluster second lasts this many emulated seconds
@@ -147,6 +170,7 @@ class Experiment:
     emulation: EmulationCfg
     policy_params: dict[str, dict[str, Any]]
     raw: dict
+    faults: list[FaultCfg] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied on top of the file
 
     @property
@@ -441,6 +465,48 @@ def _background(where: str, i: int, b) -> BackgroundCfg:
     return bg
 
 
+MAX_FAULT_TIMES = 10_000
+MAX_FAULT_AT_S = 365 * 24 * 3600.0  # as far as a replayed window reaches (netkv.trace.MAX_SPAN_S)
+
+
+def _fault(where: str, i: int, f) -> FaultCfg:
+    """One [[fault]] entry; whether its link exists (and leaves every pair a path) is checked when
+    the cluster is built."""
+    key = f"fault[{i}]"
+    if not isinstance(f, dict):
+        _fail(where, key, "expected a table")
+    for k_ in f:
+        if k_ not in FaultCfg.__dataclass_fields__:
+            _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(FaultCfg.__dataclass_fields__)})")
+    link = f.get("link")
+    if not isinstance(link, list) or len(link) != 2 or not all(isinstance(x, str) for x in link):
+        _fail(where, f"{key}.link", 'expected the two switches it joins, e.g. ["a0_0", "c0_0"]')
+    fc = FaultCfg(link=list(link))
+    for k_ in ("at_s", "down_s", "every_s"):
+        if k_ in f:
+            v = f[k_]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                _fail(where, f"{key}.{k_}", f"expected a finite number of seconds, got {show(v)}")
+            setattr(fc, k_, float(v))
+    if "times" in f:
+        t = f["times"]
+        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_FAULT_TIMES:
+            _fail(where, f"{key}.times", f"expected an integer within 1..{MAX_FAULT_TIMES}, got {show(t)}")
+        fc.times = t
+    _positive(where, f"{key}.at_s", fc.at_s, allow_zero=True)
+    if fc.at_s > MAX_FAULT_AT_S:
+        _fail(where, f"{key}.at_s", f"must be <= {MAX_FAULT_AT_S:g} s (a year), got {fc.at_s:g}")
+    _at_least(where, f"{key}.down_s", fc.down_s, MIN_PERIOD_S)
+    if fc.times > 1:
+        if fc.every_s is None:
+            _fail(where, f"{key}.every_s", "required when times > 1 (the period of the flapping)")
+        elif not math.isfinite(fc.down_s) or fc.every_s <= fc.down_s:
+            _fail(where, f"{key}.every_s", f"must be > down_s ({fc.down_s:g} s) so the link comes back in between")
+    elif fc.every_s is not None:
+        _fail(where, f"{key}.every_s", "only with times > 1")
+    return fc
+
+
 def _policies(where: str, raw: dict) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The policy list (empty: every registered policy) and per-policy parameter tables; names and
     parameters are checked against the policy registry when the cluster is built."""
@@ -461,7 +527,7 @@ def _policies(where: str, raw: dict) -> tuple[list[str], dict[str, dict[str, Any
 def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     """Build an Experiment from an already-parsed document, each section validated on its own."""
     where = str(path) if path else "<experiment>"
-    known = {"name", "seed", "policies", "policy", "background", *_SECTIONS}
+    known = {"name", "seed", "policies", "policy", "background", "fault", *_SECTIONS}
     for key in raw:
         if key not in known:
             _fail(where, key, f"unknown top-level key (known: {', '.join(sorted(known))})")
@@ -477,8 +543,20 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
     if not isinstance(raw_bg, list):
         _fail(where, "background", "expected an array of tables ([[background]])")
     bgs = [_background(where, i, b) for i, b in enumerate(raw_bg)]
+    raw_faults = raw.get("fault", [])
+    if not isinstance(raw_faults, list):
+        _fail(where, "fault", "expected an array of tables ([[fault]])")
+    faults = [_fault(where, i, f) for i, f in enumerate(raw_faults)]
     return Experiment(
-        name=name, path=path, seed=seed, policies=policies, background=bgs, policy_params=policy_params, raw=raw, **secs
+        name=name,
+        path=path,
+        seed=seed,
+        policies=policies,
+        background=bgs,
+        faults=faults,
+        policy_params=policy_params,
+        raw=raw,
+        **secs,
     )
 
 
@@ -497,6 +575,9 @@ def to_dict(exp: Experiment) -> dict:
     doc["policy"] = exp.policy_params
     doc["background"] = [
         {k: v for k, v in dataclasses.asdict(b).items() if v is not None and v != math.inf} for b in exp.background
+    ]
+    doc["fault"] = [
+        {k: v for k, v in dataclasses.asdict(f).items() if v is not None and v != math.inf} for f in exp.faults
     ]
     return doc
 

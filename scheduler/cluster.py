@@ -9,7 +9,7 @@ bad experiment as one line naming the file and key before anything runs. `load()
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from netkv.compute import ComputeModel, compute_from_config
@@ -31,6 +31,8 @@ class Cluster:
     decode_hosts: list[int]
     background: list[list[tuple[int, int]]]  # per [[background]] entry: its (src, dst) host pairs
     _compute: ComputeModel | None = None
+    # per [[fault]] entry: the ids of its link's two directions
+    faults: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def compute(self) -> ComputeModel:
@@ -63,7 +65,36 @@ class Cluster:
                 bg.append(background_pairs(topo, b))
             except ValueError as e:
                 raise exp.error(f"background[{i}]", str(e)) from None
-        return cls(exp, topo, pre, dec, bg, compute)
+        faults = [_fault_links(exp, topo, i, f.link) for i, f in enumerate(exp.faults)]
+        return cls(exp, topo, pre, dec, bg, compute, faults)
+
+
+def _fault_links(exp: Experiment, topo: FatTree, i: int, ends: list[str]) -> tuple[int, int]:
+    """The two directed links a [[fault]] takes down; refuses a link that is not a switch-to-switch
+    link of the fat-tree, or whose loss would leave some pair of hosts without a path."""
+    a, b = ends
+    fwd, rev = topo.link_by_ends.get((a, b)), topo.link_by_ends.get((b, a))
+    if fwd is None or rev is None:
+        raise exp.error(f"fault[{i}].link", f"no link between '{a}' and '{b}' in this fat-tree")
+    if fwd.level == "gpu":
+        raise exp.error(f"fault[{i}].link", f"'{a}'-'{b}' is a GPU's own link: its GPU would be cut off")
+    # a fat-tree keeps every pair connected without this link iff the lower switch has another
+    # uplink (each edge reaches every aggregation switch of its pod, each aggregation switch its
+    # group of cores)
+    rank = {"server": 0, "edge": 1, "agg": 2, "core": 3}
+    lower = min((a, b), key=lambda n: rank[topo.nodes[n].kind])
+    ups = [
+        lk
+        for lk in topo.links
+        if lk.src == lower and rank.get(topo.nodes[lk.dst].kind, -1) > rank[topo.nodes[lower].kind]
+    ]
+    if len(ups) < 2:
+        raise exp.error(
+            f"fault[{i}].link",
+            f"'{lower}' has no other uplink: with '{a}'-'{b}' down, the hosts below it would be cut off "
+            "(pick a link with a redundant path)",
+        )
+    return fwd.id, rev.id
 
 
 def _check_names(exp: Experiment) -> None:

@@ -40,6 +40,11 @@ from netkv.scheduler.runtime import Runtime, Tracked
 from netkv.trace import BLOCK_TOKENS, TraceError, window_from_config
 
 
+def clock_file(sock_dir: Path, policy: str) -> Path:
+    """Where a policy's replay records the wall-clock instant of its trace time 0 ({"t0": seconds})."""
+    return Path(sock_dir) / f"clock-{policy}.json"
+
+
 class _Live(Tracked):
     """A request with what the service adds: its emulated KV size and whether it has ended."""
 
@@ -280,6 +285,10 @@ class SchedulerService:
     async def run(self) -> None:
         await self.connect()
         self.t0 = time.time() + 0.5
+        # trace time 0 on the wall clock, for whatever follows the trace clock (link faults)
+        clock = clock_file(self.sock_dir, self.policy)
+        clock.with_suffix(".tmp").write_text(json.dumps({"t0": self.t0}))
+        clock.with_suffix(".tmp").replace(clock)
         tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
         if self.oracle.uses_telemetry:
             poll = self.exp.telemetry.poll_interval_s * self.D

@@ -4,6 +4,9 @@ Same topology, routing function, compute model, prefix caches and policies as th
 - Prefill instances: FCFS, one request at a time; latency from the tokens their LRU prefix cache lacks.
 - KV transfers and background flows are flows on their routed paths; rates are max-min fair and are
   recomputed whenever a flow starts or ends.
+- [[fault]] links go down and up on their schedule: the routing function moves the pairs that
+  crossed them (as the controller does on a port-status event), and every flow whose routed path
+  changed continues on its new path with the bytes it has left.
 - The controller is modelled by sampling the per-link byte counters every poll interval and
   publishing each sample `publish_delay_s` later; the counter oracle reads the latest published one.
 - Decode instances run continuous batching. Iterations are folded: between two changes of a batch
@@ -29,8 +32,10 @@ from netkv.scheduler.runtime import Runtime, Tracked
 from netkv.simulator.network import FlowNetwork
 from netkv.trace import window_from_config
 
-ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF = range(7)
-_PERIODIC = (POLL, BG_ON, BG_OFF)  # events that recur for ever; the others move requests along
+ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF, FAULT = range(8)
+# events that do not themselves move a request along (polls and toggles recur for ever; faults only
+# change where flows go)
+_PERIODIC = (POLL, BG_ON, BG_OFF, FAULT)
 
 
 class _Req(Tracked):
@@ -108,6 +113,9 @@ class Simulation:
         ]
         self.decodes = [_Decode(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.decode_hosts, rt.decode_caches))]
         self.bg = cluster.background
+        self.fault_links = cluster.faults
+        self.fault_log: list[dict] = []  # per link change: time, link, up, flows moved
+        self._ends: dict[int, tuple[int, int]] = {}  # flow id -> (src host, dst host)
         self._bg_flows: list[list[int]] = [[] for _ in self.bg]
         # per background pair: bytes delivered and seconds on, for background_report()
         self._bg_sent = [[0.0] * len(p) for p in self.bg]
@@ -153,6 +161,9 @@ class Simulation:
             self._push(0.0, POLL)
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
+        for i, f in enumerate(self.exp.faults):
+            for t, up in f.schedule():
+                self._push(t, FAULT, i, up)
         handlers = {
             ARRIVAL: self._arrival,
             PREFILL_DONE: self._prefill_done,
@@ -161,6 +172,7 @@ class Simulation:
             POLL: self._poll_event,
             BG_ON: self._bg_on,
             BG_OFF: self._bg_off,
+            FAULT: self._fault,
         }
         n = len(reqs)
         bar = None
@@ -218,6 +230,7 @@ class Simulation:
         if r.dec.bytes_to_send > 0:
             links = self.routing.path(r.dec.prefill_host, r.dec.decode_host)
             r.flow = self.net.add(self.now, links, r.dec.bytes_to_send, tag=r)
+            self._ends[r.flow.id] = (r.dec.prefill_host, r.dec.decode_host)
             self.rt.transfer_started(r, self.now)
             self._schedule_net()
         else:
@@ -240,6 +253,7 @@ class Simulation:
         ]
         self.net.remove_many(f.id for f in done)
         for f in done:
+            self._ends.pop(f.id, None)
             self._kv_arrived(f.tag)
         self._schedule_net()
 
@@ -263,6 +277,7 @@ class Simulation:
         for s, d in self.bg[i]:
             f = self.net.add(self.now, self.routing.path(s, d), math.inf, demand, tag=("bg", i), track=True)
             self._bg_flows[i].append(f.id)
+            self._ends[f.id] = (s, d)
         self._bg_since[i] = self.now
         if math.isfinite(cfg.on_s):
             self._push(self.now + cfg.on_s, BG_OFF, i)
@@ -298,8 +313,33 @@ class Simulation:
     def _bg_off(self, i, _):
         self._bg_account(i)
         self.net.remove_many(self._bg_flows[i])
+        for fid in self._bg_flows[i]:
+            self._ends.pop(fid, None)
         self._bg_flows[i] = []
         self._push(self.now + self.exp.background[i].off_s, BG_ON, i)
+        self._schedule_net()
+
+    # ---- link faults -------------------------------------------------------------------------
+    def _fault(self, i, up):
+        """Fault i's link goes down (up=False) or comes back: flows whose routed path changed move."""
+        for lid in self.fault_links[i]:
+            self.routing.mark(lid, up)
+        moved = 0
+        for fid in list(self.net.flows):
+            s, d = self._ends[fid]
+            links = self.routing.path(s, d)
+            if list(self.net.flows[fid].links) == links:
+                continue
+            f = self.net.reroute(self.now, fid, links)
+            moved += 1
+            self._ends[f.id] = self._ends.pop(fid)
+            if isinstance(f.tag, _Req):
+                f.tag.flow = f
+            else:
+                bg = self._bg_flows[f.tag[1]]
+                bg[bg.index(fid)] = f.id
+        a, b = self.exp.faults[i].link
+        self.fault_log.append({"t": self.now, "link": f"{a}-{b}", "up": bool(up), "flows_moved": moved})
         self._schedule_net()
 
     # ---- decode ------------------------------------------------------------------------------

@@ -78,6 +78,17 @@ class FlowNetwork:
             self.remove_many([fid])
         return f
 
+    def reroute(self, t: float, fid: int, links) -> Flow:
+        """Move a flow onto other links (a link failed or came back): its remaining bytes, demand,
+        tag and delivered count carry over to the returned flow (a new id)."""
+        self.advance(t)
+        old = self.flows[fid]
+        track = fid in self._tracked
+        self.remove_many([fid])
+        f = self.add(t, links, old.remaining, old.demand, tag=old.tag, track=track)
+        f.sent = old.sent
+        return f
+
     def remove_many(self, fids) -> None:
         """Remove flows at the current time; only the flows that shared a link with them (their
         connected component) get new rates."""

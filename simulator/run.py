@@ -63,6 +63,8 @@ def simulate_experiment(
             s["events"] = sim.events
             if exp.background:
                 s["background"] = sim.background_report()
+            if exp.faults:
+                s["faults"] = sim.fault_log
             run.write_policy_summary(pol, s)
             summaries[pol] = s
             meta["wall_s"][pol] = wall

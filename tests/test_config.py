@@ -260,7 +260,13 @@ def test_values_on_the_edge_of_each_rule_are_accepted():
         compute={"memory_utilization": 1.0, "prefill_cache_blocks": 0},
         trace={"start_s": 0.0},
         telemetry={"publish_delay_s": 0.0, "floor_fraction": 0.999},
-        emulation={"mtu": 576, "fair_queue_buckets": 0, "qdisc": "pfifo", "tcp_congestion_control": "bbr", "ovs_daemons": "shared"},
+        emulation={
+            "mtu": 576,
+            "fair_queue_buckets": 0,
+            "qdisc": "pfifo",
+            "tcp_congestion_control": "bbr",
+            "ovs_daemons": "shared",
+        },
         background=[{"src": "h0_0_0_0", "dst": "h0_0_0_1", "off_s": 0, "start_s": 0, "on_s": 2, "rate_gbps": 5}],
     )
     assert exp.emulation.mtu == 576 and exp.telemetry.floor_fraction == 0.999
@@ -322,7 +328,7 @@ def test_messages_that_list_what_is_known(tmp_path):
         ),
         (
             {"bogus": 1},
-            "bogus: unknown top-level key (known: background, compute, emulation, model, name, placement, "
+            "bogus: unknown top-level key (known: background, compute, emulation, fault, model, name, placement, "
             "policies, policy, seed, slo, telemetry, topology, trace)",
         ),
         (
