@@ -274,6 +274,34 @@ class Fabric:
         self.wait_ready(timeout=60)
         return time.monotonic() - t0
 
+    def restart_switch(self, name: str, timeout: float = 60.0) -> float:
+        """Kill one switch's ovs-vswitchd (SIGKILL: a crash) and start it again on its database: the
+        bridge, ports and controller come back, the controller reinstalls the rules. Returns the
+        seconds until the fabric is ready again (every switch connected with its rules)."""
+        if not self.per_switch:
+            raise FabricError("restarting one switch needs emulation.ovs_daemons = 'switch'")
+        import psutil
+
+        node = self.net.get(name)
+        d = node.daemon
+        t0 = time.monotonic()
+        pid = int(d.pidfile("ovs-vswitchd").read_text().split()[0])
+        proc = psutil.Process(pid)
+        proc.kill()
+        proc.wait(10)
+        d.pidfile("ovs-vswitchd").unlink(missing_ok=True)
+        # the controller notices the lost connection, then the new daemon connects
+        deadline = time.monotonic() + timeout
+        while self.health().get("switches_connected") == len(self.topo.switches):
+            if time.monotonic() > deadline:
+                raise FabricError(f"the controller did not notice {name}'s daemon go away")
+            time.sleep(0.05)
+        p = subprocess.run(d.vswitchd_cmd(node.pid), capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise FabricError(f"{name}: ovs-vswitchd did not restart: {p.stderr.strip()[:200]}")
+        self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+        return time.monotonic() - t0
+
     def _build_mininet(self) -> None:
         from mininet.log import setLogLevel
         from mininet.net import Mininet

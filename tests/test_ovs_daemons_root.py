@@ -77,3 +77,20 @@ def test_a_stray_switch_daemon_is_a_leftover_and_clean_removes_it(tmp_path):
     assert cleanup.clean(verbose=False) == []
     assert ovs_daemon.running_daemons(root) == []
     shutil.rmtree(root)  # (its owner, this test process, is alive: a real runner's would be gone)
+
+
+def test_a_crashed_switch_daemon_restarts_and_its_rules_come_back(tmp_path):
+    spec = FabricSpec.for_fattree(2, 2, poll_interval=0.5, ovs_daemons="switch")
+    with Fabric(spec, tmp_path) as fab:
+        before = fab.dump_flows()["c0_0"]
+        took = fab.restart_switch("c0_0")  # the only core: every cross-pod pair crosses it
+        assert 0 < took < 30
+        assert fab.health()["ready"]
+        after = fab.dump_flows()["c0_0"]
+        rules = lambda dump: sorted(  # noqa: E731
+            " ".join(w for w in line.split() if not w.startswith(("duration=", "n_packets=", "n_bytes=", "idle_age=")))
+            for line in dump.splitlines()
+            if "priority" in line
+        )
+        assert rules(after) == rules(before) != []
+        assert fab.reachability() == []
