@@ -48,6 +48,7 @@ class Agent:
         self.compute = compute_from_config(exp)
         self.dilation = exp.emulation.time_dilation
         self.byte_scale = exp.emulation.byte_scale
+        self.checksum = exp.emulation.kv_checksum
         self.kv_tok = self.compute.model.kv_bytes_per_token
         self.sock_path = Path(sock_dir) / f"{host}.sock"
         self.writer: asyncio.StreamWriter | None = None
@@ -223,7 +224,7 @@ class PrefillAgent(Agent):
         writer = None
         try:
             reader, writer = await self._connection(job.decode_ip)
-            sent = await write_kv(writer, job.id, self.host, sizes, pace, self.zero)
+            sent = await write_kv(writer, job.id, self.host, sizes, pace, self.zero, self.checksum)
             if await reader.readexactly(1) != ACK:
                 raise ConnectionError("the decode agent answered something other than an ACK")
             self._release(job.decode_ip, reader, writer)

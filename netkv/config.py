@@ -144,6 +144,7 @@ class EmulationCfg:
     # "switch": every switch has its own ovs-vswitchd in its own network namespace (as a real switch
     # has its own forwarding plane); "shared": the whole fabric in the system's ovs-vswitchd
     ovs_daemons: str = "switch"
+    kv_checksum: bool = False  # pattern payloads with a CRC-32 per block, checked on arrival
     layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
     drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
 
