@@ -99,3 +99,37 @@ def test_a_run_s_socket_directory_is_private_and_names_its_owner(state_only):
         "run_dir": str(state_only / "results" / "x-emu"),
     }
     assert statedir.owner_pid(d) == os.getpid() and d not in statedir.stale_state_entries()
+
+
+def test_a_fabric_s_ovs_directory_is_owned_by_its_process(tmp_path, state_only):
+    """ovs-<pid>: live while its fabric's process runs (named once, beside the run's other entry),
+    stale once it is gone (clean removes it)."""
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"ovs-{other.pid}").mkdir()
+        assert statedir.owner_pid(tmp_path / f"ovs-{other.pid}") == other.pid
+        runs = statedir.live_runs()
+        assert len(runs) == 1 and runs[0].startswith(f"pid {other.pid} (emulated fabric")
+        (tmp_path / f"sock-20261127-000000-{other.pid}").mkdir()  # the same process's emulated run
+        runs = statedir.live_runs()
+        assert len(runs) == 1 and "netkv emulate" in runs[0]  # named once, by the run
+    finally:
+        other.kill()
+        other.wait()
+    assert {e.name for e in statedir.stale_state_entries()} == {f"ovs-{other.pid}", f"sock-20261127-000000-{other.pid}"}
+    assert cleanup.clean(verbose=False) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stray_per_switch_daemons_are_leftovers_by_their_state_path():
+    """A per-switch ovs-vswitchd names its state directory on its command line: that is how
+    cleanup tells it from the system's daemon."""
+    from netkv.topology.ovs_daemon import SwitchDaemon
+
+    d = SwitchDaemon("e0_0", statedir.STATE_DIR / "ovs-123" / "e0_0")
+    marker = next(m for m in cleanup.PROC_MARKERS if "ovs-" in m)
+    assert marker in " ".join(d.vswitchd_cmd(1)) and marker in " ".join(d.ovsdb_cmd())
+    assert marker not in "ovs-vswitchd unix:/var/run/openvswitch/db.sock --pidfile --detach"
