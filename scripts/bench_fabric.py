@@ -186,6 +186,32 @@ def run_permutation(fab: Fabric, perm: list[int], seconds: int) -> tuple[float, 
     return float(sum(goods)), float(pred.sum()), goods
 
 
+def plain_mininet(k: int, gpus: int, scale: float, mtu: int) -> tuple[float, float]:
+    """(build + start, stop) seconds of plain Mininet on the same topology: the system's OVS
+    (userspace datapath), Mininet's TCLinks at the same rates, no controller, no checks."""
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.node import OVSSwitch
+
+    from netkv.topology.mininet_fabric import NetKVFatTree
+
+    setLogLevel("error")
+    topo = NetKVFatTree(k=k, gpus=gpus, bandwidth_scale=scale, mtu=mtu)
+    t0 = time.monotonic()
+    net = Mininet(
+        topo=topo,
+        switch=lambda name, **kw: OVSSwitch(name, datapath="user", **kw),
+        controller=None,
+        autoSetMacs=False,
+        waitConnected=False,
+    )
+    net.start()
+    up = time.monotonic() - t0
+    t1 = time.monotonic()
+    net.stop()
+    return up, time.monotonic() - t1
+
+
 def bench_one(a, layout: str, mtu: int) -> None:
     spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout)
     with tempfile.TemporaryDirectory() as d:
@@ -193,7 +219,8 @@ def bench_one(a, layout: str, mtu: int) -> None:
         fab = Fabric(spec, Path(d), log=lambda *x: None)
         fab.__enter__()
         try:
-            up = time.monotonic() - t0
+            unreachable = fab.reachability()
+            up = time.monotonic() - t0  # controller, switches, routes installed, every pair pinged
             cpu = controller_cpu(fab, 10.0)
             rtt = idle_rtt_ms(fab)
             xfers = run_transfers(fab, a.transfers) if a.transfers else []
@@ -207,8 +234,14 @@ def bench_one(a, layout: str, mtu: int) -> None:
             fab.__exit__(None, None, None)
             down = time.monotonic() - t1
     left = cleanup.find_leftovers()
+    base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
     print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}:")
-    print(f"  fabric up {up:.1f} s, teardown {down:.1f} s, leftovers after teardown: {left or 'none'}")
+    print(
+        f"  fabric up {up:.1f} s (controller, routes, {len(unreachable)} pairs unreachable), teardown "
+        f"{down:.1f} s, leftovers after "
+        f"teardown: {left or 'none'}; plain Mininet, same topology: up {base_up:.1f} s, stop {base_down:.1f} s "
+        f"-> {up / base_up:.2f}x and {down / base_down:.2f}x"
+    )
     print(f"  controller CPU at 100 ms poll (idle fabric, 10 s): {cpu:.1f} % of one core")
     print(f"  idle RTT across pods (7 switches): {rtt:.2f} ms")
     print("\n".join(xfers))
