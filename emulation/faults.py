@@ -45,7 +45,10 @@ class FaultInjector:
     def _set(self, i: int, up: bool) -> None:
         a, b = self.exp.faults[i].link
         self.fab.net.configLinkStatus(a, b, "up" if up else "down")
-        (self._down.discard if up else self._down.add)(i)
+        if up:
+            self._down.discard(i)
+        else:
+            self._down.add(i)
 
     def _run(self, clock_file: Path) -> None:
         try:

@@ -436,13 +436,28 @@ def parse_section(name: str, table, where: str = "<experiment>"):
     return sec
 
 
-def _background(where: str, i: int, b) -> BackgroundCfg:
-    key = f"background[{i}]"
-    if not isinstance(b, dict):
+def _entry(where: str, name: str, i: int, table, cls) -> str:
+    """Check entry i of the array of tables [[name]]: a table whose keys are fields of `cls`;
+    returns how errors name it (name[i])."""
+    key = f"{name}[{i}]"
+    if not isinstance(table, dict):
         _fail(where, key, "expected a table")
-    for k_ in b:
-        if k_ not in BackgroundCfg.__dataclass_fields__:
-            _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(BackgroundCfg.__dataclass_fields__)})")
+    for k_ in table:
+        if k_ not in cls.__dataclass_fields__:
+            _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(cls.__dataclass_fields__)})")
+    return key
+
+
+def _entries(where: str, raw: dict, name: str, parse) -> list:
+    """The parsed entries of the array of tables [[name]] (none when absent)."""
+    tables = raw.get(name, [])
+    if not isinstance(tables, list):
+        _fail(where, name, f"expected an array of tables ([[{name}]])")
+    return [parse(where, i, t) for i, t in enumerate(tables)]
+
+
+def _background(where: str, i: int, b) -> BackgroundCfg:
+    key = _entry(where, "background", i, b, BackgroundCfg)
     for req in ("src", "dst"):
         if req not in b:
             _fail(where, f"{key}.{req}", "required")
@@ -473,12 +488,7 @@ MAX_FAULT_AT_S = 365 * 24 * 3600.0  # as far as a replayed window reaches (netkv
 def _fault(where: str, i: int, f) -> FaultCfg:
     """One [[fault]] entry; whether its link exists (and leaves every pair a path) is checked when
     the cluster is built."""
-    key = f"fault[{i}]"
-    if not isinstance(f, dict):
-        _fail(where, key, "expected a table")
-    for k_ in f:
-        if k_ not in FaultCfg.__dataclass_fields__:
-            _fail(where, f"{key}.{k_}", f"unknown key (known: {', '.join(FaultCfg.__dataclass_fields__)})")
+    key = _entry(where, "fault", i, f, FaultCfg)
     link = f.get("link")
     if not isinstance(link, list) or len(link) != 2 or not all(isinstance(x, str) for x in link):
         _fail(where, f"{key}.link", 'expected the two switches it joins, e.g. ["a0_0", "c0_0"]')
@@ -540,14 +550,8 @@ def from_dict(raw: dict, path: Path | None = None) -> Experiment:
         _fail(where, "seed", f"expected an integer, got {show(seed)}")
     policies, policy_params = _policies(where, raw)
     secs = {n: parse_section(n, raw.get(n, {}), where) for n in _SECTIONS}
-    raw_bg = raw.get("background", [])
-    if not isinstance(raw_bg, list):
-        _fail(where, "background", "expected an array of tables ([[background]])")
-    bgs = [_background(where, i, b) for i, b in enumerate(raw_bg)]
-    raw_faults = raw.get("fault", [])
-    if not isinstance(raw_faults, list):
-        _fail(where, "fault", "expected an array of tables ([[fault]])")
-    faults = [_fault(where, i, f) for i, f in enumerate(raw_faults)]
+    bgs = _entries(where, raw, "background", _background)
+    faults = _entries(where, raw, "fault", _fault)
     return Experiment(
         name=name,
         path=path,
@@ -574,12 +578,10 @@ def to_dict(exp: Experiment) -> dict:
         if not ref.startswith("builtin:"):
             doc[sec][key] = str(exp.resolve(ref).resolve())
     doc["policy"] = exp.policy_params
-    doc["background"] = [
-        {k: v for k, v in dataclasses.asdict(b).items() if v is not None and v != math.inf} for b in exp.background
-    ]
-    doc["fault"] = [
-        {k: v for k, v in dataclasses.asdict(f).items() if v is not None and v != math.inf} for f in exp.faults
-    ]
+    for name, entries in (("background", exp.background), ("fault", exp.faults)):  # inf: the default "for ever"
+        doc[name] = [
+            {k: v for k, v in dataclasses.asdict(e).items() if v is not None and v != math.inf} for e in entries
+        ]
     return doc
 
 

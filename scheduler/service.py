@@ -287,8 +287,9 @@ class SchedulerService:
         self.t0 = time.time() + 0.5
         # trace time 0 on the wall clock, for whatever follows the trace clock (link faults)
         clock = clock_file(self.sock_dir, self.policy)
-        clock.with_suffix(".tmp").write_text(json.dumps({"t0": self.t0}))
-        clock.with_suffix(".tmp").replace(clock)
+        tmp = clock.with_suffix(".tmp")  # written whole, then renamed: the reader never sees half
+        tmp.write_text(json.dumps({"t0": self.t0}))
+        tmp.replace(clock)
         tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
         if self.oracle.uses_telemetry:
             poll = self.exp.telemetry.poll_interval_s * self.D

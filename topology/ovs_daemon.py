@@ -13,7 +13,6 @@ Plain Python (subprocess, no Mininet): the Mininet switch class in mininet_fabri
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -213,13 +212,3 @@ def running_daemons(root_marker: str) -> list[int]:
         except (psutil.Error, TypeError):
             continue
     return out
-
-
-def ensure_tools() -> str | None:
-    """None when the per-switch daemons can be started here, else what is missing."""
-    for tool in ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "mnexec"):
-        if not any(os.access(os.path.join(p, tool), os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep)):
-            return f"'{tool}' is not on PATH"
-    if not SCHEMA.is_file():
-        return f"the Open vSwitch schema {SCHEMA} is missing"
-    return None
