@@ -34,12 +34,16 @@ import numpy as np
 from netkv.simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
-# Client source ports: 30000 + server port + 64 x m keeps the low bits (the fair-queue bucket) of a
-# pair; m runs on across on-periods and across runs in this process, so that no client binds a
-# 4-tuple still in TIME_WAIT from a run a few seconds earlier (iperf3 --cport fails with "Address
-# already in use" then). Each process starts at a random slot: two processes started in quick
-# succession (consecutive pids) would otherwise walk the same slots within TIME_WAIT's 60 s.
-CPORT_SLOTS = 400  # 35,4xx + 64 x 399 < 65,536
+# Client source ports: CPORT_BASE + (server port mod 64) + 64 x m keeps the low bits (the fair-queue
+# bucket) of a pair; m runs on across on-periods and across runs in this process, so that no client
+# binds a 4-tuple still in TIME_WAIT from a run a few seconds earlier (iperf3 --cport fails with
+# "Address already in use" then). Each process starts at a random slot: two processes started in
+# quick succession (consecutive pids) would otherwise walk the same slots within TIME_WAIT's 60 s.
+# The ports stay below Linux's ephemeral range (32768-60999 by default): a port in it may be the
+# kernel's pick for another connection to the same server port (iperf3's own control connection, or
+# one still in TIME_WAIT), which made a client fail now and then.
+CPORT_BASE = 8192  # a multiple of 64, above the server ports
+CPORT_SLOTS = 384  # 8192 + 63 + 64 x 383 = 32767
 _cport_seq = itertools.count(random.SystemRandom().randrange(CPORT_SLOTS))
 BASE_PORT = 5400
 SETTLE_S = 2.0  # wall seconds after a flow starts or stops before its counters count as steady (TCP converging)
@@ -279,7 +283,7 @@ class BackgroundTraffic:
         p = self.pairs[k]
         # the source port picks the fair-queue bucket (u32 hash on its low bits): keep it per pair,
         # but never reuse a recent one (see CPORT_SLOTS)
-        cport = 30000 + p.port + 64 * (next(_cport_seq) % CPORT_SLOTS)
+        cport = CPORT_BASE + p.port % 64 + 64 * (next(_cport_seq) % CPORT_SLOTS)
         args = [
             "iperf3",
             "-c",

@@ -237,3 +237,20 @@ def test_windows_from_before_the_run_are_ignored():
     assert kept["delivered_gbps_off"] > 0  # without `since`, the stale window counts as off
     rep = delivered_report(topo, r, pairs, [stale, *snaps], 0.5, SCALE, since=0.5)[1]
     assert rep["delivered_gbps_off"] == 0.0
+
+
+def test_client_ports_keep_the_bucket_and_stay_out_of_the_ephemeral_range(tmp_path):
+    """A --cport inside the kernel's ephemeral range can be the kernel's own pick for another
+    connection to the same server port (iperf3's control connection): the client then fails with
+    'Address already in use'. Each start takes a fresh port with the pair's low bits."""
+    exp = _exp(tmp_path)
+    bg = BackgroundTraffic(_LoopFab(exp_topo(exp)), exp, tmp_path / "logs")
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for k, p in enumerate(bg.pairs):
+        ports = []
+        for _ in range(bgmod.CPORT_SLOTS):
+            a = bg._client_args(k, 10)
+            ports.append(int(a[a.index("--cport") + 1]))
+        assert len(set(ports)) == bgmod.CPORT_SLOTS  # no reuse within a full cycle
+        assert all(1024 < c < min(lo, 32768) for c in ports)
+        assert {c % 64 for c in ports} == {p.port % 64}  # the fair-queue bucket stays the pair's
