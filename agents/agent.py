@@ -38,7 +38,12 @@ from netkv.trace import BLOCK_TOKENS
 
 
 class Agent:
-    """Control-socket server shared by both roles."""
+    """Control-socket server shared by both roles.
+
+    Every event since the last reset is numbered (`seq`) and kept, so that a scheduler that was
+    killed and restarted can ask for those it never saw ("resume" with the last seq it journaled);
+    the request ids it has handed out are remembered, so that an op sent twice (the scheduler
+    re-sending what it cannot tell was delivered) is done once."""
 
     role = ""
 
@@ -52,24 +57,35 @@ class Agent:
         self.kv_tok = self.compute.model.kv_bytes_per_token
         self.sock_path = Path(sock_dir) / f"{host}.sock"
         self.writer: asyncio.StreamWriter | None = None
-        self._out: asyncio.Queue = asyncio.Queue()
+        self._kick = asyncio.Event()
+        self.duplicates = 0  # ops for a request id already handed out (ignored)
+        self._reset_events()
+
+    def _reset_events(self) -> None:
+        self.events: list[dict] = []  # every event since the last reset; events[i] has seq i + 1
+        self._sent = 0  # events[:_sent] went to the current scheduler
+        self.known: set[int] = set()  # request ids handed out since the last reset
 
     def emit(self, ev: str, **kw) -> None:
-        self._out.put_nowait({"ev": ev, "host": self.host, **kw})
+        self.events.append({"ev": ev, "host": self.host, "seq": len(self.events) + 1, **kw})
+        self._kick.set()
 
     async def _sender(self):
+        """Sends the events in order to whichever scheduler is connected (none: they wait)."""
         while True:
-            msg = await self._out.get()
-            w = self.writer
-            if w is None:
-                continue  # no scheduler connected: the event has nobody to go to
-            try:
-                await send_msg(w, msg)
-            except (ConnectionError, RuntimeError):
-                self.writer = None
+            await self._kick.wait()
+            self._kick.clear()
+            while (w := self.writer) is not None and self._sent < len(self.events):
+                try:
+                    await send_msg(w, self.events[self._sent])
+                except (ConnectionError, RuntimeError):
+                    if self.writer is w:
+                        self.writer = None
+                    break
+                if self.writer is w:
+                    self._sent += 1
 
     async def _control(self, reader, writer):
-        self.writer = writer
         await send_msg(writer, {"ev": "hello", "host": self.host, "role": self.role, "pid": os.getpid()})
         try:
             while True:
@@ -78,13 +94,29 @@ class Agent:
                     break
                 op = msg.get("op")
                 if op == "reset":
+                    self.writer = None
                     self.reset()
+                    self._reset_events()
                     await self.connect_peers(msg.get("peers") or [])
+                    self.writer = writer
                     self.emit("reset_done")
+                elif op == "resume":
+                    # a restarted scheduler: what it handed out that arrived, then the events after
+                    # the last one it journaled
+                    self.writer = None
+                    after = min(max(0, int(msg.get("after", 0))), len(self.events))
+                    await send_msg(writer, {"ev": "resumed", "host": self.host, "known": sorted(self.known)})
+                    self._sent = after
+                    self.writer = writer
+                    self._kick.set()
                 elif op == "shutdown":
                     asyncio.get_running_loop().stop()
                     return
+                elif "id" in msg and msg["id"] in self.known:
+                    self.duplicates += 1  # sent again by a resumed scheduler: already being done
                 else:
+                    if "id" in msg:
+                        self.known.add(msg["id"])
                     self.handle(msg)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass

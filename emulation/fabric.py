@@ -274,32 +274,50 @@ class Fabric:
         self.wait_ready(timeout=60)
         return time.monotonic() - t0
 
-    def restart_switch(self, name: str, timeout: float = 60.0) -> float:
-        """Kill one switch's ovs-vswitchd (SIGKILL: a crash) and start it again on its database: the
-        bridge, ports and controller come back, the controller reinstalls the rules. Returns the
-        seconds until the fabric is ready again (every switch connected with its rules)."""
+    def kill_controller(self) -> None:
+        """SIGKILL the controller (a crash; the switches keep their rules: fail mode secure)."""
+        if self.ctrl is not None and self.ctrl.poll() is None:
+            self.ctrl.kill()
+            self.ctrl.wait(10)
+        self.ctrl = None
+
+    def kill_switch(self, name: str) -> None:
+        """SIGKILL one switch's ovs-vswitchd (a crash: its datapath goes with it)."""
         if not self.per_switch:
-            raise FabricError("restarting one switch needs emulation.ovs_daemons = 'switch'")
+            raise FabricError("killing one switch needs emulation.ovs_daemons = 'switch'")
         import psutil
 
-        node = self.net.get(name)
-        d = node.daemon
-        t0 = time.monotonic()
+        d = self.net.get(name).daemon
         pid = int(d.pidfile("ovs-vswitchd").read_text().split()[0])
         proc = psutil.Process(pid)
         proc.kill()
         proc.wait(10)
         d.pidfile("ovs-vswitchd").unlink(missing_ok=True)
-        # the controller notices the lost connection, then the new daemon connects
-        deadline = time.monotonic() + timeout
+
+    def start_switch(self, name: str, timeout: float = 60.0) -> float:
+        """Start a killed switch's ovs-vswitchd again on its database: the bridge, ports and controller
+        come back, the controller reinstalls the rules. Returns the seconds until the fabric is
+        ready again (every switch connected with its rules)."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        # the controller notices the lost connection first (else "ready" would be the old state)
         while self.health().get("switches_connected") == len(self.topo.switches):
             if time.monotonic() > deadline:
                 raise FabricError(f"the controller did not notice {name}'s daemon go away")
             time.sleep(0.05)
-        p = subprocess.run(d.vswitchd_cmd(node.pid), capture_output=True, text=True, timeout=60)
+        node = self.net.get(name)
+        p = subprocess.run(node.daemon.vswitchd_cmd(node.pid), capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise FabricError(f"{name}: ovs-vswitchd did not restart: {p.stderr.strip()[:200]}")
         self.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+        return time.monotonic() - t0
+
+    def restart_switch(self, name: str, timeout: float = 60.0) -> float:
+        """A switch crash and restart (`kill_switch`, then `start_switch`); returns the seconds from
+        the kill until the fabric is ready again."""
+        t0 = time.monotonic()
+        self.kill_switch(name)
+        self.start_switch(name, timeout)
         return time.monotonic() - t0
 
     def _build_mininet(self) -> None:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_table
 from netkv.scheduler.cluster import Cluster
-from netkv.scheduler.service import clock_file
+from netkv.scheduler.service import clock_file, resumed_file
 from netkv.topology import Routing
 from netkv.trace import window_from_config
 
@@ -43,19 +44,29 @@ EXPERIMENT_JSON = "experiment.json"  # the validated experiment every process of
 
 
 def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir: Path) -> dict[str, subprocess.Popen]:
-    procs = {}
+    """Start the prefill and decode agents in their hosts; returns once every one listens."""
     sock_dir.mkdir(parents=True, exist_ok=True)
+    procs = {}
     for role, hosts in (("prefill", pre), ("decode", dec)):
         for h in hosts:
             name = fab.topo.hosts[h].name
-            logf = open(log_dir / f"agent-{name}.log", "wb")
-            procs[name] = fab.host(name).popen(
-                agent_command(role, name, exp_json, sock_dir),
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **AGENT_ENV},
-            )
-            logf.close()
+            procs[name] = _spawn_agent(fab, exp_json, role, name, sock_dir, log_dir)
+    _wait_agents(procs, sock_dir, log_dir)
+    return procs
+
+
+def _spawn_agent(fab: Fabric, exp_json: Path, role: str, name: str, sock_dir: Path, log_dir: Path):
+    (sock_dir / f"{name}.sock").unlink(missing_ok=True)  # a killed agent's socket file stays behind
+    with open(log_dir / f"agent-{name}.log", "ab") as logf:
+        return fab.host(name).popen(
+            agent_command(role, name, exp_json, sock_dir),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **AGENT_ENV},
+        )
+
+
+def _wait_agents(procs: dict[str, subprocess.Popen], sock_dir: Path, log_dir: Path) -> None:
     deadline = time.monotonic() + 120
     for name, p in procs.items():
         while not (sock_dir / f"{name}.sock").exists():
@@ -64,7 +75,6 @@ def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"agent {name} did not open its socket within 120 s")
             time.sleep(0.1)
-    return procs
 
 
 def stop_agents(procs: dict[str, subprocess.Popen]) -> None:
@@ -77,6 +87,60 @@ def stop_agents(procs: dict[str, subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=5)
+
+
+class _Processes:
+    """One policy's scheduler service process and the run's agents, as the fault injector kills and
+    starts them (`netkv.emulation.faults.Processes`)."""
+
+    def __init__(self, args: list[str], sock_dir: Path, policy: str, agents: dict, start_agent):
+        self.args, self.sock_dir, self.policy = args, sock_dir, policy
+        self.agents, self._start_agent = agents, start_agent
+        self.lock = threading.Lock()
+        self.down = False  # the service was killed by a fault and not yet restarted
+        self.proc = subprocess.Popen(args, start_new_session=True)
+
+    def poll(self) -> int | None:
+        """The service's exit code once it has ended (not while a fault holds it down)."""
+        with self.lock:
+            return None if self.down else self.proc.poll()
+
+    def signal(self, sig) -> None:
+        with self.lock:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill_scheduler(self) -> None:
+        with self.lock:
+            self.down = True
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart_scheduler(self) -> float:
+        t0 = time.monotonic()
+        marker = resumed_file(self.sock_dir, self.policy)
+        marker.unlink(missing_ok=True)
+        with self.lock:
+            self.proc = subprocess.Popen([*self.args, "--resume"], start_new_session=True)
+            self.down = False
+        while not marker.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the restarted scheduler service exited (code {self.proc.returncode})")
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError("the restarted scheduler service did not resume within 120 s")
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def kill_agent(self, host: str) -> None:
+        p = self.agents[host]
+        p.kill()
+        p.wait(10)
+
+    def start_agent(self, host: str) -> None:
+        self.agents[host] = self._start_agent(host)
 
 
 class _Run:
@@ -127,17 +191,14 @@ class _Run:
         mon: BackgroundMonitor,
         agents,
         on_running,
-        faults: FaultInjector | None = None,
     ) -> None:
-        """Replay the trace with one policy: background on, link faults on the trace clock, the
+        """Replay the trace with one policy: background on, faults on the trace clock, the
         scheduler service, results collected."""
         bg.start()
         if bg.pairs:
             mon.start()
-        faults = faults or FaultInjector(fab, self.exp)
         clock = clock_file(sock_dir, pol)
         clock.unlink(missing_ok=True)
-        faults.start(clock)
         t0 = time.monotonic()
         args = [
             sys.executable,
@@ -155,7 +216,9 @@ class _Run:
             fab.rest,
         ]
         self.log(f"policy {pol}: replaying")
-        svc = subprocess.Popen(args, start_new_session=True)
+        svc = _Processes(args, sock_dir, pol, agents, lambda h: self._restart_agent(fab, sock_dir, h))
+        faults = FaultInjector(fab, self.exp, svc)
+        faults.start(clock)
         bg_error = None
         try:
             if on_running is not None:
@@ -163,13 +226,13 @@ class _Run:
             while (rc := svc.poll()) is None:
                 bg_error = bg.error() or faults.error()
                 if bg_error:
-                    svc.send_signal(signal.SIGINT)  # it writes what it has, marked partial
+                    svc.signal(signal.SIGINT)  # it writes what it has, marked partial
                     rc = svc.wait(timeout=120)
                     break
                 time.sleep(0.2)
         except KeyboardInterrupt:
             self.interrupted = True
-            svc.send_signal(signal.SIGINT)
+            svc.signal(signal.SIGINT)
             svc.wait(timeout=120)
             rc = 130
         finally:
@@ -191,9 +254,21 @@ class _Run:
             RunDir(self.run.root).write_policy_summary(pol, self.summaries[pol])
             self.meta.setdefault("faults", {})[pol] = faults.report()
             late = max((abs(e["late_s"]) for e in faults.report()), default=0.0)
-            self.log(f"policy {pol}: {len(faults.report())} link changes injected (at most {late * 1e3:.0f} ms late)")
+            rec = [f"{e['fault']} {e['recovery_wall_s']:.1f} s" for e in faults.report() if "recovery_wall_s" in e]
+            self.log(
+                f"policy {pol}: {len(faults.report())} fault changes injected (at most {late * 1e3:.0f} ms late)"
+                + (f"; back after (wall): {', '.join(rec)}" if rec else "")
+            )
         if bg.pairs:
             self._background(pol, bg, mon)
+
+    def _restart_agent(self, fab: Fabric, sock_dir: Path, host: str) -> subprocess.Popen:
+        """Start a killed agent afresh (the next scheduler resets it like the others)."""
+        h = self.cluster.topo.host_index[host]
+        role = "prefill" if h in self.cluster.prefill_hosts else "decode"
+        p = _spawn_agent(fab, self.exp_json, role, host, sock_dir, self.logs)
+        _wait_agents({host: p}, sock_dir, self.logs)
+        return p
 
     def _background(self, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor) -> None:
         topo = self.cluster.topo

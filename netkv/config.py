@@ -108,15 +108,31 @@ class BackgroundCfg:
 
 @dataclass
 class FaultCfg:
-    """A link failure: the link between two adjacent switches goes down at `at_s` (real-cluster
-    seconds on the trace clock) for `down_s` seconds (for ever if omitted); `times` > 1 repeats it
-    every `every_s` seconds (a flapping link)."""
+    """A fault on the trace clock: at `at_s` (real-cluster seconds) the `kind` of component fails, and
+    comes back `down_s` seconds later (for ever if omitted, links and agents only); `times` > 1
+    repeats it every `every_s` seconds (a flapping link, a switch that keeps crashing).
 
-    link: list[str]
+    kind "link": the link between two adjacent switches (`link`) goes down (emulation and
+    simulation). The others are processes of the emulated testbed (the flow model has no processes:
+    the simulator runs without them and says so): "switch" (`target`'s ovs-vswitchd is SIGKILLed,
+    then restarted on its database), "controller" (SIGKILLed, then restarted), "scheduler" (the
+    scheduler service SIGKILLed, then restarted: it resumes from its journal), "agent" (`target`'s
+    agent SIGKILLed for good: its requests fail and it is no longer chosen)."""
+
+    kind: str = "link"
+    link: list[str] | None = None
+    target: str | None = None
     at_s: float = 0.0
     down_s: float = math.inf
     times: int = 1
     every_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs and summaries name it: "a0_0-c0_0", "switch e0_0_0", "scheduler"."""
+        if self.kind == "link":
+            return "-".join(self.link or [])
+        return f"{self.kind} {self.target}" if self.target else self.kind
 
     def schedule(self) -> list[tuple[float, bool]]:
         """(time, up?) changes in time order: down at at_s, up at at_s + down_s, per repetition."""
@@ -485,14 +501,33 @@ MAX_FAULT_TIMES = 10_000
 MAX_FAULT_AT_S = 365 * 24 * 3600.0  # as far as a replayed window reaches (netkv.trace.MAX_SPAN_S)
 
 
+FAULT_KINDS = ("link", "switch", "controller", "scheduler", "agent")
+_RESTARTED = ("switch", "controller", "scheduler")  # processes that come back: down_s is required
+
+
 def _fault(where: str, i: int, f) -> FaultCfg:
-    """One [[fault]] entry; whether its link exists (and leaves every pair a path) is checked when
-    the cluster is built."""
+    """One [[fault]] entry; whether its link, switch or agent exists (and a lost link leaves every
+    pair a path) is checked when the cluster is built."""
     key = _entry(where, "fault", i, f, FaultCfg)
-    link = f.get("link")
-    if not isinstance(link, list) or len(link) != 2 or not all(isinstance(x, str) for x in link):
-        _fail(where, f"{key}.link", 'expected the two switches it joins, e.g. ["a0_0", "c0_0"]')
-    fc = FaultCfg(link=list(link))
+    kind = f.get("kind", "link")
+    if kind not in FAULT_KINDS:
+        _fail(where, f"{key}.kind", f"unknown fault kind {show(kind)} (known: {', '.join(FAULT_KINDS)})")
+    fc = FaultCfg(kind=kind)
+    if kind == "link":
+        link = f.get("link")
+        if not isinstance(link, list) or len(link) != 2 or not all(isinstance(x, str) for x in link):
+            _fail(where, f"{key}.link", 'expected the two switches it joins, e.g. ["a0_0", "c0_0"]')
+        fc.link = list(link)
+    elif "link" in f:
+        _fail(where, f"{key}.link", f"only for kind = 'link' (this fault is a {kind})")
+    if kind in ("switch", "agent"):
+        target = f.get("target")
+        if not isinstance(target, str) or not target:
+            what = "switch, e.g. 'e0_0_0'" if kind == "switch" else "agent's host, e.g. 'h0_0_0_0'"
+            _fail(where, f"{key}.target", f"required: the name of the {what}")
+        fc.target = target
+    elif "target" in f:
+        _fail(where, f"{key}.target", f"only for kind = 'switch' or 'agent' (this fault is a {kind})")
     for k_ in ("at_s", "down_s", "every_s"):
         if k_ in f:
             v = f[k_]
@@ -508,11 +543,15 @@ def _fault(where: str, i: int, f) -> FaultCfg:
     if fc.at_s > MAX_FAULT_AT_S:
         _fail(where, f"{key}.at_s", f"must be <= {MAX_FAULT_AT_S:g} s (a year), got {fc.at_s:g}")
     _at_least(where, f"{key}.down_s", fc.down_s, MIN_PERIOD_S)
+    if kind in _RESTARTED and not math.isfinite(fc.down_s):
+        _fail(where, f"{key}.down_s", f"required for a {kind}: seconds until it is restarted")
+    if kind == "agent" and "down_s" in f:
+        _fail(where, f"{key}.down_s", "an agent is not restarted (its requests fail, it is no longer chosen): omit it")
     if fc.times > 1:
         if fc.every_s is None:
             _fail(where, f"{key}.every_s", "required when times > 1 (the period of the flapping)")
         elif not math.isfinite(fc.down_s) or fc.every_s <= fc.down_s:
-            _fail(where, f"{key}.every_s", f"must be > down_s ({fc.down_s:g} s) so the link comes back in between")
+            _fail(where, f"{key}.every_s", f"must be > down_s ({fc.down_s:g} s) so the {kind} comes back in between")
     elif fc.every_s is not None:
         _fail(where, f"{key}.every_s", "only with times > 1")
     return fc

@@ -32,7 +32,7 @@ class Cluster:
     background: list[list[tuple[int, int]]]  # per [[background]] entry: its (src, dst) host pairs
     _compute: ComputeModel | None = None
     # per [[fault]] entry: the ids of its link's two directions
-    faults: list[tuple[int, int]] = field(default_factory=list)
+    faults: list[tuple[int, int] | None] = field(default_factory=list)  # per [[fault]]: a link fault's links
 
     @property
     def compute(self) -> ComputeModel:
@@ -65,8 +65,24 @@ class Cluster:
                 bg.append(background_pairs(topo, b))
             except ValueError as e:
                 raise exp.error(f"background[{i}]", str(e)) from None
-        faults = [_fault_links(exp, topo, i, f.link) for i, f in enumerate(exp.faults)]
+        faults = [_fault_target(exp, topo, pre + dec, i, f) for i, f in enumerate(exp.faults)]
         return cls(exp, topo, pre, dec, bg, compute, faults)
+
+
+def _fault_target(exp: Experiment, topo: FatTree, agents: list[int], i: int, f) -> tuple[int, int] | None:
+    """A link fault's two directed links; None for a process fault, once its target is checked."""
+    if f.kind == "link":
+        return _fault_links(exp, topo, i, f.link)
+    if f.kind == "switch":
+        if f.target not in topo.nodes or topo.nodes[f.target].kind == "host":
+            raise exp.error(f"fault[{i}].target", f"no switch '{f.target}' in this fat-tree")
+        if exp.emulation.ovs_daemons != "switch":
+            raise exp.error(
+                f"fault[{i}].kind", "a switch fault needs a daemon per switch (emulation.ovs_daemons = 'switch')"
+            )
+    if f.kind == "agent" and f.target not in {topo.hosts[h].name for h in agents}:
+        raise exp.error(f"fault[{i}].target", f"'{f.target}' runs no prefill or decode agent in this placement")
+    return None
 
 
 def _fault_links(exp: Experiment, topo: FatTree, i: int, ends: list[str]) -> tuple[int, int]:

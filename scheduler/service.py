@@ -34,6 +34,7 @@ from netkv.agents.protocol import block_sizes, read_msg, send_msg
 from netkv.config import ConfigError, load_json
 from netkv.controller.client import ControllerClient
 from netkv.results import RunDir, summarize
+from netkv.scheduler import journal as jr
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import Snapshot
 from netkv.scheduler.runtime import Runtime, Tracked
@@ -45,20 +46,52 @@ def clock_file(sock_dir: Path, policy: str) -> Path:
     return Path(sock_dir) / f"clock-{policy}.json"
 
 
+def resumed_file(sock_dir: Path, policy: str) -> Path:
+    """Where a restarted service says it has resumed ({"at": wall seconds, "replayed": records})."""
+    return Path(sock_dir) / f"resumed-{policy}.json"
+
+
+def _write_whole(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")  # written whole, then renamed: a reader never sees half
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+# what a dispatch record keeps of the request's record (the rest follows from the agents' events)
+DECISION_FIELDS = (
+    "prefill",
+    "decode",
+    "tier",
+    "decision_us",
+    "prefill_choice_us",
+    "est_transfer_s",
+    "telemetry_age_s",
+    "oracle",
+    "decode_hit_blocks",
+    "blocks_sent",
+    "bytes_sent",
+)
+
+
 class _Live(Tracked):
     """A request with what the service adds: its emulated KV size and whether it has ended."""
 
-    __slots__ = ("emu_bytes", "emu_blocks", "done")
+    __slots__ = ("emu_bytes", "emu_blocks", "send_from", "done")
 
     def __init__(self, req, policy):
         super().__init__(req, policy)
         self.emu_bytes = 0
         self.emu_blocks = 0
+        self.send_from = 0
         self.done = False
 
 
 class SchedulerService:
-    def __init__(self, cluster: Cluster, policy: str, run: RunDir, sock_dir: Path, rest: str, log=print):
+    def __init__(
+        self, cluster: Cluster, policy: str, run: RunDir, sock_dir: Path, rest: str, log=print, resume: bool = False
+    ):
+        """`resume`: a restarted service; it rebuilds its state from the policy's journal and picks the
+        agents' events up where the journal ends."""
         exp = self.exp = cluster.exp
         self.policy, self.rundir, self.sock_dir, self.log = policy, run, Path(sock_dir), log
         self.rest = ControllerClient(rest)
@@ -85,6 +118,11 @@ class SchedulerService:
         self.dead: dict[str, str] = {}
         self.interrupted = False
         self._all_done = asyncio.Event()
+        self.resume = resume
+        self.resumes = 0  # times this policy's replay was resumed from its journal
+        self.seq: dict[str, int] = {}  # per agent: the last event journaled
+        self._replaying = False
+        self.journal = jr.Journal(jr.journal_path(run.root, policy), resume=resume)
 
     # ---- clocks ------------------------------------------------------------------------------
     def now(self) -> float:
@@ -99,18 +137,7 @@ class SchedulerService:
         hosts = list(self.host_slot)
         readers = {}
         for h in hosts:
-            path = self.sock_dir / f"{h}.sock"
-            for _ in range(300):
-                try:
-                    r, w = await asyncio.open_unix_connection(str(path))
-                    break
-                except (FileNotFoundError, ConnectionRefusedError):
-                    await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"agent {h} does not answer on {path}")
-            hello = await read_msg(r)
-            if not hello or hello.get("host") != h:
-                raise RuntimeError(f"agent socket {path} answered {hello}")
+            r, w = await self._open_agent(h)
             self.writers[h] = w
             readers[h] = r
         # prefill agents keep long-lived KV connections to every decode agent (opened at reset)
@@ -123,24 +150,53 @@ class SchedulerService:
                 raise RuntimeError(f"agent {h} did not reset: {msg}")
         self._readers = readers
 
+    async def _open_agent(self, h: str, tries: int = 300):
+        """Connect to agent h's control socket (retrying every 0.1 s) and read its hello."""
+        path = self.sock_dir / f"{h}.sock"
+        for _ in range(tries):
+            try:
+                r, w = await asyncio.open_unix_connection(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"agent {h} does not answer on {path}")
+        hello = await read_msg(r)
+        if not hello or hello.get("host") != h:
+            raise RuntimeError(f"agent socket {path} answered {hello}")
+        return r, w
+
     async def _listen(self, host: str, reader) -> None:
         try:
             while True:
                 msg = await read_msg(reader)
                 if msg is None:
                     break
-                self.on_event(host, msg)
+                self.receive(host, msg)
         except (ConnectionError, json.JSONDecodeError, asyncio.IncompleteReadError) as e:
             self.log(f"agent {host}: {e}")
         if not self.interrupted:
             self.agent_died(host)
+
+    def receive(self, host: str, msg: dict) -> None:
+        """An agent's event off its socket: acted on and journaled, once (a resumed agent may send
+        again what the journal already has)."""
+        seq = msg.get("seq")
+        if seq is not None:
+            if seq <= self.seq.get(host, 0):
+                return
+            self.seq[host] = seq
+        self.on_event(host, msg)
+        self.journal.write({"k": "ev", "h": host, "m": msg})
 
     def agent_died(self, host: str) -> None:
         if host in self.dead:
             return
         role, slot = self.host_slot[host]
         self.dead[host] = f"{role} agent {host} died"
-        self.log(f"[netkv] {self.dead[host]}; its requests fail and it is no longer chosen")
+        if not self._replaying:
+            self.journal.write({"k": "dead", "h": host})
+            self.log(f"[netkv] {self.dead[host]}; its requests fail and it is no longer chosen")
         if role == "prefill":
             self.view.prefill_alive[slot] = False
         else:
@@ -159,6 +215,8 @@ class SchedulerService:
             return
         lv.done = True
         self.rt.failed(lv, reason)
+        if not self._replaying:
+            self.journal.write({"k": "fail", "id": lv.req.id, "reason": reason})
         self._finish_one()
 
     def _finish_one(self) -> None:
@@ -234,7 +292,7 @@ class SchedulerService:
 
     # ---- replay ------------------------------------------------------------------------------
     async def dispatch(self, lv: _Live) -> None:
-        """Decide for one arriving request and send it to its decode and prefill agents."""
+        """Decide for one arriving request, journal the decision, send it to its decode and prefill agents."""
         v = self.view
         reason = self.rt.refuse(lv)
         if reason is not None:
@@ -244,52 +302,145 @@ class SchedulerService:
             self.fail(lv, "no live prefill or decode agent")
             return
         fallback = self.oracle.uses_telemetry and self.snap is None
-        d = self.rt.decide(lv, self.now(), "static-fallback" if fallback else None)
+        now = self.now()
+        d = self._commit(lv, now, fallback)
+        rec = {k: getattr(lv.rec, k) for k in DECISION_FIELDS}
+        self.journal.write(
+            {
+                "k": "dispatch",
+                "id": lv.req.id,
+                "prefill": d.prefill_host,
+                "decode": d.decode_host,
+                "now": now,
+                "fallback": fallback,
+                "rec": rec,
+            }
+        )
+        await self._send(lv)
+
+    def _commit(self, lv: _Live, now: float, fallback: bool, rec: dict | None = None):
+        """Commit a decision (the policy's, or the journaled one being replayed) and size its KV."""
+        d = self.rt.decide(lv, now, "static-fallback" if fallback else None)
         self.fallback_decisions += fallback
+        if rec is not None:  # the record as it was when first decided (estimates, timings)
+            for k, x in rec.items():
+                setattr(lv.rec, k, x)
         req = lv.req
-        send_from = min(d.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)
+        lv.send_from = min(lv.rec.decode_hit_blocks * BLOCK_TOKENS, req.input_tokens)
         sizes = block_sizes(
-            send_from, req.input_tokens, self.compute.model.kv_bytes_per_token, self.exp.emulation.byte_scale
+            lv.send_from, req.input_tokens, self.compute.model.kv_bytes_per_token, self.exp.emulation.byte_scale
         )
         lv.emu_bytes, lv.emu_blocks = sum(sizes), len(sizes)
+        return d
+
+    async def _send(self, lv: _Live, decode: bool = True, prefill: bool = True) -> None:
+        req = lv.req
         dh, ph = lv.rec.decode, lv.rec.prefill
         try:
-            await send_msg(
-                self.writers[dh],
-                {
-                    "op": "expect",
-                    "id": req.id,
-                    "input": req.input_tokens,
-                    "output": req.output_tokens,
-                    "need": lv.need,
-                    "hash_ids": list(req.hash_ids),
-                    "bytes": lv.emu_bytes,
-                    "blocks": lv.emu_blocks,
-                },
-            )
-            await send_msg(
-                self.writers[ph],
-                {
-                    "op": "prefill",
-                    "id": req.id,
-                    "hash_ids": list(req.hash_ids),
-                    "input": req.input_tokens,
-                    "decode_host": dh,
-                    "decode_ip": self.topo.host(dh).ip,
-                    "send_from_token": send_from,
-                },
-            )
-        except (ConnectionError, RuntimeError) as e:
+            if decode:
+                await send_msg(
+                    self.writers[dh],
+                    {
+                        "op": "expect",
+                        "id": req.id,
+                        "input": req.input_tokens,
+                        "output": req.output_tokens,
+                        "need": lv.need,
+                        "hash_ids": list(req.hash_ids),
+                        "bytes": lv.emu_bytes,
+                        "blocks": lv.emu_blocks,
+                    },
+                )
+            if prefill:
+                await send_msg(
+                    self.writers[ph],
+                    {
+                        "op": "prefill",
+                        "id": req.id,
+                        "hash_ids": list(req.hash_ids),
+                        "input": req.input_tokens,
+                        "decode_host": dh,
+                        "decode_ip": self.topo.host(dh).ip,
+                        "send_from_token": lv.send_from,
+                    },
+                )
+        except (ConnectionError, RuntimeError, KeyError) as e:
             self.fail(lv, f"dispatch failed: {e}")
 
+    # ---- resuming ----------------------------------------------------------------------------
+    def replay_journal(self, recs: list[dict]) -> None:
+        """Rebuild the state of the killed service from its journal records, in the order it acted."""
+        self.t0 = recs[0]["t0"]
+        self.rt.sched.replay = {r["id"]: (r["prefill"], r["decode"]) for r in recs if r["k"] == "dispatch"}
+        self._replaying = True
+        try:
+            for r in recs[1:]:
+                k = r["k"]
+                if k == "dispatch":
+                    self._commit(self.live[r["id"]], r["now"], r["fallback"], r["rec"])
+                elif k == "ev":
+                    self.seq[r["h"]] = max(self.seq.get(r["h"], 0), r["m"].get("seq", 0))
+                    self.on_event(r["h"], r["m"])
+                elif k == "fail":
+                    self.fail(self.live[r["id"]], r["reason"])
+                elif k == "dead":
+                    self.agent_died(r["h"])
+                elif k == "resume":
+                    self.resumes += 1
+        finally:
+            self._replaying = False
+            self.rt.sched.replay = {}
+
+    async def _resume(self) -> None:
+        """A restarted service: the journal replayed, the live agents reconnected (each sends the
+        events after the last one journaled), the ops of dispatched requests that never reached
+        their agent sent again."""
+        recs = jr.read(self.journal.path)
+        self.replay_journal(recs)
+        known: dict[str, set[int]] = {}
+        readers = {}
+        for h in self.host_slot:
+            if h in self.dead:
+                continue
+            try:
+                r, w = await self._open_agent(h, tries=50)
+                await send_msg(w, {"op": "resume", "after": self.seq.get(h, 0)})
+                msg = await asyncio.wait_for(read_msg(r), 30)
+            except (RuntimeError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+                self.agent_died(h)  # it went away while the service was down
+                continue
+            if not msg or msg.get("ev") != "resumed":
+                raise RuntimeError(f"agent {h} did not resume: {msg}")
+            known[h] = set(msg.get("known", []))
+            self.writers[h], readers[h] = w, r
+        self._readers = readers
+        resent = 0
+        for lv in self.live:
+            if lv.done or lv.dec is None:
+                continue
+            dh, ph = lv.rec.decode, lv.rec.prefill
+            to_d, to_p = lv.req.id not in known.get(dh, ()), lv.req.id not in known.get(ph, ())
+            if to_d or to_p:
+                resent += 1
+                await self._send(lv, decode=to_d, prefill=to_p)
+        self.resumes += 1
+        self.journal.write({"k": "resume", "at": time.time(), "resent": resent})
+        _write_whole(resumed_file(self.sock_dir, self.policy), {"at": time.time(), "replayed": len(recs)})
+        n_disp = sum(1 for lv in self.live if lv.dec is not None)
+        self.log(
+            f"[netkv] {self.policy}: resumed from {self.journal.path.name} ({len(recs)} records: "
+            f"{n_disp} requests dispatched, {self.finished} ended; {resent} sent again)"
+        )
+
     async def run(self) -> None:
-        await self.connect()
-        self.t0 = time.time() + 0.5
-        # trace time 0 on the wall clock, for whatever follows the trace clock (link faults)
-        clock = clock_file(self.sock_dir, self.policy)
-        tmp = clock.with_suffix(".tmp")  # written whole, then renamed: the reader never sees half
-        tmp.write_text(json.dumps({"t0": self.t0}))
-        tmp.replace(clock)
+        if self.resume:
+            await self._resume()
+        else:
+            await self.connect()
+            self.t0 = time.time() + 0.5
+            self.journal.write({"k": "start", "t0": self.t0})
+            # trace time 0 on the wall clock, for whatever follows the trace clock (faults)
+            _write_whole(clock_file(self.sock_dir, self.policy), {"t0": self.t0})
         tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
         if self.oracle.uses_telemetry:
             poll = self.exp.telemetry.poll_interval_s * self.D
@@ -297,6 +448,8 @@ class SchedulerService:
         tasks.append(asyncio.create_task(self._progress()))
         try:
             for lv in self.live:
+                if lv.done or lv.dec is not None:
+                    continue  # handled before a resume
                 delay = self.t0 + lv.req.arrival_s * self.D - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -339,6 +492,8 @@ class SchedulerService:
             "dead_agents": self.dead,
             "kv_bytes_received": self.kv_received,
             "kv_bytes_expected_completed": self.kv_expected,
+            "resumes": self.resumes,
+            "journal": self.journal.path.name,
         }
         self.rundir.write_policy_summary(self.policy, s)
         return s
@@ -351,13 +506,20 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--sock-dir", required=True)
     ap.add_argument("--rest", required=True, help="controller REST base URL, e.g. http://127.0.0.1:8080/netkv")
+    ap.add_argument("--resume", action="store_true", help="resume the policy's replay from its journal")
     a = ap.parse_args(argv)
     try:
         cluster = Cluster.build(load_json(a.experiment))
         svc = SchedulerService(
-            cluster, a.policy, RunDir(Path(a.run_dir)), Path(a.sock_dir), a.rest, log=lambda *x: print(*x, flush=True)
+            cluster,
+            a.policy,
+            RunDir(Path(a.run_dir)),
+            Path(a.sock_dir),
+            a.rest,
+            log=lambda *x: print(*x, flush=True),
+            resume=a.resume,
         )
-    except (ConfigError, TraceError) as e:
+    except (ConfigError, TraceError, jr.JournalError) as e:
         print(f"netkv scheduler: error: {e}", file=sys.stderr)
         return 2
     loop = asyncio.new_event_loop()
@@ -374,7 +536,7 @@ def main(argv=None) -> int:
         loop.run_until_complete(main_task)
     except asyncio.CancelledError:
         pass
-    except RuntimeError as e:
+    except (RuntimeError, jr.JournalError) as e:
         print(f"netkv scheduler: error: {e}", file=sys.stderr)
         svc.write(partial=True)
         return 1

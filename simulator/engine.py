@@ -162,6 +162,9 @@ class Simulation:
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
         for i, f in enumerate(self.exp.faults):
+            if f.kind != "link":  # a process of the emulated testbed: the flow model has none
+                self.fault_log.append({"t": f.at_s, "fault": f.label, "modelled": False})
+                continue
             for t, up in f.schedule():
                 self._push(t, FAULT, i, up)
         handlers = {
@@ -338,8 +341,7 @@ class Simulation:
             else:
                 bg = self._bg_flows[f.tag[1]]
                 bg[bg.index(fid)] = f.id
-        a, b = self.exp.faults[i].link
-        self.fault_log.append({"t": self.now, "link": f"{a}-{b}", "up": bool(up), "flows_moved": moved})
+        self.fault_log.append({"t": self.now, "link": self.exp.faults[i].label, "up": bool(up), "flows_moved": moved})
         self._schedule_net()
 
     # ---- decode ------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ def simulate_experiment(
         f"simulating {len(requests)} requests on {len(pre)} prefill + {len(dec)} decode instances "
         f"(k={topo.k}, {topo.gpus_per_server} GPUs/server) -> {run.root}"
     )
+    unmodelled = [f.label for f in exp.faults if f.kind != "link"]
+    if unmodelled:
+        log(f"not simulated (processes of the emulated testbed, absent from the flow model): {', '.join(unmodelled)}")
     try:
         for pol in policies:
             t0 = time.perf_counter()

@@ -215,6 +215,67 @@ def test_kv_connections_are_long_lived_and_reopened_after_the_decode_agent_resta
     assert after != conns[0] and failed == []
 
 
+def test_a_restarted_scheduler_gets_the_events_it_missed_once_and_a_repeated_op_is_ignored(tmp_path):
+    """The scheduler is killed while a request is in flight: the agents keep working and keep every
+    event; the restarted scheduler says the last one it journaled and gets the rest, in order, with
+    the ids each agent already has; an op it sends again for such an id is not done twice."""
+    toml = tmp_path / "exp.toml"
+    toml.write_text(EXP.format(layerwise="false"))
+    exp = tmp_path / "experiment.json"
+    exp.write_text(json.dumps(to_dict(load(toml))))
+    procs = [start(tmp_path, "prefill", "h0_0_0_0", exp), start(tmp_path, "decode", "h1_0_0_1", exp)]
+
+    async def scenario():
+        pre, dec = await _Ctl(tmp_path, "h0_0_0_0").open(), await _Ctl(tmp_path, "h1_0_0_1").open()
+        await dec.send(op="reset")
+        await dec.wait("reset_done")
+        await pre.send(op="reset", peers=["127.0.0.1"])
+        await pre.wait("reset_done")
+        sizes = block_sizes(0, 3000, 128 * 1024, 1 / 4000)
+        ids = list(range(6))
+        expect = dict(op="expect", id=7, input=3000, output=30, need=8, hash_ids=ids, bytes=sum(sizes), blocks=6)
+        prefill = dict(
+            op="prefill", id=7, hash_ids=ids, input=3000, decode_host="h1_0_0_1", decode_ip="127.0.0.1",
+            send_from_token=0,
+        )  # fmt: skip
+        await dec.send(**expect)
+        await pre.send(**prefill)
+        last = {"pre": (await pre.wait("prefill_start", 7))["seq"], "dec": dec.seen[-1]["seq"]}
+        for c in (pre, dec):  # the scheduler is killed
+            c.w.close()
+        await asyncio.sleep(2.0)  # the request finishes meanwhile
+        pre2, dec2 = await _Ctl(tmp_path, "h0_0_0_0").open(), await _Ctl(tmp_path, "h1_0_0_1").open()
+        out = {}
+        for name, c in (("pre", pre2), ("dec", dec2)):
+            await c.send(op="resume", after=last[name])
+            out[name] = await c.wait("resumed")
+        await pre2.wait("xfer_sent", 7)
+        await dec2.wait("done", 7)
+        await pre2.send(**prefill)  # sent again: the agent already has it
+        await dec2.send(**expect)
+        await asyncio.sleep(1.0)
+        await pre2.send(op="reset", peers=[])
+        await pre2.wait("reset_done")
+        for c in (pre2, dec2):
+            await c.send(op="shutdown")
+        return last, out, pre2.seen, dec2.seen
+
+    try:
+        last, out, pre_seen, dec_seen = asyncio.run(scenario())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+    assert out["pre"]["known"] == [7] and out["dec"]["known"] == [7]
+    for seen, after in ((pre_seen, last["pre"]), (dec_seen, last["dec"])):
+        seqs = [m["seq"] for m in seen if "seq" in m and m["ev"] != "reset_done"]
+        assert seqs == list(range(after + 1, after + 1 + len(seqs)))  # the rest, in order, none twice
+    evs = [m["ev"] for m in pre_seen]
+    assert evs[1:4] == ["prefill_end", "xfer_start", "xfer_sent"] and "prefill_start" not in evs  # not redone
+    assert [m["ev"] for m in dec_seen].count("done") == 1 and "kv_arrived" in [m["ev"] for m in dec_seen]
+
+
 def _kv_roundtrip(sizes, checksum, tamper=None):
     """write_kv into a stream whose bytes `tamper` may alter, then read_kv from it."""
     import asyncio

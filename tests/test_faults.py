@@ -93,6 +93,17 @@ def test_a_fault_changes_transfer_times_not_decisions_of_round_robin():
         ({"link": ["a0_0", "e1_0"]}, "fault[0].link: no link between 'a0_0' and 'e1_0'"),
         ({"link": ["h0_0_0_0", "s0_0_0"]}, "fault[0].link: 'h0_0_0_0'-'s0_0_0' is a GPU's own link"),
         ({"link": ["s0_0_0", "e0_0"]}, "fault[0].link: 's0_0_0' has no other uplink"),
+        ({"kind": "power", "at_s": 1}, "fault[0].kind: unknown fault kind 'power' (known: link, switch, controller"),
+        ({"kind": "scheduler", "link": ["a0_0", "c0_0"], "down_s": 1}, "fault[0].link: only for kind = 'link'"),
+        ({"kind": "scheduler", "at_s": 1}, "fault[0].down_s: required for a scheduler"),
+        ({"kind": "controller", "at_s": 1}, "fault[0].down_s: required for a controller"),
+        ({"kind": "switch", "down_s": 1}, "fault[0].target: required: the name of the switch"),
+        ({"kind": "switch", "target": "e9_9", "down_s": 1}, "fault[0].target: no switch 'e9_9'"),
+        ({"kind": "switch", "target": "h0_0_0_0", "down_s": 1}, "fault[0].target: no switch 'h0_0_0_0'"),
+        ({"kind": "agent", "target": "h0_0_0_0", "down_s": 1}, "fault[0].down_s: an agent is not restarted"),
+        ({"kind": "agent", "target": "h9_9_9_9"}, "fault[0].target: 'h9_9_9_9' runs no prefill or decode agent"),
+        ({"kind": "controller", "target": "c0_0", "down_s": 1}, "fault[0].target: only for kind = 'switch' or"),
+        ({"kind": "scheduler", "down_s": 1, "times": 2, "every_s": 1}, "so the scheduler comes back in between"),
     ],
 )
 def test_bad_faults_are_one_line_errors(fault, msg):
@@ -116,3 +127,54 @@ def test_faults_survive_the_json_round_trip(tmp_path):
     p = tmp_path / "e.json"
     p.write_text(json.dumps(to_dict(exp)))
     assert load_json(p).faults == exp.faults
+
+
+def test_a_switch_fault_needs_a_daemon_per_switch():
+    raw = {
+        "topology": K4,
+        "emulation": {"ovs_daemons": "shared"},
+        "fault": [{"kind": "switch", "target": "c0_0", "down_s": 1}],
+    }
+    with pytest.raises(ConfigError, match=r"fault\[0\].kind: a switch fault needs a daemon per switch"):
+        Cluster.build(from_dict(raw))
+
+
+def test_process_faults_are_emulation_only_and_the_simulation_says_so(tmp_path):
+    """The flow model has no processes: a scheduler or controller fault changes nothing in the
+    simulation (identical results) and its summary lists it as not modelled."""
+    from netkv.simulator.run import simulate_experiment
+
+    procs = [
+        {"kind": "scheduler", "at_s": 0.5, "down_s": 1.0},
+        {"kind": "controller", "at_s": 1.0, "down_s": 1.0},
+        {"kind": "agent", "target": "h0_0_0_0", "at_s": 2.0},
+    ]
+    base = Simulation(Cluster.build(_exp([])), "round_robin").run()
+    sim = Simulation(Cluster.build(_exp(procs)), "round_robin")
+    recs = sim.run()
+    timing = ("decision_us", "prefill_choice_us")  # the scheduler's own CPU time: measured, not modelled
+    row = lambda r: {k: v for k, v in r.to_row().items() if k not in timing}  # noqa: E731
+    assert [row(r) for r in recs] == [row(r) for r in base]
+    assert [(e["fault"], e["modelled"]) for e in sim.fault_log] == [
+        ("scheduler", False),
+        ("controller", False),
+        ("agent h0_0_0_0", False),
+    ]
+    lines = []
+    run, _ = simulate_experiment(Cluster.build(_exp(procs)), out=tmp_path, log=lines.append)
+    assert any("not simulated" in x and "scheduler, controller, agent h0_0_0_0" in x for x in lines)
+    assert len(run.read_policy_summary("round_robin")["faults"]) == 3
+
+
+def test_process_faults_survive_the_json_round_trip(tmp_path):
+    import json
+
+    from netkv.config import load_json, to_dict
+
+    exp = _exp(
+        [{"kind": "switch", "target": "c0_0", "at_s": 1.0, "down_s": 0.5}, {"kind": "agent", "target": "h0_0_0_0"}]
+    )
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps(to_dict(exp)))
+    assert load_json(p).faults == exp.faults
+    assert [f.label for f in exp.faults] == ["switch c0_0", "agent h0_0_0_0"]
