@@ -484,10 +484,7 @@ def _background(where: str, i: int, b) -> BackgroundCfg:
     bg = BackgroundCfg(src=b["src"], dst=b["dst"])
     for k_ in ("start_s", "on_s", "off_s", "rate_gbps"):
         if k_ in b and b[k_] is not None:
-            v = b[k_]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                _fail(where, f"{key}.{k_}", f"expected a number, got {show(v)}")
-            setattr(bg, k_, float(v))
+            setattr(bg, k_, _coerce(where, f"{key}.{k_}", b[k_], float))
     _positive(where, f"{key}.start_s", bg.start_s, allow_zero=True)
     _at_least(where, f"{key}.on_s", bg.on_s, MIN_PERIOD_S)
     _positive(where, f"{key}.off_s", bg.off_s, allow_zero=True)
@@ -530,10 +527,10 @@ def _fault(where: str, i: int, f) -> FaultCfg:
         _fail(where, f"{key}.target", f"only for kind = 'switch' or 'agent' (this fault is a {kind})")
     for k_ in ("at_s", "down_s", "every_s"):
         if k_ in f:
-            v = f[k_]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            v = _coerce(where, f"{key}.{k_}", f[k_], float)
+            if not math.isfinite(v):
                 _fail(where, f"{key}.{k_}", f"expected a finite number of seconds, got {show(v)}")
-            setattr(fc, k_, float(v))
+            setattr(fc, k_, v)
     if "times" in f:
         t = f["times"]
         if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_FAULT_TIMES:

@@ -61,6 +61,48 @@ def test_any_experiment_table_loads_or_fails_with_one_line_naming_the_key(change
             assert not (isinstance(v, float) and not math.isfinite(v)), (name, f.name, v)
 
 
+# a valid fault of each kind (k = 4), then up to two keys set to anything (known keys and others)
+VALID_FAULTS = [
+    {"kind": "link", "link": ["a0_0", "c0_0"], "at_s": 1.0, "down_s": 2.0, "times": 2, "every_s": 5.0},
+    {"link": ["e0_0", "a0_0"], "at_s": 0.5},
+    {"kind": "switch", "target": "c0_0", "at_s": 1.0, "down_s": 0.5},
+    {"kind": "controller", "at_s": 2.0, "down_s": 1.0},
+    {"kind": "scheduler", "at_s": 2.0, "down_s": 1.0, "times": 3, "every_s": 4.0},
+    {"kind": "agent", "target": "h0_0_0_0", "at_s": 3.0},
+]
+FAULT_KEYS = ["kind", "link", "target", "at_s", "down_s", "times", "every_s", "bogus"]
+FAULT = st.builds(
+    lambda base, changes: {**base, **dict(changes)},
+    st.sampled_from(VALID_FAULTS),
+    st.lists(
+        st.tuples(
+            st.sampled_from(FAULT_KEYS),
+            st.one_of(VALUES, st.sampled_from(["link", "switch", "agent", "c0_0", "h9_9_9_9", ["a0_0", "e1_0"]])),
+        ),
+        max_size=2,
+    ),
+)
+
+
+@SETTINGS
+@given(st.lists(FAULT, min_size=1, max_size=3))
+def test_any_fault_table_loads_or_fails_with_one_line_naming_it(faults):
+    raw = copy.deepcopy(SMALL)
+    raw["topology"] = {**raw.get("topology", {}), "k": 4}  # aggregation switches with two uplinks
+    raw["fault"] = faults
+    try:
+        cluster = Cluster.build(from_dict(raw, None))
+    except ConfigError as e:
+        _one_line_config_error(e)
+        assert str(e).startswith("<experiment>: fault["), str(e)
+        return
+    for f, links in zip(cluster.exp.faults, cluster.faults, strict=True):
+        assert (links is not None) == (f.kind == "link")  # a link fault knows its links
+        assert f.kind != "agent" or f.down_s == math.inf  # an agent is never restarted
+        assert f.kind not in ("switch", "controller", "scheduler") or math.isfinite(f.down_s)
+        assert all(math.isfinite(t) and t >= 0 for t, _ in f.schedule())
+
+
 @SETTINGS
 @given(st.lists(st.text(max_size=30), min_size=1, max_size=3))
 def test_any_set_override_applies_or_fails_naming_it(overrides):

@@ -82,7 +82,12 @@ def test_a_fault_changes_transfer_times_not_decisions_of_round_robin():
         ({"link": "a0_0"}, "fault[0].link: expected the two switches it joins"),
         ({"link": ["a0_0", "c0_0"], "when": 1}, "fault[0].when: unknown key"),
         ({"link": ["a0_0", "c0_0"], "at_s": -1}, "fault[0].at_s: must be >= 0"),
-        ({"link": ["a0_0", "c0_0"], "at_s": math.nan}, "fault[0].at_s: expected a finite number"),
+        ({"link": ["a0_0", "c0_0"], "at_s": math.nan}, "fault[0].at_s: expected a number, got nan"),
+        ({"link": ["a0_0", "c0_0"], "down_s": math.inf}, "fault[0].down_s: expected a finite number, got inf"),
+        (
+            {"link": ["a0_0", "c0_0"], "every_s": 10**400},
+            "fault[0].every_s: expected a finite number, got an integer too",
+        ),
         ({"link": ["a0_0", "c0_0"], "at_s": 1e12}, "fault[0].at_s: must be <= "),
         ({"link": ["a0_0", "c0_0"], "down_s": 0}, "fault[0].down_s: must be >= 0.001 s"),
         ({"link": ["a0_0", "c0_0"], "times": 2, "down_s": 1}, "fault[0].every_s: required when times > 1"),
