@@ -33,7 +33,7 @@ from netkv.emulation.background import (
 from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
-from netkv.results import RunDir, format_table
+from netkv.results import RunDir, format_summary
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.service import clock_file, resumed_file
 from netkv.topology import Routing
@@ -350,7 +350,7 @@ def emulate_experiment(
         r.finish(guard)
     if r.meta["fidelity"].get("flagged"):
         log(f"WARNING: {r.meta['fidelity']['note']}")
-    log(format_table(r.summaries))
+    log(format_summary(r.summaries))
     if r.interrupted:
         raise KeyboardInterrupt(str(r.run.root))
     return r.run, r.summaries

@@ -54,15 +54,14 @@ def cmd_simulate(a) -> int:
 
 
 def cmd_emulate(a) -> int:
-    from netkv.emulation.fabric import FabricError, require_root
+    from netkv.emulation.fabric import FabricError
     from netkv.emulation.run import emulate_experiment
     from netkv.report import make_plots
 
     _check_requests(a.requests)
     _check_policies(a.policy)
     cluster = _load(a.experiment, a.set, a.requests)
-    try:
-        require_root()
+    try:  # root, tools and the system's OVS (when the layout uses it) are checked before anything starts
         run, _ = emulate_experiment(cluster, a.policy, Path(a.out), cli=a.cli)
         if not a.no_fidelity:
             from netkv.compare import format_fidelity
@@ -153,7 +152,7 @@ def cmd_topo(a) -> int:
 
 def cmd_report(a) -> int:
     from netkv.report import make_plots
-    from netkv.results import RunDir, format_table
+    from netkv.results import RunDir, format_summary
 
     run = RunDir(Path(a.run_dir))
     try:
@@ -162,7 +161,7 @@ def cmd_report(a) -> int:
         raise UsageError(f"{a.run_dir}: no summary.json (not a run directory)") from None
     if doc.get("partial"):
         print("(partial run: not every policy finished)")
-    print(format_table(doc["policies"]))
+    print(format_summary(doc["policies"]))
     for p in make_plots(run.root):
         print(f"plot: {p}")
     return 0

@@ -161,6 +161,11 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
     """Summary statistics of one policy's request rows."""
     done = [r for r in rows if r["status"] == "completed"]
     out = {"requests": len(rows), "completed": len(done), "failed": sum(r["status"] == "failed" for r in rows)}
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "failed":
+            reasons[r["fail_reason"] or "unknown"] = reasons.get(r["fail_reason"] or "unknown", 0) + 1
+    out["fail_reasons"] = reasons
     if not done:
         return out
 
@@ -220,6 +225,58 @@ TABLE_COLS: tuple[tuple[str, str, tuple | None], ...] = (
     ("cross-pod %", "{:.0f}", ("tier_share", "3", 100)),
     ("dec us p50", "{:.1f}", ("decision_us", "p50")),
 )
+
+
+def format_faults(summaries: dict[str, dict]) -> str:
+    """The faults each policy met (trace-clock seconds), how late each change came, how long each
+    restarted component took to work again, and how the policy's requests ended; "" if none."""
+    lines: list[str] = []
+    for pol, s in summaries.items():
+        evs = s.get("faults") or []
+        if not evs:
+            continue
+        if not lines:
+            lines.append(
+                f"{'policy':<18} {'fault':<18} {'down at':>8} {'back at':>8} {'late ms':>8} {'back after s':>12}"
+            )
+        open_: dict[str, dict] = {}
+        rows = []
+        for e in sorted(evs, key=lambda e: e["t"]):
+            label = e.get("fault") or e.get("link", "?")
+            if e.get("modelled") is False:
+                rows.append([label, e["t"], None, None, None, "not modelled"])
+            elif not e.get("up"):
+                open_[label] = e
+                rows.append([label, e["t"], None, e.get("late_s"), None, ""])
+            else:
+                down = open_.pop(label, None)
+                row = next((r for r in reversed(rows) if r[0] == label and r[2] is None and down), None)
+                if row is None:
+                    row = [label, None, None, None, None, ""]
+                    rows.append(row)
+                row[2], row[4] = e["t"], e.get("recovery_wall_s")
+                if e.get("late_s") is not None:
+                    row[3] = max(abs(row[3] or 0.0), abs(e["late_s"]))
+
+        def f(x, w, prec=2):
+            return f"{'-':>{w}}" if x is None else f"{x:{w}.{prec}f}"
+
+        for label, down, up, late, rec, note in rows:
+            late_ms = None if late is None else late * 1e3
+            lines.append(
+                f"{pol:<18} {label:<18} {f(down, 8)} {f(up, 8)} {f(late_ms, 8, 0)} {note or f(rec, 12)}".rstrip()
+            )
+        why = ", ".join(f"{n} {r}" for r, n in (s.get("fail_reasons") or {}).items())
+        lines.append(
+            f"{pol:<18} requests: {s['completed']} completed, {s['failed']} failed" + (f" ({why})" if why else "")
+        )
+    return "\n".join(lines)
+
+
+def format_summary(summaries: dict[str, dict]) -> str:
+    """The policy table, and the fault table when there were faults."""
+    faults = format_faults(summaries)
+    return format_table(summaries) + (f"\n\nfaults:\n{faults}" if faults else "")
 
 
 def format_table(summaries: dict[str, dict]) -> str:
@@ -308,7 +365,7 @@ class RunDir:
     def write_summary(self, summaries: dict[str, dict], partial: bool) -> None:
         doc = {"partial": partial, "policies": summaries}
         atomic_write(self.root / "summary.json", json.dumps(doc, indent=1))
-        atomic_write(self.root / "summary.txt", format_table(summaries) + "\n")
+        atomic_write(self.root / "summary.txt", format_summary(summaries) + "\n")
 
     def read_summary(self) -> dict:
         return _read_json(self.root / "summary.json")

@@ -341,7 +341,8 @@ class Simulation:
             else:
                 bg = self._bg_flows[f.tag[1]]
                 bg[bg.index(fid)] = f.id
-        self.fault_log.append({"t": self.now, "link": self.exp.faults[i].label, "up": bool(up), "flows_moved": moved})
+        label = self.exp.faults[i].label
+        self.fault_log.append({"t": self.now, "fault": label, "link": label, "up": bool(up), "flows_moved": moved})
         self._schedule_net()
 
     # ---- decode ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from netkv import __version__
 from netkv.config import to_dict
-from netkv.results import RunDir, format_table, summarize
+from netkv.results import RunDir, format_summary, summarize
 from netkv.scheduler.cluster import Cluster
 from netkv.simulator.engine import Simulation
 from netkv.trace import window_from_config
@@ -67,7 +67,7 @@ def simulate_experiment(
             if exp.background:
                 s["background"] = sim.background_report()
             if exp.faults:
-                s["faults"] = sim.fault_log
+                s["faults"] = sorted(sim.fault_log, key=lambda e: e["t"])
             run.write_policy_summary(pol, s)
             summaries[pol] = s
             meta["wall_s"][pol] = wall
@@ -80,5 +80,5 @@ def simulate_experiment(
         run.write_meta(meta)
         if summaries:
             run.write_summary(summaries, partial)
-    log(format_table(summaries))
+    log(format_summary(summaries))
     return run, summaries

@@ -59,8 +59,8 @@ def test_summarize_counts_slo_throughput_and_tiers():
 
 
 def test_summarize_without_completions_and_without_telemetry():
-    s = summarize([row(0, status="failed"), row(1, status="failed")], 1.0, 1.0)
-    assert s == {"requests": 2, "completed": 0, "failed": 2}
+    s = summarize([row(0, status="failed"), {**row(1, status="failed"), "fail_reason": "timeout"}], 1.0, 1.0)
+    assert s == {"requests": 2, "completed": 0, "failed": 2, "fail_reasons": {"unknown": 1, "timeout": 1}}
     s = summarize([row(0)], 1.0, 1.0)
     assert "telemetry_age_s" not in s and s["throughput_rps"] == pytest.approx(0.1)
     instant = row(0, arrival=5.0, done=5.0)
@@ -244,4 +244,35 @@ def test_run_files_are_indented_json_and_the_text_table(tmp_path):
     assert (a.root / "summary.json").read_text().startswith('{\n "partial": false,\n "policies": {\n  "netkv"')
     assert (a.root / "netkv" / "summary.json").read_text() == '{\n "requests": 1\n}'
     assert (a.root / "meta.json").read_text() == '{\n "mode": "simulate"\n}'
-    assert (a.root / "summary.txt").read_text() == format_table(sums) + "\n"
+    assert (a.root / "summary.txt").read_text() == format_table(sums) + "\n"  # no faults: no fault table
+
+
+def test_the_fault_table_pairs_each_failure_with_its_recovery_and_says_how_requests_ended():
+    from netkv.results import format_faults, format_summary
+
+    emu = {
+        "requests": 4,
+        "completed": 3,
+        "failed": 1,
+        "fail_reasons": {"decode agent h1 died": 1},
+        "faults": [
+            {"t": 1.0, "fault": "a0_0-c0_0", "link": "a0_0-c0_0", "up": False, "late_s": 0.002},
+            {"t": 2.5, "fault": "scheduler", "up": False, "late_s": 0.0},
+            {"t": 2.0, "fault": "a0_0-c0_0", "link": "a0_0-c0_0", "up": True, "late_s": 0.004},
+            {"t": 3.5, "fault": "scheduler", "up": True, "late_s": 0.001, "recovery_wall_s": 0.35},
+            {"t": 5.0, "fault": "agent h1", "up": False, "late_s": 0.0},
+        ],
+    }
+    sim = {"requests": 4, "completed": 4, "failed": 0, "faults": [{"t": 2.5, "fault": "scheduler", "modelled": False}]}
+    lines = format_faults({"emu": emu, "sim": sim, "quiet": {"requests": 4, "completed": 4, "failed": 0}}).splitlines()
+    assert lines[0].split() == ["policy", "fault", "down", "at", "back", "at", "late", "ms", "back", "after", "s"]
+    assert [x.split() for x in lines[1:]] == [
+        ["emu", "a0_0-c0_0", "1.00", "2.00", "4", "-"],  # the later of its two changes' lateness
+        ["emu", "scheduler", "2.50", "3.50", "1", "0.35"],
+        ["emu", "agent", "h1", "5.00", "-", "0", "-"],  # never back within the policy
+        ["emu", "requests:", "3", "completed,", "1", "failed", "(1", "decode", "agent", "h1", "died)"],
+        ["sim", "scheduler", "2.50", "-", "-", "not", "modelled"],
+        ["sim", "requests:", "4", "completed,", "0", "failed"],
+    ]
+    assert format_faults({"quiet": {"requests": 4}}) == ""
+    assert "faults:" in format_summary({"emu": emu}) and "faults:" not in format_summary({"quiet": {}})
