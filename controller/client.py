@@ -34,11 +34,11 @@ class ControllerClient:
     def links(self) -> list[dict]:
         return self.get("links")["links"]
 
-    def link_rates(self, bandwidth_scale: float) -> tuple[np.ndarray, list[float], frozenset[int]]:
+    def link_rates(self, bandwidth_scale: float) -> tuple[np.ndarray, np.ndarray, frozenset[int]]:
         """Per directed link: rate in real-cluster bytes/s (emulated Mbit/s x bandwidth_scale), the
-        wall times the samples were taken (links with a sample only) and the links reported down."""
+        wall time its sample was taken (NaN: none yet) and the links reported down."""
         links = self.links()
         rates = np.array([lk["rate_mbps"] for lk in links]) * 1e6 / 8 * bandwidth_scale
-        times = [lk["sampled_at"] for lk in links if lk["sampled_at"] is not None]
+        times = np.array([np.nan if lk["sampled_at"] is None else lk["sampled_at"] for lk in links], dtype=float)
         down = frozenset(lk["id"] for lk in links if not lk["up"])
         return rates, times, down

@@ -94,6 +94,11 @@ class TelemetryCfg:
     publish_delay_s: float = 0.0
     count_committed: bool = True
     floor_fraction: float = 0.25  # residual never below this share of capacity (see docs/oracle.md)
+    # when the simulated controller samples the counters: "run" (every switch together, at a random
+    # offset from trace time 0, drawn per run from the seed: as the emulated controller polls),
+    # "switch" (each switch at its own random offset: independent per-switch collectors), "zero"
+    # (every switch at multiples of the interval from trace time 0)
+    poll_phase: str = "run"
 
 
 @dataclass
@@ -399,11 +404,16 @@ def _at_least(where: str, key: str, v: float, low: float) -> None:
         _fail(where, key, f"must be >= {low:g} s, got {v:g}")
 
 
+POLL_PHASES = ("run", "switch", "zero")
+
+
 def _check_telemetry(where: str, te: TelemetryCfg) -> None:
     _at_least(where, "telemetry.poll_interval_s", te.poll_interval_s, MIN_PERIOD_S)
     _positive(where, "telemetry.publish_delay_s", te.publish_delay_s, allow_zero=True)
     if not 0 < te.floor_fraction < 1:
         _fail(where, "telemetry.floor_fraction", f"must be in (0, 1), got {te.floor_fraction}")
+    if te.poll_phase not in POLL_PHASES:
+        _fail(where, "telemetry.poll_phase", f"unknown phase {show(te.poll_phase)} (known: {', '.join(POLL_PHASES)})")
 
 
 def _check_emulation(where: str, em: EmulationCfg) -> None:

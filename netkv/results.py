@@ -205,7 +205,14 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
     )
     ages = [r["telemetry_age_s"] for r in done if r["telemetry_age_s"] is not None]
     if ages:
-        out["telemetry_age_s"] = {"mean": float(np.mean(ages)), "max": float(np.max(ages))}
+        a = np.array(ages)
+        out["telemetry_age_s"] = {
+            "mean": float(a.mean()),
+            "p10": float(np.percentile(a, 10)),
+            "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)),
+            "max": float(a.max()),
+        }
     return out
 
 

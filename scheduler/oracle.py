@@ -66,12 +66,22 @@ class Oracle:
 
 @dataclass
 class Snapshot:
-    """Telemetry at one sampling instant: per directed link rate in real bytes/s."""
+    """Telemetry as published: per directed link rate in real bytes/s, and when each link's sample
+    was taken (`link_sampled_at`, real-cluster seconds, NaN for never; None: all at `sampled_at`).
+    `sampled_at` is the oldest sample's time."""
 
     sampled_at: float
     rates: np.ndarray
     down: frozenset[int] = field(default_factory=frozenset)
     version: int = 0
+    link_sampled_at: np.ndarray | None = None
+
+    def path_sampled_at(self, links) -> float:
+        """When the oldest sample on these links was taken (what a decision over them relied on)."""
+        if self.link_sampled_at is None or len(links) == 0:
+            return self.sampled_at
+        t = self.link_sampled_at[np.asarray(links, dtype=np.int64)]
+        return float(np.nanmin(t)) if np.isfinite(t).any() else self.sampled_at
 
 
 class _RowCache:
@@ -228,14 +238,22 @@ class CounterOracle(Oracle):
         bw = cap - snap.rates
         if self.committed:
             links, rates = [], []
+            per_link = snap.link_sampled_at
             for c in self.committed.values():
+                lk = c.links
                 if c.started_at is not None:
-                    use = c.started_at > snap.sampled_at  # in flight, not in the counters yet
+                    # in flight: counted on the links whose sample predates its start
+                    if per_link is None:
+                        use = c.started_at > snap.sampled_at
+                    else:
+                        t = per_link[lk]
+                        lk = lk[~(t >= c.started_at)]  # NaN (never sampled) counts as before
+                        use = len(lk) > 0
                 else:
                     use = at is None or c.start is None or c.start <= at <= c.start + c.duration
                 if use:
-                    links.append(c.links)
-                    rates.append(np.full(len(c.links), c.rate))
+                    links.append(lk)
+                    rates.append(np.full(len(lk), c.rate))
             if links:
                 bw = bw - np.bincount(np.concatenate(links), np.concatenate(rates), minlength=len(cap))
         bw = np.maximum(bw, self.floor)
@@ -259,10 +277,15 @@ class CounterOracle(Oracle):
         if snap is None:
             return self._static.cost_row(src, dsts, nbytes)
         sec = _row_seconds(self._rows.bottleneck(src, dsts, bw, self._cache_key), nbytes)
-        return sec, max(0.0, self.clock() - snap.sampled_at)
+        return sec, max(0.0, self.clock() - snap.sampled_at)  # the age of the snapshot's oldest sample
 
     def cost(self, src, dst, nbytes, at: float | None = None):
+        """Seconds for the transfer, and the age of the oldest sample on its path."""
         snap, bw = self._current(at)
         if snap is None:
             return self._static.cost(src, dst, nbytes)
-        return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.sampled_at)
+        try:
+            links = self.routing.path(src, dst)
+        except NoPathError:
+            links = []
+        return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.path_sampled_at(links))

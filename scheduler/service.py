@@ -279,9 +279,10 @@ class SchedulerService:
         while True:
             try:
                 rates, times, down = await loop.run_in_executor(None, self.rest.link_rates, self.B)
-                if times:
+                if np.isfinite(times).any():
                     self._snap_version += 1
-                    self.snap = Snapshot(self.real(min(times)), rates, down, self._snap_version)
+                    at = (times - self.t0) / self.D  # per link, real-cluster seconds
+                    self.snap = Snapshot(float(np.nanmin(at)), rates, down, self._snap_version, link_sampled_at=at)
                     self.rt.routing.set_down(down)
                 else:  # a (re)started controller has no samples yet: no telemetry to go by
                     self.snap = None

@@ -7,8 +7,11 @@ Same topology, routing function, compute model, prefix caches and policies as th
 - [[fault]] links go down and up on their schedule: the routing function moves the pairs that
   crossed them (as the controller does on a port-status event), and every flow whose routed path
   changed continues on its new path with the bytes it has left.
-- The controller is modelled by sampling the per-link byte counters every poll interval and
-  publishing each sample `publish_delay_s` later; the counter oracle reads the latest published one.
+- The controller is modelled by sampling the per-link byte counters every poll interval (all
+  switches at one random offset per run, as the emulated controller polls, or each switch at its
+  own: `telemetry.poll_phase`) and publishing each sample `publish_delay_s` later; the counter
+  oracle reads each link's latest published sample, and a decision's telemetry age is that of the
+  oldest sample on its path.
 - Decode instances run continuous batching. Iterations are folded: between two changes of a batch
   (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
   arithmetic series and one event covers all steps up to the next change; per-token gaps are kept
@@ -101,13 +104,15 @@ class Simulation:
         te = exp.telemetry
         self._poll = te.poll_interval_s
         self._delay = te.publish_delay_s
-        self._snaps: deque[tuple[float, Snapshot]] = deque()
+        # samples taken, not yet published: (publish at, poll group, rates, taken at)
+        self._snaps: deque[tuple[float, int, np.ndarray, float]] = deque()
         self._snap: Snapshot | None = None
         self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published, replay)
         self.topo, self.compute, self.routing = rt.topo, rt.compute, rt.routing
         self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
         self.net = FlowNetwork(self.topo.capacity_bps)
         self._last_counters = np.zeros(self.topo.n_links)
+        self._poll_groups, self._poll_phases = _poll_plan(self.topo, te.poll_phase, self._poll, exp.seed)
         self.prefills = [
             _Prefill(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.prefill_hosts, rt.prefill_caches))
         ]
@@ -158,7 +163,19 @@ class Simulation:
         for i, r in enumerate(reqs):
             self._push(r.req.arrival_s, ARRIVAL, i)
         if self.oracle.uses_telemetry:
-            self._push(0.0, POLL)
+            # the controller has been polling an idle fabric since before trace time 0: at 0 its
+            # latest published samples (rate 0) are those taken publish_delay_s or more earlier, and
+            # the later ones are still on their way
+            n, P = self.topo.n_links, self._poll
+            at = np.full(n, np.nan)
+            pending = []
+            for g, (ids, ph) in enumerate(zip(self._poll_groups, self._poll_phases, strict=True)):
+                k = max(1, math.ceil((ph + self._delay) / P - 1e-12))  # polls back to the published one
+                at[ids] = ph - k * P
+                pending += [(ph - j * P + self._delay, g, np.zeros(len(ids)), ph - j * P) for j in range(k - 1, 0, -1)]
+                self._push(ph, POLL, g)
+            self._snaps.extend(sorted(pending, key=lambda x: x[0]))
+            self._snap = Snapshot(float(np.nanmin(at)), np.zeros(n), version=1, link_sampled_at=at)
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
         for i, f in enumerate(self.exp.faults):
@@ -260,18 +277,27 @@ class Simulation:
             self._kv_arrived(f.tag)
         self._schedule_net()
 
-    def _poll_event(self, _a, _b):
+    def _poll_event(self, g, _b):
+        """Poll group g (every switch, or one switch) samples its links' counters."""
         self._published()  # move past samples already published: the queue holds only unpublished ones
         self.net.advance(self.now)
-        rates = (self.net.counters - self._last_counters) / self._poll
-        self._last_counters = self.net.counters.copy()
-        version = (self._snaps[-1][1].version if self._snaps else (self._snap.version if self._snap else 0)) + 1
-        self._snaps.append((self.now + self._delay, Snapshot(self.now, rates, version=version)))
-        self._push(self.now + self._poll, POLL)
+        ids = self._poll_groups[g]
+        c = self.net.counters[ids]
+        rates = (c - self._last_counters[ids]) / self._poll
+        self._last_counters[ids] = c
+        self._snaps.append((self.now + self._delay, g, rates, self.now))
+        self._push(self.now + self._poll, POLL, g)
 
     def _published(self) -> Snapshot | None:
-        while self._snaps and self._snaps[0][0] <= self.now:
-            self._snap = self._snaps.popleft()[1]
+        """The telemetry as published now: each link's latest sample whose publish time has come."""
+        if self._snaps and self._snaps[0][0] <= self.now:
+            snap = self._snap
+            rates, at = snap.rates.copy(), snap.link_sampled_at.copy()
+            while self._snaps and self._snaps[0][0] <= self.now:
+                _, g, r, t = self._snaps.popleft()
+                ids = self._poll_groups[g]
+                rates[ids], at[ids] = r, t
+            self._snap = Snapshot(float(np.nanmin(at)), rates, version=snap.version + 1, link_sampled_at=at)
         return self._snap
 
     def _bg_on(self, i, _):
@@ -447,3 +473,22 @@ class Simulation:
         D.dl = self.compute.step_c * B
         D.planned = min(r.remaining for r in D.batch)
         self._push(self.now + _steps_time(D.s0, D.dl, D.planned), DECODE, D.slot, D.version)
+
+
+def _poll_plan(topo, phase: str, interval: float, seed: int) -> tuple[list[np.ndarray], list[float]]:
+    """Which links each poll samples and when it first does (`telemetry.poll_phase`).
+
+    A directed link's counter is read at a switch: its source's transmit counter, or, for a link out
+    of a host, the receive counter of the switch it enters. "switch": one group per switch, each at
+    its own random offset in [0, interval); "run": one group, one random offset; "zero": offset 0.
+    The offsets come from the seed alone, so every policy of a run sees the same polls."""
+    rng = np.random.default_rng([seed, 0x7E1E_0011])
+    n = topo.n_links
+    if phase != "switch":
+        return [np.arange(n)], [0.0 if phase == "zero" else float(rng.uniform(0.0, interval))]
+    owner: dict[str, list[int]] = {}
+    for lk in topo.links:
+        sw = lk.src if topo.nodes[lk.src].is_switch else lk.dst
+        owner.setdefault(sw, []).append(lk.id)
+    groups = [np.array(owner[s.name], dtype=np.int64) for s in topo.switches if s.name in owner]
+    return groups, [float(x) for x in rng.uniform(0.0, interval, len(groups))]

@@ -149,3 +149,28 @@ def test_a_zero_time_estimate_is_committed_without_a_rate():
     o = CounterOracle(TOPO, ROUTING, lambda: Snapshot(10.0, np.zeros(TOPO.n_links)), lambda: 10.0)
     o.commit("instant", P, FAR, 1e9, 0.0)
     assert o.committed["instant"].rate == 0.0 and o.committed["instant"].duration == 0.0
+
+
+def test_per_link_sample_times_set_the_age_and_what_in_flight_transfers_count():
+    """Links sampled at different instants: a decision's age is that of the oldest sample on its
+    path, and a transfer in flight counts only on the links whose sample predates its start."""
+    path = ROUTING.path(P, FAR)
+    at = np.full(TOPO.n_links, 9.0)
+    at[path[0]] = 8.0  # the path's first link was sampled earliest
+    at[path[1]] = 9.6  # and its second after the transfer below started
+    other = ROUTING.path(P, NEAR)
+    snap = Snapshot(8.0, np.zeros(TOPO.n_links), version=1, link_sampled_at=at)
+    o = CounterOracle(TOPO, ROUTING, lambda: snap, lambda: 10.0, floor_fraction=0.01)
+    assert o.cost(P, FAR, 1e9)[1] == pytest.approx(2.0)
+    if path[0] not in other:
+        assert o.cost(P, NEAR, 1e9)[1] == pytest.approx(1.0)
+    o.commit("x", P, FAR, 1e9, 0.02)  # 50 GB/s while it runs
+    o.started("x", 9.5)
+    bw = o.residual(snap)
+    cap = TOPO.capacity_bps
+    assert bw[path[1]] == pytest.approx(cap[path[1]])  # its sample (9.6) already shows the transfer
+    for lid in (path[0], path[2]):  # sampled before it started: the scheduler adds it
+        assert bw[lid] == pytest.approx(max(cap[lid] - 5e10, 0.01 * cap[lid]))
+    # a snapshot without per-link times: everything dates from sampled_at (started after: counted)
+    flat = Snapshot(9.0, np.zeros(TOPO.n_links), version=2)
+    assert o.residual(flat)[path[1]] == pytest.approx(max(cap[path[1]] - 5e10, 0.01 * cap[path[1]]))

@@ -53,7 +53,9 @@ def test_summarize_counts_slo_throughput_and_tiers():
     assert s["tbt_mean_s"]["mean"] == pytest.approx(0.0625)
     assert s["e2e_s"]["mean"] == pytest.approx((4 + 5 + 7 + 5) / 4)
     assert s["slo"] == {"ttft_s": 2.0, "tbt_s": 0.2}
-    assert s["telemetry_age_s"] == {"mean": pytest.approx(0.3), "max": 0.4}
+    ages = s["telemetry_age_s"]  # the decisions that had telemetry: ages 0.2 and 0.4
+    assert ages["mean"] == pytest.approx(0.3) and ages["max"] == 0.4
+    assert (ages["p10"], ages["p50"], ages["p90"]) == pytest.approx((0.22, 0.3, 0.38))
     # an SLO met on the edge counts
     assert summarize(rows, slo_ttft_s=3.0, slo_tbt_s=0.3)["slo_attainment"] == pytest.approx(4 / 5)
 

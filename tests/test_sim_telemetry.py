@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from netkv.config import from_dict
+from netkv.scheduler.oracle import Snapshot
 from netkv.simulator.engine import Simulation
 
 from conftest import write_trace
@@ -28,7 +29,7 @@ def _exp(tmp_path, arrivals, *, background=True, placement=None, **tables):
         },
         "placement": placement or {"layout": "explicit", "prefill": ["h0_0_0_2"], "decode": ["h0_0_0_3"]},
         "trace": {"path": str(write_trace(tmp_path / "t.jsonl", arrivals, input_tokens=1024, output_tokens=4))},
-        "telemetry": {"poll_interval_s": POLL, "publish_delay_s": DELAY},
+        "telemetry": {"poll_interval_s": POLL, "publish_delay_s": DELAY, "poll_phase": "zero"},  # the grid from 0
         "background": [{"src": ["h0_0_0_0"], "dst": ["h1_0_0_1"], "rate_gbps": BG_GBPS}] if background else [],
     }
     for k, v in tables.items():
@@ -47,7 +48,10 @@ class Recorder:
 
         def on_poll(a, b):
             poll(a, b)
-            self.polls.append((sim.now, sim._snaps[-1]))
+            pub, g, rates, t = sim._snaps[-1]
+            full = np.zeros(sim.topo.n_links)
+            full[sim._poll_groups[g]] = rates
+            self.polls.append((sim.now, (pub, Snapshot(t, full))))
 
         def on_decide(req):
             seen = sim._published()
@@ -79,8 +83,8 @@ def test_counters_show_one_flow_at_its_rate_on_exactly_its_links(tmp_path):
         assert snap.rates[on] == pytest.approx(rate, rel=1e-9)
     # each snapshot is published exactly publish_delay_s after it was sampled
     assert all(pub == pytest.approx(s.sampled_at + DELAY, abs=1e-12) for _t, (pub, s) in rec.polls)
-    # versions count up by one per sample
-    assert [s.version for _t, (_p, s) in rec.polls] == list(range(1, len(rec.polls) + 1))
+    # every published change is a new version
+    assert sim._snap.version > len(rec.polls) // 2
 
 
 def test_without_the_elephant_the_counters_read_zero(tmp_path):
@@ -99,8 +103,9 @@ def test_snapshot_age_follows_the_poll_grid_and_the_publish_delay(tmp_path):
     rec = Recorder(sim)
     rows = rec.run()
     got = [(round(now, 3), None if seen is None else round(seen.sampled_at, 3)) for now, seen, _d in rec.decisions]
-    assert got == [(0.0, None), (2.34, 2.0), (2.36, 2.1), (2.751, 2.5)]
-    for (now, seen, _d), row in zip(rec.decisions[1:], rows[1:]):
+    # at 0 the controller's latest published sample of the idle fabric (taken at -0.3, out at -0.05)
+    assert got == [(0.0, -0.3), (2.34, 2.0), (2.36, 2.1), (2.751, 2.5)]
+    for (now, seen, _d), row in zip(rec.decisions, rows):
         assert row["telemetry_age_s"] == pytest.approx(now - seen.sampled_at)
         assert row["oracle"] == "counters"
 
@@ -155,7 +160,7 @@ def test_a_sample_published_at_the_decision_instant_is_used(tmp_path):
     rec = Recorder(sim)
     rec.run()
     (_t0, first, _d0), (t1, seen, _d1) = rec.decisions
-    assert first is None and t1 == 0.75 and seen.sampled_at == 0.25
+    assert first.sampled_at == -0.5 and t1 == 0.75 and seen.sampled_at == 0.25  # -0.5: out at 0
 
 
 def test_the_oracle_learns_when_each_transfer_starts(tmp_path):
@@ -166,3 +171,59 @@ def test_the_oracle_learns_when_each_transfer_starts(tmp_path):
     rows = [r.to_row() for r in sim.run()]
     assert started == [(r["id"], pytest.approx(r["t_prefill_end"])) for r in rows]
     assert sim.oracle.committed == {}  # each released when its KV arrived
+
+
+def _ages(tmp_path, phase, seed=1, policy="netkv", arrivals=None):
+    exp = _exp(
+        tmp_path,
+        arrivals or [0.0, 3.0, 3.0, 6.0, 9.0, 9.0, 12.0],
+        telemetry={"poll_phase": phase, "poll_interval_s": 0.5},
+    )
+    exp.seed = seed
+    sim = Simulation(exp, policy)
+    return sim, [r.telemetry_age_s for r in sim.run()]
+
+
+def test_a_poll_grid_from_zero_gives_every_decision_the_same_age_on_a_quantised_trace(tmp_path):
+    """The Mooncake trace is quantised to 3 s: polls on a grid from 0 make every decision's telemetry
+    exactly one interval + delay old, which would measure the phase, not the staleness."""
+    _, ages = _ages(tmp_path, "zero")
+    # at t = 3 n the sample taken at 3 n - 0.5 is the latest published (the one at 3 n is due at 3 n + 0.25)
+    assert ages == pytest.approx([0.5] * 7)
+
+
+def test_a_random_poll_phase_per_run_is_fixed_by_the_seed_and_shared_by_the_policies(tmp_path):
+    sim, ages = _ages(tmp_path, "run")
+    (phase,) = sim._poll_phases
+    assert 0 <= phase < 0.5 and len(sim._poll_groups) == 1
+    # all decisions of the run share one age (arrivals on a 3 s grid), set by this run's phase
+    want = 0.5 - phase if 0.5 - phase >= DELAY else 1.0 - phase
+    assert ages == pytest.approx([want] * 7)
+    again, ages2 = _ages(tmp_path, "run", policy="round_robin")
+    assert again._poll_phases == [phase]  # the same polls for every policy of the run
+    other = {_ages(tmp_path, "run", seed=s)[0]._poll_phases[0] for s in range(2, 8)}
+    assert len(other) == 6 and phase not in other  # and another run (seed), other polls
+
+
+def test_per_switch_phases_give_each_path_its_own_age(tmp_path):
+    sim, ages = _ages(tmp_path, "switch")
+    groups = sim._poll_groups
+    assert len(groups) == len(sim.topo.switches)  # every switch reads its own ports
+    ids = np.concatenate(groups)
+    assert sorted(ids.tolist()) == list(range(sim.topo.n_links))  # each link read by exactly one switch
+    for g in groups:  # a switch reads the links out of it, and those into it from a host
+        owners = {lk.src if sim.topo.nodes[lk.src].is_switch else lk.dst for lk in (sim.topo.links[i] for i in g)}
+        assert len(owners) == 1
+    assert len(set(sim._poll_phases)) == len(groups)
+    snap = sim._published()
+    assert len(np.unique(snap.link_sampled_at)) > 1  # links sampled at different instants
+    path = sim.routing.path(sim.topo.host_index["h0_0_0_2"], sim.topo.host_index["h0_0_0_3"])
+    assert snap.path_sampled_at(path) == pytest.approx(np.min(snap.link_sampled_at[path]))
+    assert all(0 <= a <= 0.5 + DELAY for a in ages)
+
+
+def test_an_unknown_poll_phase_is_a_one_line_error(tmp_path):
+    from netkv.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"telemetry.poll_phase: unknown phase 'grid' \(known: run, switch, zero\)"):
+        _exp(tmp_path, [0.0], telemetry={"poll_phase": "grid"})
