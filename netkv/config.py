@@ -99,6 +99,9 @@ class TelemetryCfg:
     # "switch" (each switch at its own random offset: independent per-switch collectors), "zero"
     # (every switch at multiples of the interval from trace time 0)
     poll_phase: str = "run"
+    # simulator only: also ask the policy what it would choose on fresh telemetry (the flow model's
+    # link rates at the decision instant) and record it (fresh_decode, fresh_tier): what staleness changed
+    compare_fresh: bool = False
 
 
 @dataclass

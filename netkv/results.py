@@ -47,6 +47,8 @@ REQUEST_COLUMNS = (
     "est_transfer_s",
     "telemetry_age_s",
     "oracle",
+    "fresh_decode",
+    "fresh_tier",
     "t_prefill_start",
     "t_prefill_end",
     "t_transfer_end",
@@ -78,6 +80,8 @@ class RequestRecord:
     est_transfer_s: float | None = None
     telemetry_age_s: float | None = None
     oracle: str | None = None
+    fresh_decode: str | None = None  # the decode instance fresh telemetry would have chosen (compare_fresh)
+    fresh_tier: int | None = None
     t_prefill_start: float | None = None
     t_prefill_end: float | None = None
     t_transfer_end: float | None = None
@@ -97,6 +101,9 @@ class RequestRecord:
         self.telemetry_age_s = d.telemetry_age_s
         self.oracle = oracle_name
         self.decode_hit_blocks = d.decode_hit_blocks
+        if d.fresh_decode_host is not None:
+            self.fresh_decode = topo.hosts[d.fresh_decode_host].name
+            self.fresh_tier = d.fresh_tier
         self.blocks_sent = d.blocks_to_send
         self.bytes_sent = d.bytes_to_send
 
@@ -134,6 +141,8 @@ class RequestRecord:
             "est_transfer_s": self.est_transfer_s,
             "telemetry_age_s": self.telemetry_age_s,
             "oracle": self.oracle,
+            "fresh_decode": self.fresh_decode,
+            "fresh_tier": self.fresh_tier,
             "t_prefill_start": self.t_prefill_start,
             "t_prefill_end": self.t_prefill_end,
             "t_transfer_end": self.t_transfer_end,
@@ -166,6 +175,13 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
         if r["status"] == "failed":
             reasons[r["fail_reason"] or "unknown"] = reasons.get(r["fail_reason"] or "unknown", 0) + 1
     out["fail_reasons"] = reasons
+    shadow = [r for r in rows if r.get("fresh_decode") is not None]
+    if shadow:  # what staleness changed (telemetry.compare_fresh)
+        out["fresh_agreement"] = {
+            "decisions": len(shadow),
+            "same_decode": sum(r["fresh_decode"] == r["decode"] for r in shadow) / len(shadow),
+            "same_tier": sum(r["fresh_tier"] == r["tier"] for r in shadow) / len(shadow),
+        }
     if not done:
         return out
 

@@ -12,12 +12,17 @@ requests of the paper-like setup: 1,335 / 622 / 43 / 0 per pod). The decode choi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from netkv.scheduler.policies import Query, registry
 from netkv.trace import BLOCK_TOKENS
+
+if TYPE_CHECKING:
+    from netkv.scheduler.oracle import Snapshot
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Decision:
     telemetry_age_s: float | None
     decision_us: float  # wall time of the policy's decode choice
     prefill_choice_us: float  # wall time of the common prefill choice
+    fresh_decode_host: int | None = None  # the choice on fresh telemetry (Scheduler.fresh), if asked
+    fresh_tier: int | None = None
 
 
 class Scheduler:
@@ -59,6 +66,9 @@ class Scheduler:
         self.topo = topo
         self._kv_tok = float(view.compute.model.kv_bytes_per_token)
         self.replay = replay or {}
+        # a driver that knows the true link rates (the simulator) sets this to ask, for every
+        # decision, what the policy would choose on them (`telemetry.compare_fresh`)
+        self.fresh: Callable[[], Snapshot] | None = None
         self._ties = np.random.default_rng([seed, 0x7E1E])  # prefill tie-breaks; apart from the policy's stream
         self._p_slot = {int(h): i for i, h in enumerate(view.prefill_hosts)}
         self._d_slot = {int(h): i for i, h in enumerate(view.decode_hosts)}
@@ -86,12 +96,17 @@ class Scheduler:
         t1 = time.perf_counter_ns()
         clock = self.oracle.clock
         q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
+        before = self.policy.rng.bit_generator.state
         d_slot = self.policy.choose(q, self.oracle) if forced is None else self._d_slot[forced[1]]
         t2 = time.perf_counter_ns()
         p_host = int(self.view.prefill_hosts[p_slot])
         d_host = int(self.view.decode_hosts[d_slot])
         nbytes = float(q.missing_bytes[d_slot])
         est, age = self.oracle.cost(p_host, d_host, nbytes, at=q.transfer_start)
+        fresh_host = fresh_tier = None
+        if self.fresh is not None and forced is None and self.oracle.uses_telemetry:
+            fresh_host = int(self.view.decode_hosts[self._fresh_choice(q, before)])
+            fresh_tier = self.topo.tier(p_host, fresh_host)
         return Decision(
             prefill_slot=p_slot,
             decode_slot=d_slot,
@@ -107,4 +122,19 @@ class Scheduler:
             telemetry_age_s=age,
             decision_us=(t2 - t1) / 1e3,
             prefill_choice_us=(t1 - t0) / 1e3,
+            fresh_decode_host=fresh_host,
+            fresh_tier=fresh_tier,
         )
+
+    def _fresh_choice(self, q: Query, rng_state) -> int:
+        """The policy's choice for the same query on fresh telemetry, leaving no trace: the oracle
+        reads the fresh snapshot only for this call, and the policy's random stream is put back."""
+        after = self.policy.rng.bit_generator.state
+        source, snap = self.oracle.source, self.fresh()
+        self.policy.rng.bit_generator.state = rng_state  # the same draws as the real choice
+        self.oracle.source = lambda: snap
+        try:
+            return self.policy.choose(q, self.oracle)
+        finally:
+            self.oracle.source = source
+            self.policy.rng.bit_generator.state = after

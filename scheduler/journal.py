@@ -25,7 +25,8 @@ class JournalError(ValueError):
 
 
 def journal_path(run_dir: Path, policy: str) -> Path:
-    return Path(run_dir) / f"journal-{policy}.jsonl"
+    """RUN/logs/journal-<policy>.jsonl: beside the run's other emulation logs."""
+    return Path(run_dir) / "logs" / f"journal-{policy}.jsonl"
 
 
 class Journal:
@@ -34,6 +35,7 @@ class Journal:
     def __init__(self, path: Path, resume: bool = False):
         """A new journal, or (`resume`) the existing one, its torn last line cut off first."""
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and not self.path.exists():
             raise JournalError(f"{self.path}: no journal to resume from")
         if resume:

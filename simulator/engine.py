@@ -110,6 +110,8 @@ class Simulation:
         self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published, replay)
         self.topo, self.compute, self.routing = rt.topo, rt.compute, rt.routing
         self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
+        if te.compare_fresh:
+            self.sched.fresh = self._fresh
         self.net = FlowNetwork(self.topo.capacity_bps)
         self._last_counters = np.zeros(self.topo.n_links)
         self._poll_groups, self._poll_phases = _poll_plan(self.topo, te.poll_phase, self._poll, exp.seed)
@@ -287,6 +289,12 @@ class Simulation:
         self._last_counters[ids] = c
         self._snaps.append((self.now + self._delay, g, rates, self.now))
         self._push(self.now + self._poll, POLL, g)
+
+    def _fresh(self) -> Snapshot:
+        """Telemetry with no staleness: the flow model's link rates at this instant (current since the
+        last flow change; the counters are not advanced, so asking changes nothing)."""
+        n = self.topo.n_links
+        return Snapshot(self.now, self.net.link_rate.copy(), version=-1, link_sampled_at=np.full(n, self.now))
 
     def _published(self) -> Snapshot | None:
         """The telemetry as published now: each link's latest sample whose publish time has come."""

@@ -329,7 +329,7 @@ def test_process_faults_lose_no_request_and_leave_nothing(tmp_path):
         # requests waited for the restart (trace clock, D = 1)
         late = [r for r in rows if 2.5 < r["arrival_s"] < 3.5 and r["status"] == "completed"]
         assert late and all(r["arrival_s"] + r["ttft_s"] > 3.5 for r in late)
-        recs = [json.loads(x) for x in (run.root / f"journal-{pol}.jsonl").read_text().splitlines()]
+        recs = [json.loads(x) for x in (run.root / "logs" / f"journal-{pol}.jsonl").read_text().splitlines()]
         dispatched = [r["id"] for r in recs if r["k"] == "dispatch"]
         assert sorted(dispatched) == list(range(24))  # each once: none lost, none twice
         assert [r["k"] for r in recs].count("resume") == 1 and summ[pol]["emulation"]["resumes"] == 1

@@ -212,6 +212,8 @@ def test_a_decision_is_copied_into_the_record():
         decode_hit_blocks=2,
         blocks_to_send=5,
         bytes_to_send=1e6,
+        fresh_decode_host=1,
+        fresh_tier=1,
     )
     r = RequestRecord(0, 0.0, 100, 5)
     r.record_decision(d, topo, "counters")
@@ -224,6 +226,7 @@ def test_a_decision_is_copied_into_the_record():
         0.1,
     )
     assert (x["oracle"], x["decode_hit_blocks"], x["blocks_sent"], x["bytes_sent"]) == ("counters", 2, 5, 1e6)
+    assert (x["fresh_decode"], x["fresh_tier"]) == (topo.hosts[1].name, 1)
 
 
 def test_table_alignment_and_missing_counts():

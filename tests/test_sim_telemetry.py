@@ -227,3 +227,62 @@ def test_an_unknown_poll_phase_is_a_one_line_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"telemetry.poll_phase: unknown phase 'grid' \(known: run, switch, zero\)"):
         _exp(tmp_path, [0.0], telemetry={"poll_phase": "grid"})
+
+
+def test_asking_what_fresh_telemetry_would_choose_changes_nothing_and_is_recorded():
+    """compare_fresh: each decision also records the policy's choice on the flow model's rates at
+    that instant; the run itself is the same as without it (the shadow leaves no trace, the random
+    policy's stream included)."""
+    from conftest import make_exp
+
+    timing = ("decision_us", "prefill_choice_us", "fresh_decode", "fresh_tier")
+    bg = [{"src": ["pod:0"], "dst": ["pod:1"], "on_s": 1.0, "off_s": 1.0}]
+    for pol in ("netkv", "random", "cache_load_aware"):
+        runs = {}
+        for cf in (False, True):
+            exp = make_exp(
+                trace={"requests": 60, "rate_multiplier": 4.0},
+                telemetry={"poll_interval_s": 2.0, "compare_fresh": cf},
+                background=bg,
+            )
+            runs[cf] = [r.to_row() for r in Simulation(exp, pol).run()]
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+        assert strip(runs[True]) == strip(runs[False]), pol
+        assert all(r["fresh_decode"] is None for r in runs[False])
+        shadow = runs[True]
+        assert all(r["fresh_decode"] is not None and r["fresh_tier"] in (0, 1, 2, 3) for r in shadow)
+        if pol == "random":  # the same draws: the network plays no part
+            assert all(r["fresh_decode"] == r["decode"] for r in shadow)
+
+
+def test_fresh_agreement_in_the_summary_counts_decisions_that_staleness_changed():
+    from netkv.results import summarize
+
+    base = {"status": "failed", "fail_reason": "x", "telemetry_age_s": None}
+    rows = [
+        {**base, "decode": "a", "tier": 2, "fresh_decode": "a", "fresh_tier": 2},
+        {**base, "decode": "a", "tier": 2, "fresh_decode": "b", "fresh_tier": 2},
+        {**base, "decode": "a", "tier": 2, "fresh_decode": "c", "fresh_tier": 3},
+        {**base, "decode": "a", "tier": 2, "fresh_decode": None, "fresh_tier": None},
+    ]
+    s = summarize(rows, 1.0, 1.0)
+    assert s["fresh_agreement"] == {
+        "decisions": 3,
+        "same_decode": pytest.approx(1 / 3),
+        "same_tier": pytest.approx(2 / 3),
+    }
+
+
+def test_the_fresh_choice_agrees_with_near_fresh_telemetry_and_departs_from_old_telemetry():
+    from netkv.results import summarize
+
+    from conftest import make_exp
+
+    bg = [{"src": ["pod:0"], "dst": ["pod:1"], "on_s": 1.0, "off_s": 1.0}]
+    agree = {}
+    for poll in (0.001, 10.0):
+        tele = {"poll_interval_s": poll, "compare_fresh": True}
+        exp = make_exp(trace={"requests": 60, "rate_multiplier": 4.0}, telemetry=tele, background=bg)
+        rows = [r.to_row() for r in Simulation(exp, "netkv").run()]
+        agree[poll] = summarize(rows, 30.0, 0.2)["fresh_agreement"]["same_decode"]
+    assert agree[0.001] == 1.0 and agree[10.0] < 1.0
