@@ -21,7 +21,7 @@ from conftest import REPO, SMALL, make_exp
 SECTIONS = ("topology", "placement", "model", "compute", "trace", "slo", "telemetry", "emulation")
 
 
-@pytest.mark.parametrize("f", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("f", sorted((REPO / "experiments").rglob("*.toml")), ids=lambda p: p.name)
 def test_the_experiment_json_every_process_reads_is_the_experiment(tmp_path, f):
     exp = Cluster.build(load(f, ["trace.requests=7"])).exp
     path = tmp_path / "experiment.json"

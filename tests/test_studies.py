@@ -3,6 +3,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from conftest import REPO
 
 
@@ -26,3 +28,35 @@ def test_the_staleness_study_writes_its_numbers_figure_and_table(tmp_path, capsy
     assert (tmp_path / "staleness.png").stat().st_size > 10_000
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["poll", "s", "delay"] and len(out) == 1 + 2 + 1
+
+
+SCENARIOS = sorted((REPO / "experiments" / "scenarios").glob("*.toml"))
+
+
+def test_the_congestion_scenarios_are_all_there():
+    assert [p.stem for p in SCENARIOS] == ["hot-pod", "incast", "link-failure", "moving-hotspot", "on-off"]
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_each_congestion_scenario_simulates_and_congests_what_it_says(path):
+    from netkv.scheduler.cluster import load
+    from netkv.simulator.engine import Simulation
+
+    cluster = load(path, ["trace.requests=30"])
+    sim = Simulation(cluster, "netkv")
+    recs = sim.run()
+    assert all(r.status == "completed" for r in recs)
+    rep = sim.background_report()
+    rates = [x["delivered_gbps_on"] for x in rep]
+    link = cluster.exp.topology.edge_link_gbps
+    if path.stem == "incast":  # 16 senders into 8 GPUs under one edge: 2 per GPU link at most half each
+        assert len(rep) == 16 and max(rates) <= link / 2 + 1e-6
+    elif path.stem == "hot-pod":  # 3 edges x 8 GPUs into pod 2's 16: its downlinks are shared
+        assert len(rep) == 24 and min(rates) < link
+    elif path.stem == "moving-hotspot":  # one group of elephants on at a time, 5 s each, in turn
+        starts = [b.start_s for b in cluster.exp.background]
+        assert starts == [0.0, 5.0, 10.0, 15.0] and all(b.on_s == 5.0 for b in cluster.exp.background)
+    elif path.stem == "link-failure":
+        assert [(e["t"], e["up"]) for e in sim.fault_log] == [(5.0, False), (15.0, True)]
+    else:  # on-off: each elephant alone on its path while on
+        assert all(x["on_s"] > 0 for x in rep)
