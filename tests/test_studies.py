@@ -60,3 +60,18 @@ def test_each_congestion_scenario_simulates_and_congests_what_it_says(path):
         assert [(e["t"], e["up"]) for e in sim.fault_log] == [(5.0, False), (15.0, True)]
     else:  # on-off: each elephant alone on its path while on
         assert all(x["on_s"] > 0 for x in rep)
+
+
+def test_the_oracle_accuracy_study_judges_every_oracle_on_the_same_transfers(tmp_path, capsys):
+    oa = _script("oracle_accuracy")
+    assert oa.main(["--requests", "40", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "oracles.json").read_text())
+    summ = doc["summary"]
+    assert set(summ) == {"quiet", "hot-pod", "incast", "link-failure", "moving-hotspot", "on-off"}
+    for sc in summ.values():  # round_robin's transfers do not depend on the oracle: same count for each
+        assert len({c["all"]["n"] for c in sc.values()}) == 1 and set(sc) == set(oa.ORACLES)
+    # a hot pod's elephants take half the links: static misses them, the counters see them
+    hot = summ["hot-pod"]
+    assert hot["static"]["cross-pod"]["bias"] < -0.2 and abs(hot["counters"]["cross-pod"]["p50_abs"]) < 0.05
+    assert set(doc["cost"]) == set(oa.ORACLES) and (tmp_path / "oracles.png").exists()
+    assert "cost: static" in capsys.readouterr().out
