@@ -96,7 +96,8 @@ class Scheduler:
         t1 = time.perf_counter_ns()
         clock = self.oracle.clock
         q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
-        before = self.policy.rng.bit_generator.state
+        shadow = self.fresh is not None and forced is None and self.oracle.uses_telemetry
+        before = self.policy.rng.bit_generator.state if shadow else None
         d_slot = self.policy.choose(q, self.oracle) if forced is None else self._d_slot[forced[1]]
         t2 = time.perf_counter_ns()
         p_host = int(self.view.prefill_hosts[p_slot])
@@ -104,7 +105,7 @@ class Scheduler:
         nbytes = float(q.missing_bytes[d_slot])
         est, age = self.oracle.cost(p_host, d_host, nbytes, at=q.transfer_start)
         fresh_host = fresh_tier = None
-        if self.fresh is not None and forced is None and self.oracle.uses_telemetry:
+        if shadow:
             fresh_host = int(self.view.decode_hosts[self._fresh_choice(q, before)])
             fresh_tier = self.topo.tier(p_host, fresh_host)
         return Decision(
