@@ -5,8 +5,8 @@ background congestion, and with a link failure (root; docs/fidelity.md).
         [--dilation 4] [--out results/fidelity-sweep] [--only NAME ...]
 
 Each condition is one `netkv emulate` of the experiment (round_robin and netkv) followed by its
-fidelity report: the simulator replays the run's choices and compares request by request. Runs the
-fidelity guard flags are marked and left out of the summary line. Writes fidelity-sweep.json and
+fidelity report: the simulator replays the run's choices and compares request by request. A run the
+fidelity guard flags (OVS or the machine saturated) is marked as excluded in its rows. Writes fidelity-sweep.json and
 prints one row per condition and policy. Resumable: a condition whose run directory holds a
 fidelity.json is not run again.
 """

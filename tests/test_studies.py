@@ -75,3 +75,24 @@ def test_the_oracle_accuracy_study_judges_every_oracle_on_the_same_transfers(tmp
     assert hot["static"]["cross-pod"]["bias"] < -0.2 and abs(hot["counters"]["cross-pod"]["p50_abs"]) < 0.05
     assert set(doc["cost"]) == set(oa.ORACLES) and (tmp_path / "oracles.png").exists()
     assert "cost: static" in capsys.readouterr().out
+
+
+def test_the_fidelity_sweep_resumes_from_stored_reports_and_marks_flagged_runs(tmp_path, capsys):
+    fs = _script("fidelity_sweep")
+    rep = {
+        "policies": {
+            "netkv": {"transfer": {"n": 40, "rel_p50": 0.04, "rel_p95": 0.2, "bias": 0.03}, "ttft_mean_rel": 0.008}
+        },
+        "same_ranking": True,
+        "guard": {"flagged": True},
+    }
+    for name in fs.CONDITIONS:  # every condition already done: nothing is emulated
+        d = tmp_path / name.replace(" ", "").replace(",", "-") / "run" / "fidelity"
+        d.mkdir(parents=True)
+        (d / "fidelity.json").write_text(json.dumps(rep))
+    assert fs.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 + len(fs.CONDITIONS)
+    assert out[1].split()[:9] == ["load", "x1", "netkv", "40", "4.0", "20.0", "+3.0", "0.8", "yes"]
+    assert all("(guard flagged: excluded)" in x for x in out[1:-1])
+    assert set(json.loads((tmp_path / "fidelity-sweep.json").read_text())) == set(fs.CONDITIONS)
