@@ -33,7 +33,7 @@ import numpy as np
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
 from netkv.config import ConfigError, load_json
 from netkv.controller.client import ControllerClient
-from netkv.results import RunDir, summarize
+from netkv.results import RunDir, atomic_write, summarize
 from netkv.scheduler import journal as jr
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import Snapshot
@@ -49,12 +49,6 @@ def clock_file(sock_dir: Path, policy: str) -> Path:
 def resumed_file(sock_dir: Path, policy: str) -> Path:
     """Where a restarted service says it has resumed ({"at": wall seconds, "replayed": records})."""
     return Path(sock_dir) / f"resumed-{policy}.json"
-
-
-def _write_whole(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".tmp")  # written whole, then renamed: a reader never sees half
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
 
 
 # what a dispatch record keeps of the request's record (the rest follows from the agents' events)
@@ -426,7 +420,7 @@ class SchedulerService:
                 await self._send(lv, decode=to_d, prefill=to_p)
         self.resumes += 1
         self.journal.write({"k": "resume", "at": time.time(), "resent": resent})
-        _write_whole(resumed_file(self.sock_dir, self.policy), {"at": time.time(), "replayed": len(recs)})
+        atomic_write(resumed_file(self.sock_dir, self.policy), json.dumps({"at": time.time(), "replayed": len(recs)}))
         n_disp = sum(1 for lv in self.live if lv.dec is not None)
         self.log(
             f"[netkv] {self.policy}: resumed from {self.journal.path.name} ({len(recs)} records: "
@@ -441,7 +435,7 @@ class SchedulerService:
             self.t0 = time.time() + 0.5
             self.journal.write({"k": "start", "t0": self.t0})
             # trace time 0 on the wall clock, for whatever follows the trace clock (faults)
-            _write_whole(clock_file(self.sock_dir, self.policy), {"t0": self.t0})
+            atomic_write(clock_file(self.sock_dir, self.policy), json.dumps({"t0": self.t0}))  # whole or absent
         tasks = [asyncio.create_task(self._listen(h, r)) for h, r in self._readers.items()]
         if self.oracle.uses_telemetry:
             poll = self.exp.telemetry.poll_interval_s * self.D

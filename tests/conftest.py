@@ -4,6 +4,7 @@ requests, views and snapshots, paths to shipped and shared data."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -214,3 +215,16 @@ def clean_machine():
     left = cleanup.find_leftovers()
     cleanup.clean(verbose=False)
     assert left == [], f"the test left state behind: {left}"
+
+
+class FakeWriter:
+    """Stands for an agent's Unix socket: keeps what the service sends."""
+
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(json.loads(data))
+
+    async def drain(self) -> None:
+        pass

@@ -15,7 +15,7 @@ from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import Snapshot
 from netkv.scheduler.service import SchedulerService, resumed_file
 
-from conftest import make_exp
+from conftest import FakeWriter, make_exp
 
 
 def _svc(tmp_path, resume=False, requests=4):
@@ -24,17 +24,6 @@ def _svc(tmp_path, resume=False, requests=4):
         cluster, "netkv", RunDir(tmp_path), tmp_path, "http://127.0.0.1:9/netkv", log=lambda *a: None, resume=resume
     )
     return svc
-
-
-class _Writer:
-    def __init__(self):
-        self.sent = []
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(json.loads(data))
-
-    async def drain(self) -> None:
-        pass
 
 
 class _Agents:
@@ -51,7 +40,7 @@ class _Agents:
 def _first_service(tmp_path):
     """A service that dispatched four requests and heard part of their lives, then was killed."""
     a = _svc(tmp_path)
-    a.writers = {h: _Writer() for h in a.host_slot}
+    a.writers = {h: FakeWriter() for h in a.host_slot}
     a.t0 = time.time()
     a.journal.write({"k": "start", "t0": a.t0})
     a.snap = Snapshot(0.0, np.zeros(a.topo.n_links), version=1)
@@ -137,6 +126,25 @@ async def _fake_agent(path, known, got, after):
     return await asyncio.start_unix_server(conn, path=str(path))
 
 
+def _resume_among_fake_agents(svc, tmp_path, known, absent=None):
+    """Resume `svc` with a fake agent on every socket but `absent`'s; returns the ops the agents got
+    and the `after` each was asked for."""
+    got, after = [], {}
+
+    async def go():
+        hosts = [h for h in svc.host_slot if h != absent]
+        servers = [await _fake_agent(tmp_path / f"{h}.sock", known, got, after) for h in hosts]
+        try:
+            await svc._resume()
+            await asyncio.sleep(0.3)  # the agents read what was sent
+        finally:
+            for s in servers:
+                s.close()
+
+    asyncio.run(go())
+    return got, after
+
+
 def test_resuming_sends_again_only_what_never_reached_an_agent(tmp_path):
     a, ag = _first_service(tmp_path)
     r1, r3 = a.live[1], a.live[3]
@@ -144,18 +152,7 @@ def test_resuming_sends_again_only_what_never_reached_an_agent(tmp_path):
     known = {r1.rec.decode: [1], r1.rec.prefill: [1]}
     known.setdefault(r3.rec.decode, []).append(3)
     b = _svc(tmp_path, resume=True)
-    got, after = [], {}
-
-    async def go():
-        servers = [await _fake_agent(tmp_path / f"{h}.sock", known, got, after) for h in b.host_slot]
-        try:
-            await b._resume()
-            await asyncio.sleep(0.3)  # the agents read what was sent
-        finally:
-            for s in servers:
-                s.close()
-
-    asyncio.run(go())
+    got, after = _resume_among_fake_agents(b, tmp_path, known)
     assert got == [(r3.rec.prefill, "prefill", 3)]  # not 0 and 2 (ended), not 1 (arrived)
     assert after == {h: ag.n.get(h, 0) for h in b.host_slot}  # each agent: its last journaled event
     assert json.loads(resumed_file(tmp_path, "netkv").read_text())["replayed"] == len(jr.read(b.journal.path)) - 1
@@ -166,19 +163,8 @@ def test_an_agent_gone_while_the_service_was_down_fails_its_requests_at_resume(t
     a, _ = _first_service(tmp_path)
     r1 = a.live[1]
     b = _svc(tmp_path, resume=True)
-    got, after = [], {}
     gone = r1.rec.prefill
-
-    async def go():
-        servers = [await _fake_agent(tmp_path / f"{h}.sock", {}, got, after) for h in b.host_slot if h != gone]
-        try:
-            await b._resume()
-            await asyncio.sleep(0.3)  # the agents read what was sent
-        finally:
-            for s in servers:
-                s.close()
-
-    asyncio.run(go())
+    got, _ = _resume_among_fake_agents(b, tmp_path, {}, absent=gone)
     r1 = b.live[1]
     assert gone in b.dead and r1.rec.status == "failed" and "died" in r1.rec.fail_reason
     assert all(h != gone for h, _, _ in got)

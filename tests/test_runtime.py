@@ -1,7 +1,6 @@
 """The runtime both drivers share, and the emulated scheduler service driving it from agent messages."""
 
 import asyncio
-import json
 import math
 import time
 
@@ -17,7 +16,7 @@ from netkv.scheduler.service import SchedulerService
 from netkv.simulator.engine import Simulation
 from netkv.trace import BLOCK_TOKENS, window_from_config
 
-from conftest import make_exp
+from conftest import FakeWriter, make_exp
 
 
 def _runtime(policy="netkv", **overrides):
@@ -102,19 +101,6 @@ def test_the_oracle_says_whether_the_simulator_polls_telemetry(oracle, polls):
 
 
 # ---- the emulated scheduler service, without sockets ----------------------------------------------
-
-
-class FakeWriter:
-    """Stands for an agent's Unix socket: keeps what the service sends."""
-
-    def __init__(self):
-        self.sent = []
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(json.loads(data))
-
-    async def drain(self) -> None:
-        pass
 
 
 def _service(tmp_path, requests=3, **overrides):
