@@ -38,8 +38,12 @@ class TopologyCfg:
     server_link_gbps: float = 400.0
     edge_link_gbps: float = 400.0
     core_link_gbps: float = 400.0
-    oversubscription: float = 1.0
+    oversubscription: float = 1.0  # divides edge->agg and agg->core rates: down:up at the edge (leaf) layer
     routing: str = "sum-mod"
+    # per directed link, on top of the bytes' time: propagation + the next node's forwarding, and the
+    # store-and-forward of one packet (mtu_bytes at the link's rate); see docs/topology notes
+    hop_latency_us: float = 1.0
+    mtu_bytes: int = 4096
 
 
 @dataclass
@@ -350,6 +354,8 @@ def _check_topology(where: str, t: TopologyCfg) -> None:
     _positive(where, "topology.gpus_per_server", t.gpus_per_server)
     if t.oversubscription < 1:
         _fail(where, "topology.oversubscription", f"must be >= 1, got {t.oversubscription}")
+    _positive(where, "topology.hop_latency_us", t.hop_latency_us, allow_zero=True)
+    _positive(where, "topology.mtu_bytes", t.mtu_bytes, allow_zero=True)  # 0: cut-through switching
 
 
 def _check_placement(where: str, pl: PlacementCfg) -> None:

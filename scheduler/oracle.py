@@ -5,6 +5,7 @@ Protocol: `cost(src, dst, nbytes) -> (seconds, age)` and the vectorised `cost_ro
 telemetry is used). Hosts are topology host indices; bytes and seconds are real-cluster units.
 
 - StaticOracle: bytes / bottleneck capacity of the routed path (tiers and capacities only).
+- Both add the path's latency (per link: hop latency + one packet's serialization), as the flow model.
 - CounterOracle: per-link rates from sampled byte counters (a `Snapshot`), residual bandwidth
   = capacity - measured rate [- the scheduler's own committed transfers the counters cannot show yet],
   never below `floor_fraction` x capacity; seconds = bytes / bottleneck residual of the routed path.
@@ -95,13 +96,15 @@ class _RowCache:
         self.routing = routing
         self.size = size
         self._c: OrderedDict = OrderedDict()
+        self._lat = np.append(routing.topo.latency_s, 0.0)  # per link, padded for the -1 of short paths
 
     def bottleneck(self, src: int, dsts: np.ndarray, bw_ext: np.ndarray, bw_key) -> np.ndarray:
         key = (src, id(dsts), len(dsts))
         ent = self._c.get(key)
         route_key = self.routing.version
         if ent is None or ent[0] is not dsts or ent[1] != route_key:
-            ent = [dsts, route_key, self.routing.path_row(src, dsts), None, None]
+            paths = self.routing.path_row(src, dsts)
+            ent = [dsts, route_key, paths, None, None, self._lat[paths].sum(axis=1)]
             self._c[key] = ent
             if len(self._c) > self.size:
                 self._c.popitem(last=False)
@@ -111,18 +114,19 @@ class _RowCache:
             paths = ent[2]
             b = bw_ext[paths].min(axis=1)
             b[paths[:, -1] < 0] = 0.0  # unreachable
-            ent[3], ent[4] = bw_key, (b, bool((b <= 0).any()))
+            ent[3], ent[4] = bw_key, (b, bool((b <= 0).any()), ent[5])
         return ent[4]
 
 
-def _row_seconds(bottleneck: tuple[np.ndarray, bool], nbytes: np.ndarray) -> np.ndarray:
-    """nbytes / bottleneck; no bytes cost nothing, bytes over a dead path cost infinity."""
-    b, has_dead = bottleneck
+def _row_seconds(bottleneck: tuple[np.ndarray, bool, np.ndarray], nbytes: np.ndarray) -> np.ndarray:
+    """nbytes / bottleneck + the path's latency; no bytes cost nothing, bytes over a dead path cost
+    infinity."""
+    b, has_dead, lat = bottleneck
     if not has_dead:
-        return nbytes / b
+        return nbytes / b + np.where(nbytes > 0, lat, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        sec = nbytes / b
-    sec[np.isnan(sec)] = 0.0  # 0 bytes over a dead path
+        sec = nbytes / b + lat
+    sec[nbytes <= 0] = 0.0  # 0 bytes (also over a dead path)
     return sec
 
 
@@ -135,7 +139,8 @@ def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: n
     except NoPathError:
         return math.inf
     bottleneck = min(bw_ext[lid] for lid in links)
-    return nbytes / bottleneck if bottleneck > 0 else math.inf
+    lat = routing.topo.latency_s
+    return nbytes / bottleneck + sum(float(lat[lid]) for lid in links) if bottleneck > 0 else math.inf
 
 
 @ORACLES.register(order=1)

@@ -3,7 +3,8 @@
 Same topology, routing function, compute model, prefix caches and policies as the emulated testbed.
 - Prefill instances: FCFS, one request at a time; latency from the tokens their LRU prefix cache lacks.
 - KV transfers and background flows are flows on their routed paths; rates are max-min fair and are
-  recomputed whenever a flow starts or ends.
+  recomputed whenever a flow starts or ends. A transfer's last byte lands the path's latency after
+  it left (per link: `topology.hop_latency_us` + one `mtu_bytes` packet at the link's rate).
 - [[fault]] links go down and up on their schedule: the routing function moves the pairs that
   crossed them (as the controller does on a port-status event), and every flow whose routed path
   changed continues on its new path with the bytes it has left.
@@ -35,7 +36,7 @@ from netkv.scheduler.runtime import Runtime, Tracked
 from netkv.simulator.network import FlowNetwork
 from netkv.trace import window_from_config
 
-ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF, FAULT = range(8)
+ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF, FAULT, KV_LANDED = range(9)
 # events that do not themselves move a request along (polls and toggles recur for ever; faults only
 # change where flows go)
 _PERIODIC = (POLL, BG_ON, BG_OFF, FAULT)
@@ -195,6 +196,7 @@ class Simulation:
             BG_ON: self._bg_on,
             BG_OFF: self._bg_off,
             FAULT: self._fault,
+            KV_LANDED: self._kv_landed,
         }
         n = len(reqs)
         bar = None
@@ -274,10 +276,15 @@ class Simulation:
             f for f in self.net.flows.values() if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)
         ]
         self.net.remove_many(f.id for f in done)
+        lat = self.topo.latency_s
         for f in done:
             self._ends.pop(f.id, None)
-            self._kv_arrived(f.tag)
+            # the last byte left the source; it lands after the path's hop and packet latencies
+            self._push(self.now + float(lat[f.links].sum()), KV_LANDED, f.tag)
         self._schedule_net()
+
+    def _kv_landed(self, r, _):
+        self._kv_arrived(r)
 
     def _poll_event(self, g, _b):
         """Poll group g (every switch, or one switch) samples its links' counters."""

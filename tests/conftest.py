@@ -43,7 +43,7 @@ SMALL = {
 
 
 # ---- a k=4 x 4 fat-tree, the Llama-3-8B H200 compute model and small builders (policies, oracles, view)
-TOPO = FatTree(4, 4)
+TOPO = FatTree(4, 4, hop_latency_s=0.0, mtu_bytes=0)  # bandwidth arithmetic only: no hop latency
 ROUTING = Routing(TOPO)
 MODEL = MODEL_PRESETS["llama3-8b"]
 COMPUTE = ComputeModel(load_profile(DATA_DIR / "h200-llama3-hf-eager.csv", MODEL.name), MODEL)

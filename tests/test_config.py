@@ -324,7 +324,7 @@ def test_messages_that_list_what_is_known(tmp_path):
         (
             {"topology": {"kk": 3}},
             "topology.kk: unknown key (known: k, gpus_per_server, gpu_link_gbps, "
-            "server_link_gbps, edge_link_gbps, core_link_gbps, oversubscription, routing)",
+            "server_link_gbps, edge_link_gbps, core_link_gbps, oversubscription, routing, hop_latency_us, mtu_bytes)",
         ),
         (
             {"bogus": 1},

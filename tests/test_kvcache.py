@@ -93,7 +93,7 @@ def _sim(tmp_path, **compute):
     raw = {
         "name": "cache",
         "policies": ["round_robin"],
-        "topology": {"k": 2, "gpus_per_server": 2},
+        "topology": {"k": 2, "gpus_per_server": 2, "hop_latency_us": 0, "mtu_bytes": 0},  # bandwidth only
         "placement": {"layout": "explicit", "prefill": ["h0_0_0_0"], "decode": ["h1_0_0_1"]},
         "trace": {"path": str(_shared_prefix_trace(tmp_path / "t.jsonl"))},
         "compute": compute,

@@ -26,6 +26,8 @@ def _exp(tmp_path, arrivals, *, background=True, placement=None, **tables):
             "server_link_gbps": 100,
             "edge_link_gbps": 100,
             "core_link_gbps": 100,
+            "hop_latency_us": 0,  # bandwidth arithmetic only
+            "mtu_bytes": 0,
         },
         "placement": placement or {"layout": "explicit", "prefill": ["h0_0_0_2"], "decode": ["h0_0_0_3"]},
         "trace": {"path": str(write_trace(tmp_path / "t.jsonl", arrivals, input_tokens=1024, output_tokens=4))},

@@ -124,6 +124,8 @@ class FatTree:
     k: int = 4
     gpus_per_server: int = 4
     rates: LinkRates = field(default_factory=LinkRates)
+    hop_latency_s: float = 1e-6  # per directed link: propagation + forwarding at its far end
+    mtu_bytes: int = 4096  # one packet's store-and-forward per link (RoCE / InfiniBand MTU; 0: cut-through)
 
     def __post_init__(self):
         if self.k < 2 or self.k % 2:
@@ -146,7 +148,7 @@ class FatTree:
     def from_config(cls, t) -> FatTree:
         """The fat-tree of an experiment's [topology] section (`netkv.config.TopologyCfg`)."""
         rates = LinkRates(t.gpu_link_gbps, t.server_link_gbps, t.edge_link_gbps, t.core_link_gbps, t.oversubscription)
-        return cls(t.k, t.gpus_per_server, rates)
+        return cls(t.k, t.gpus_per_server, rates, t.hop_latency_us * 1e-6, t.mtu_bytes)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -255,6 +257,8 @@ class FatTree:
             if self.nodes[lk.src].is_switch:
                 self.link_by_port[(lk.src, lk.src_port)] = lk
         self.capacity_bps = np.array([lk.bytes_per_s for lk in self.links], dtype=float)
+        # seconds a byte spends on each link beyond the bandwidth term: latency + one packet's serialization
+        self.latency_s = self.hop_latency_s + self.mtu_bytes / self.capacity_bps
         # host coordinates as arrays, for vectorised routing
         self._h_pod = np.array([n.pod for n in self.hosts], dtype=np.int64)
         self._h_edge = np.array([n.pod * h + n.a for n in self.hosts], dtype=np.int64)
