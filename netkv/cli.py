@@ -141,6 +141,10 @@ def cmd_topo(a) -> int:
         "  oversubscription (down:up): "
         + ", ".join(f"{names[k]} {v:.3g}:1" for k, v in s["oversubscription_by_layer"].items())
     )
+    print(
+        f"  latency per link: {topo.hop_latency_s * 1e6:g} us + one {topo.mtu_bytes} B packet at the link's rate"
+        + " (0: cut-through)" * (topo.mtu_bytes == 0)
+    )
     print(f"  routing: {routing.strategy.name}")
     if pre is not None:
         print(f"  placement: {len(pre)} prefill, {len(dec)} decode")

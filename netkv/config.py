@@ -87,8 +87,15 @@ class TraceCfg:
 
 @dataclass
 class SloCfg:
+    """Absolute thresholds (Mooncake's: TTFT 30 s, TBT 0.1-0.3 s), and relative ones: a request meets
+    the SLO at scale s when its TTFT <= s x its unloaded TTFT and its TBT <= s x its unloaded TBT
+    (alone on the idle cluster, on the best-placed pair; see docs/policies.md), swept over `scales`
+    as DistServe sweeps its SLO scale; `scale` is the one the table shows."""
+
     ttft_s: float = 30.0
     tbt_s: float = 0.2  # bound on the mean of a request's largest 10% inter-token gaps (Mooncake)
+    scales: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 5.0, 10.0])
+    scale: float = 3.0
 
 
 @dataclass
@@ -259,6 +266,11 @@ def _coerce(where: str, key: str, value, tp):
             _fail(where, key, f"expected a string, got {show(value)}")
         return value
     if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if item is float:
+            if not isinstance(value, list) or not value:
+                _fail(where, key, f"expected a non-empty list of numbers, got {show(value)}")
+            return [_coerce(where, f"{key}[{i}]", x, float) for i, x in enumerate(value)]
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             _fail(where, key, f"expected a list of strings, got {show(value)}")
         return value
@@ -403,6 +415,9 @@ def _check_trace(where: str, tr: TraceCfg) -> None:
 def _check_slo(where: str, s: SloCfg) -> None:
     _positive(where, "slo.ttft_s", s.ttft_s)
     _positive(where, "slo.tbt_s", s.tbt_s)
+    _positive(where, "slo.scale", s.scale)
+    for i, x in enumerate(s.scales):
+        _positive(where, f"slo.scales[{i}]", x)
 
 
 MIN_PERIOD_S = 0.001  # port counters are not read, nor elephants switched, faster than once a millisecond

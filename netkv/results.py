@@ -42,6 +42,8 @@ REQUEST_COLUMNS = (
     "tbt_p99_s",
     "tbt_top10_s",
     "e2e_s",
+    "ttft_unloaded_s",
+    "tbt_unloaded_s",
     "decision_us",
     "prefill_choice_us",
     "est_transfer_s",
@@ -88,6 +90,8 @@ class RequestRecord:
     t_admit: float | None = None
     t_first_token: float | None = None
     t_done: float | None = None
+    ttft_unloaded_s: float | None = None  # alone on the idle cluster (Runtime.unloaded): relative SLOs
+    tbt_unloaded_s: float | None = None
     gaps: np.ndarray | None = field(default=None, repr=False)  # inter-token gaps, seconds
 
     def record_decision(self, d, topo, oracle_name: str) -> None:
@@ -136,6 +140,8 @@ class RequestRecord:
             "tbt_p99_s": float(np.percentile(g, 99)) if g is not None else (0.0 if self.t_done is not None else None),
             "tbt_top10_s": top10_mean(g) if g is not None else (0.0 if self.t_done is not None else None),
             "e2e_s": d(self.arrival_s, self.t_done),
+            "ttft_unloaded_s": self.ttft_unloaded_s,
+            "tbt_unloaded_s": self.tbt_unloaded_s,
             "decision_us": self.decision_us,
             "prefill_choice_us": self.prefill_choice_us,
             "est_transfer_s": self.est_transfer_s,
@@ -166,8 +172,21 @@ def top10_mean(gaps: np.ndarray) -> float:
     return float(np.sort(gaps)[-n:].mean())
 
 
-def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
-    """Summary statistics of one policy's request rows."""
+def slo_met(rows: list[dict], scale: float) -> np.ndarray:
+    """Per row: met the relative SLO at `scale` (TTFT and TBT within `scale` x the request's
+    unloaded ones); a failed or unfinished request misses it."""
+    out = np.zeros(len(rows), dtype=bool)
+    for i, r in enumerate(rows):
+        if r["status"] == "completed" and r.get("ttft_unloaded_s") is not None:
+            out[i] = r["ttft_s"] <= scale * r["ttft_unloaded_s"] and r["tbt_top10_s"] <= scale * r["tbt_unloaded_s"]
+    return out
+
+
+def summarize(
+    rows: list[dict], slo_ttft_s: float, slo_tbt_s: float, scales=(1.5, 2.0, 3.0, 5.0, 10.0), scale: float = 3.0
+) -> dict:
+    """Summary statistics of one policy's request rows; SLO attainment with the absolute thresholds
+    and with the relative ones at every scale in `scales` and at `scale` (the table's)."""
     done = [r for r in rows if r["status"] == "completed"]
     out = {"requests": len(rows), "completed": len(done), "failed": sum(r["status"] == "failed" for r in rows)}
     reasons: dict[str, int] = {}
@@ -213,6 +232,9 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
             "slo": {"ttft_s": slo_ttft_s, "tbt_s": slo_tbt_s},
             # attainment over all requests: a failed request misses its SLO
             "slo_attainment": len(ok) / len(rows),
+            "slo_scale": scale,
+            "slo_rel_attainment": float(slo_met(rows, scale).mean()),
+            "slo_rel_by_scale": {f"{x:g}": float(slo_met(rows, x).mean()) for x in sorted({*scales, scale})},
             "throughput_rps": len(done) / span if span > 0 else None,
             "output_tokens_per_s": sum(r["output_tokens"] for r in done) / span if span > 0 else None,
             "gbytes_sent": sum(r["bytes_sent"] for r in done) / 1e9,
@@ -232,6 +254,11 @@ def summarize(rows: list[dict], slo_ttft_s: float, slo_tbt_s: float) -> dict:
     return out
 
 
+def summarize_exp(rows: list[dict], slo) -> dict:
+    """`summarize` with an experiment's [slo] section (`netkv.config.SloCfg`)."""
+    return summarize(rows, slo.ttft_s, slo.tbt_s, slo.scales, slo.scale)
+
+
 # (column, format, (summary key, sub-key or None, optional scale) or None for policy/done)
 TABLE_COLS: tuple[tuple[str, str, tuple | None], ...] = (
     ("policy", "{}", None),
@@ -245,6 +272,7 @@ TABLE_COLS: tuple[tuple[str, str, tuple | None], ...] = (
     ("TBT p99 ms", "{:.1f}", ("tbt_p99_s", "p99", 1e3)),
     ("TBT top10 ms", "{:.1f}", ("tbt_top10_s", "mean", 1e3)),
     ("SLO %", "{:.1f}", ("slo_attainment", None, 100)),
+    ("rel SLO %", "{:.1f}", ("slo_rel_attainment", None, 100)),
     ("cross-pod %", "{:.0f}", ("tier_share", "3", 100)),
     ("dec us p50", "{:.1f}", ("decision_us", "p50")),
 )

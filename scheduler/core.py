@@ -73,15 +73,20 @@ class Scheduler:
         self._p_slot = {int(h): i for i, h in enumerate(view.prefill_hosts)}
         self._d_slot = {int(h): i for i, h in enumerate(view.decode_hosts)}
 
-    def choose_prefill(self, req, forced: int | None = None) -> tuple[int, int, float]:
-        """(slot, prefix-hit blocks, seconds until its prefill ends) of the prefill instance expected
-        to finish the prefill first (or of slot `forced`)."""
+    def _prefill_finish(self, req) -> tuple[np.ndarray, np.ndarray]:
+        """Per prefill slot: prefix-hit blocks, and seconds until this request's prefill would end there."""
         v = self.view
         hits = v.prefill_index.prefix_hits(req.hash_ids)
         pf = v.compute.prefill_s_array(req.input_tokens - hits * BLOCK_TOKENS)
         finish = np.where(v.prefill_alive, v.prefill_backlog_s + pf, np.inf)
         if not np.isfinite(finish).any():
             raise RuntimeError("no live prefill instance")
+        return hits, finish
+
+    def choose_prefill(self, req, forced: int | None = None) -> tuple[int, int, float]:
+        """(slot, prefix-hit blocks, seconds until its prefill ends) of the prefill instance expected
+        to finish the prefill first (or of slot `forced`)."""
+        hits, finish = self._prefill_finish(req)
         if forced is not None:
             slot = forced
         else:
@@ -89,16 +94,41 @@ class Scheduler:
             slot = int(ties[0]) if len(ties) == 1 else int(self._ties.choice(ties))
         return slot, int(hits[slot]), float(finish[slot])
 
+    def prefill_candidates(self, finish: np.ndarray, n: int) -> np.ndarray:
+        """The n live prefill slots expected to finish first; exact ties in random order (the tie stream)."""
+        live = np.flatnonzero(np.isfinite(finish))
+        order = live[np.lexsort((self._ties.random(len(live)), finish[live]))]
+        return order[: max(1, int(n))]
+
+    def _decide_pair(self, req) -> tuple[int, int, int, float, Query]:
+        """A joint policy's (prefill slot, decode slot, prefill hits, prefill finish, query)."""
+        hits, finish = self._prefill_finish(req)
+        slots = self.prefill_candidates(finish, self.policy.params["candidates"])
+        clock = self.oracle.clock
+        now = None if clock is None else clock()
+        q = Query(req, int(slots[0]), self.view)
+        p_slot, d_slot = self.policy.choose_pair(q, slots, finish, self.oracle, now)
+        q.prefill_slot = p_slot
+        q.transfer_start = None if now is None else now + float(finish[p_slot])
+        return p_slot, d_slot, int(hits[p_slot]), float(finish[p_slot]), q
+
     def decide(self, req) -> Decision:
         t0 = time.perf_counter_ns()
         forced = self.replay.get(req.id)
-        p_slot, p_hits, p_finish = self.choose_prefill(req, None if forced is None else self._p_slot[forced[0]])
-        t1 = time.perf_counter_ns()
-        clock = self.oracle.clock
-        q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
-        shadow = self.fresh is not None and forced is None and self.oracle.uses_telemetry
-        before = self.policy.rng.bit_generator.state if shadow else None
-        d_slot = self.policy.choose(q, self.oracle) if forced is None else self._d_slot[forced[1]]
+        joint = forced is None and getattr(self.policy, "joint", False)
+        before = None
+        if joint:  # the policy picks both: its whole time counts as the decode choice
+            shadow = False
+            t1 = time.perf_counter_ns()
+            p_slot, d_slot, p_hits, p_finish, q = self._decide_pair(req)
+        else:
+            p_slot, p_hits, p_finish = self.choose_prefill(req, None if forced is None else self._p_slot[forced[0]])
+            t1 = time.perf_counter_ns()
+            clock = self.oracle.clock
+            q = Query(req, p_slot, self.view, transfer_start=None if clock is None else clock() + p_finish)
+            shadow = self.fresh is not None and forced is None and self.oracle.uses_telemetry
+            before = self.policy.rng.bit_generator.state if shadow else None
+            d_slot = self.policy.choose(q, self.oracle) if forced is None else self._d_slot[forced[1]]
         t2 = time.perf_counter_ns()
         p_host = int(self.view.prefill_hosts[p_slot])
         d_host = int(self.view.decode_hosts[d_slot])

@@ -69,6 +69,31 @@ class Runtime:
         self.decode_caches = [PrefixCache(c.kv_blocks, i, v.decode_index) for i in range(v.n_decode)]
         self.busy_until = np.zeros(v.n_prefill)  # per prefill slot: when its running prefill ends
         self.queued_est = np.zeros(v.n_prefill)  # per prefill slot: estimated work queued behind it
+        self._best_paths = self._paths_per_tier()
+
+    def _paths_per_tier(self) -> list[tuple[float, float]]:
+        """(bottleneck bytes/s, latency s) of one routed (prefill, decode) pair per tier that exists."""
+        topo, found = self.topo, {}
+        dec = self.cluster.decode_hosts
+        for p in self.cluster.prefill_hosts:
+            tiers = topo.tiers_row(int(p), dec)
+            for t in np.unique(tiers):
+                if int(t) not in found:
+                    links = self.routing.path(int(p), int(dec[np.flatnonzero(tiers == t)[0]]))
+                    found[int(t)] = (float(topo.capacity_bps[links].min()), float(topo.latency_s[links].sum()))
+            if len(found) == 4:
+                break
+        return list(found.values())
+
+    def unloaded(self, req: Request) -> tuple[float, float]:
+        """The request's TTFT and TBT alone on the idle cluster: its whole prefill (no cached prefix),
+        its KV over the best-placed pair's path, its first decode step in a batch of one; TBT: the
+        step of that batch of one at its final context (the largest gap it would see)."""
+        c = self.compute
+        nbytes = req.input_tokens * float(c.model.kv_bytes_per_token)
+        xfer = min(nbytes / b + lat for b, lat in self._best_paths) if nbytes > 0 else 0.0
+        ttft = c.prefill_s(req.input_tokens) + xfer + c.step_s(1, req.input_tokens)
+        return ttft, c.step_s(1, req.input_tokens + req.output_tokens)
 
     # ---- decision ----------------------------------------------------------------------------
     def refuse(self, t: Tracked) -> str | None:
@@ -91,10 +116,12 @@ class Runtime:
         d = self.sched.decide(req)
         t.dec = d
         t.rec.record_decision(d, self.topo, oracle_label or self.oracle.name)
+        t.rec.ttft_unloaded_s, t.rec.tbt_unloaded_s = self.unloaded(req)
         t.need = self.compute.blocks_for(req.input_tokens + req.output_tokens)
         self.decode_caches[d.decode_slot].touch(req.hash_ids[: d.decode_hit_blocks])
         v.inbound[d.decode_slot] += 1
         v.kv_pending[d.decode_slot] += t.need
+        v.ctx_pending[d.decode_slot] += req.input_tokens
         v.touch(d.decode_slot)
         self.oracle.commit(req.id, d.prefill_host, d.decode_host, d.bytes_to_send, d.est_transfer_s, d.transfer_start)
         t.est_prefill = self.compute.prefill_s(req.input_tokens - d.prefill_hit_blocks * BLOCK_TOKENS)
@@ -138,6 +165,7 @@ class Runtime:
         """The transfer ended without all the KV (the request will fail)."""
         self._transfer_over(t, slot)
         self.view.kv_pending[slot] -= t.need
+        self.view.ctx_pending[slot] -= t.req.input_tokens
 
     # ---- decode ------------------------------------------------------------------------------
     def admitted(self, t: Tracked, slot: int, now: float) -> None:
@@ -145,6 +173,7 @@ class Runtime:
         (the driver updates the batch state: the simulator itself, the service from `decode_state`)."""
         t.rec.t_admit = now
         self.view.kv_pending[slot] -= t.need
+        self.view.ctx_pending[slot] -= t.req.input_tokens
         self.view.touch(slot)
 
     def decode_state(

@@ -33,7 +33,7 @@ import numpy as np
 from netkv.agents.protocol import block_sizes, read_msg, send_msg
 from netkv.config import ConfigError, load_json
 from netkv.controller.client import ControllerClient
-from netkv.results import RunDir, atomic_write, summarize
+from netkv.results import RunDir, atomic_write, summarize_exp
 from netkv.scheduler import journal as jr
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import Snapshot
@@ -479,7 +479,7 @@ class SchedulerService:
                 self.fail(lv, "interrupted" if self.interrupted else "not finished")
         rows = [lv.rec.to_row() for lv in self.live]
         self.rundir.write_requests(self.policy, rows)
-        s = summarize(rows, self.exp.slo.ttft_s, self.exp.slo.tbt_s)
+        s = summarize_exp(rows, self.exp.slo)
         s["partial"] = partial
         s["emulation"] = {
             "fallback_decisions": self.fallback_decisions,

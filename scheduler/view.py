@@ -35,6 +35,7 @@ class ClusterView:
         self.inbound = np.zeros(nD, dtype=np.int64)  # chosen, KV not arrived yet
         self.kv_used = np.zeros(nD, dtype=np.int64)  # blocks reserved by active sequences
         self.kv_pending = np.zeros(nD, dtype=np.int64)  # blocks of queued and inbound sequences
+        self.ctx_pending = np.zeros(nD)  # input tokens of queued and inbound sequences
         self.ctx_total = np.zeros(nD)  # tokens held by the running batch
         self.remaining = np.zeros(nD)  # output tokens still to produce by the running batch
         self.decode_index = BlockIndex(nD)
@@ -132,6 +133,14 @@ class ClusterView:
         """Iteration time once the new sequence (with its input context) has joined."""
         self._refresh()
         return self._next_step + self.compute.step_c * input_tokens
+
+    def step_after_joins_s(self, input_tokens: int) -> np.ndarray:
+        """Iteration time once the sequences already queued or inbound and then the new one (with
+        their contexts) have joined: what the new sequence's tokens will see, unlike
+        `first_step_s`, which sees the running batch only."""
+        c = self.compute
+        n = self.active + self.queued + self.inbound + 1
+        return c.step_a + c.step_b * n + c.step_c * (self.ctx_total + self.ctx_pending + input_tokens)
 
     def decode_load(self) -> np.ndarray:
         """Sequences on each decode instance: running, waiting for room, and inbound."""

@@ -29,7 +29,7 @@ NOCOMMIT = "netkv (no in-flight)"
 
 def _sim_point(path: Path, poll: float, delay: float, seed: int) -> dict:
     """Every policy at one (poll, delay, seed): mean TTFT, SLO attainment, TBT, ages, agreement."""
-    from netkv.results import summarize
+    from netkv.results import summarize_exp
     from netkv.scheduler.cluster import load
     from netkv.simulator.engine import Simulation
 
@@ -43,7 +43,7 @@ def _sim_point(path: Path, poll: float, delay: float, seed: int) -> dict:
         pols = exp.policies if label is None else ["netkv"]
         for pol in pols:
             rows = [r.to_row() for r in Simulation(cluster, pol).run()]
-            out[label or pol] = _point(summarize(rows, exp.slo.ttft_s, exp.slo.tbt_s))
+            out[label or pol] = _point(summarize_exp(rows, exp.slo))
     return out
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from netkv.config import ConfigError, Experiment, load, load_json, to_dict
-from netkv.results import RunDir, summarize
+from netkv.results import RunDir, summarize_exp
 from netkv.scheduler.cluster import Cluster
 from netkv.simulator.engine import Simulation
 from netkv.trace import window_from_config
@@ -49,7 +49,7 @@ def replay_run(source: str | Path, out: str | Path, log=print) -> RunDir:
         sim = Simulation(cluster, pol, requests, replay=choices(src, pol, cluster))
         rows = [r.to_row() for r in sim.run()]
         run.write_requests(pol, rows)
-        summaries[pol] = summarize(rows, cluster.exp.slo.ttft_s, cluster.exp.slo.tbt_s)
+        summaries[pol] = summarize_exp(rows, cluster.exp.slo)
         run.write_policy_summary(pol, summaries[pol])
         log(f"  replayed {pol}: {len(rows)} requests")
     run.write_meta({"mode": "replay", "replay_of": str(src.root), "policies": policies, "partial": False})

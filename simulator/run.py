@@ -9,7 +9,7 @@ from pathlib import Path
 
 from netkv import __version__
 from netkv.config import to_dict
-from netkv.results import RunDir, format_summary, summarize
+from netkv.results import RunDir, format_summary, summarize_exp
 from netkv.scheduler.cluster import Cluster
 from netkv.simulator.engine import Simulation
 from netkv.trace import window_from_config
@@ -61,7 +61,7 @@ def simulate_experiment(
             wall = time.perf_counter() - t0
             rows = [r.to_row() for r in recs]
             run.write_requests(pol, rows)
-            s = summarize(rows, exp.slo.ttft_s, exp.slo.tbt_s)
+            s = summarize_exp(rows, exp.slo)
             s["wall_s"] = wall
             s["events"] = sim.events
             if exp.background:

@@ -73,7 +73,16 @@ def test_the_default_policy_list_is_the_registry_in_its_order():
     exp = from_dict(raw, None)
     assert exp.policies == []
     Cluster.build(exp)
-    assert exp.policies == POLICIES.names() == ["round_robin", "random", "least_loaded", "cache_load_aware", "netkv"]
+    assert exp.policies == POLICIES.names()
+    assert exp.policies == [
+        "round_robin",
+        "random",
+        "least_loaded",
+        "cache_load_aware",
+        "netkv",
+        "netkv_tbt",
+        "netkv_joint",
+    ]
 
 
 def test_a_registry_lists_what_it_knows_in_order_and_refuses_twins():

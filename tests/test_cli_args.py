@@ -7,7 +7,7 @@ from netkv.cli import main
 from conftest import REPO
 
 SMOKE = str(REPO / "experiments/smoke.toml")
-KNOWN = "round_robin, random, least_loaded, cache_load_aware, netkv"  # the registry's order
+KNOWN = "round_robin, random, least_loaded, cache_load_aware, netkv, netkv_tbt, netkv_joint"  # the registry's order
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ BAD = [
     ({"policy": []}, "policy: expected a table of per-policy tables"),
     (
         {"policy": {"magic": {}}},
-        "policy.magic: unknown policy (known: round_robin, random, least_loaded, cache_load_aware, netkv)",
+        "policy.magic: unknown policy (known: round_robin, random, least_loaded, cache_load_aware, netkv, netkv_tbt, netkv_joint)",
     ),
     (
         {"policy": {"netkv": {"transfer_weight": "x"}}},
@@ -333,7 +333,7 @@ def test_messages_that_list_what_is_known(tmp_path):
         ),
         (
             {"policies": ["netkv", "magic"]},
-            "policies: unknown policy 'magic' (known: round_robin, random, least_loaded, cache_load_aware, netkv)",
+            "policies: unknown policy 'magic' (known: round_robin, random, least_loaded, cache_load_aware, netkv, netkv_tbt, netkv_joint)",
         ),
         (
             {"placement": {"layout": "zigzag"}},

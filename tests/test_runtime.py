@@ -35,6 +35,7 @@ def test_a_request_walks_through_the_verbs_and_leaves_nothing_behind():
     assert t.dec is d and t.rec.prefill == cluster.topo.hosts[d.prefill_host].name
     assert t.need == math.ceil((r.input_tokens + r.output_tokens) / BLOCK_TOKENS)
     assert (v.inbound[ds], v.kv_pending[ds], v.prefill_queued[ps]) == (1, t.need, 1)
+    assert v.ctx_pending[ds] == r.input_tokens
     assert t.est_prefill == cluster.compute.prefill_s(r.input_tokens) and rt.queued_est[ps] == t.est_prefill
     assert d.bytes_to_send > 0 and list(rt.oracle.committed) == [r.id]
 
@@ -49,7 +50,7 @@ def test_a_request_walks_through_the_verbs_and_leaves_nothing_behind():
     assert v.inbound[ds] == 0 and rt.oracle.committed == {} and t.rec.t_transfer_end == 3.0
     assert rt.decode_caches[ds].match(r.hash_ids) == len(r.hash_ids)
     rt.admitted(t, ds, 3.5)
-    assert v.kv_pending[ds] == 0 and t.rec.t_admit == 3.5
+    assert v.kv_pending[ds] == 0 and v.ctx_pending[ds] == 0 and t.rec.t_admit == 3.5
 
 
 def test_the_next_decision_sees_the_backlog_the_first_left():
@@ -72,6 +73,7 @@ def test_a_lost_transfer_and_a_failure_release_what_the_decision_took():
     d = rt.decide(t, 0.0)
     rt.kv_lost(t, d.decode_slot)
     assert rt.view.inbound[d.decode_slot] == 0 and rt.view.kv_pending[d.decode_slot] == 0
+    assert rt.view.ctx_pending[d.decode_slot] == 0
     assert rt.oracle.committed == {}
     rt.failed(t, "KV incomplete")
     assert (t.rec.status, t.rec.fail_reason) == ("failed", "KV incomplete")

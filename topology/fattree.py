@@ -412,6 +412,8 @@ class FatTree:
             "link_gbps": {lvl: r.rate(lvl) for lvl in ("gpu", "server", "edge", "core")},
             "oversubscription": r.oversubscription,  # the config knob: divides edge-agg and agg-core rates
             "oversubscription_by_layer": self.oversubscription_by_layer(),  # down:up per switch layer
+            "hop_latency_us": self.hop_latency_s * 1e6,
+            "mtu_bytes": self.mtu_bytes,
             "equal_cost_paths": {TIER_NAMES[t]: self.n_paths(t) for t in range(4)},
         }
 
