@@ -83,6 +83,7 @@ class TraceCfg:
     duration_s: float | None = None
     requests: int | None = None
     rate_multiplier: float = 1.0
+    input_scale: float = 1.0  # every input this many times as long (context-length sweeps; prefixes kept)
 
 
 @dataclass
@@ -410,6 +411,8 @@ def _check_trace(where: str, tr: TraceCfg) -> None:
     _positive(where, "trace.duration_s", tr.duration_s)
     _positive(where, "trace.requests", tr.requests)
     _positive(where, "trace.rate_multiplier", tr.rate_multiplier)
+    if not 0 < tr.input_scale <= 64:
+        _fail(where, "trace.input_scale", f"must be in (0, 64], got {tr.input_scale}")
 
 
 def _check_slo(where: str, s: SloCfg) -> None:

@@ -163,7 +163,29 @@ def load_trace(
     ]
 
 
+def scale_inputs(reqs: list[Request], scale: float) -> list[Request]:
+    """The same requests with every input `scale` times as long (at least one token), for context-length
+    sweeps. Prefix sharing is kept: new block j stands for original block k = floor(j / scale), and
+    gets the id orig[k] * 64 + (j - first new block of k), so two requests that shared their first m
+    original blocks share their first ~m x scale new ones. `scale` must be in (0, 64]."""
+    if not 0 < scale <= 64:
+        raise ValueError(f"input scale must be in (0, 64], got {scale}")
+    if scale == 1:
+        return reqs
+    out = []
+    for r in reqs:
+        n_tok = max(1, round(r.input_tokens * scale))
+        n_new = math.ceil(n_tok / BLOCK_TOKENS)
+        ids = []
+        for j in range(n_new):
+            k = min(int(j / scale), len(r.hash_ids) - 1)
+            ids.append(r.hash_ids[k] * 64 + (j - math.ceil(k * scale)))
+        out.append(Request(r.id, r.arrival_s, n_tok, r.output_tokens, tuple(ids), r.line))
+    return out
+
+
 def window_from_config(exp) -> list[Request]:
-    """Load the trace window an experiment file asks for."""
+    """Load the trace window an experiment file asks for (inputs scaled by `trace.input_scale`)."""
     t = exp.trace
-    return load_trace(exp.resolve(t.path), t.start_s, t.duration_s, t.requests, t.rate_multiplier)
+    reqs = load_trace(exp.resolve(t.path), t.start_s, t.duration_s, t.requests, t.rate_multiplier)
+    return scale_inputs(reqs, t.input_scale)

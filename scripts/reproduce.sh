@@ -36,6 +36,7 @@ mkdir -p "$STATE" docs/figures
 EMU_POLLS=""
 [ "$EMULATE" = 1 ] && EMU_POLLS="--emulate 0.1 0.5 2"
 STEPS=(
+  "reproduction|330|0|$PY scripts/reproduction.py --out results/reproduction --docs docs"
   "staleness|$([ "$EMULATE" = 1 ] && echo 900 || echo 60)|0|$PY scripts/staleness.py --seeds 1 2 3 4 5 $EMU_POLLS --out results/staleness --docs docs/figures"
   "oracles|30|0|ORACLE_EMU"
   "fidelity-demo|300|1|$NETKV emulate experiments/demo.toml --policy round_robin --policy netkv --requests 40 --set emulation.time_dilation=4 --out results/fidelity-demo"

@@ -77,6 +77,18 @@ class _Decode:
         self.version = 0
 
 
+def _expand_runs(runs: list[tuple[float, float, int]]) -> np.ndarray:
+    """Per-token gaps from (first, increment, count) runs: first, first + inc, ... for each run."""
+    if len(runs) == 1:
+        f, dl, n = runs[0]
+        return f + dl * np.arange(n)
+    a = np.array(runs, dtype=float)
+    n = a[:, 2].astype(np.int64)
+    starts = np.cumsum(n) - n
+    k = np.arange(int(n.sum())) - np.repeat(starts, n)
+    return np.repeat(a[:, 0], n) + np.repeat(a[:, 1], n) * k
+
+
 def _steps_time(s0: float, dl: float, m: int) -> float:
     """Duration of m iterations whose times are s0, s0 + dl, s0 + 2 dl, ..."""
     return m * s0 + dl * m * (m - 1) / 2.0
@@ -454,7 +466,7 @@ class Simulation:
             rec.t_done = self.now
             rec.status = "completed"
             if r.runs:
-                rec.gaps = np.concatenate([f + dl_ * np.arange(n) for f, dl_, n in r.runs])
+                rec.gaps = _expand_runs(r.runs)
             r.runs = []
             self._count_finished()
         if finished:

@@ -281,3 +281,13 @@ def test_the_fault_table_pairs_each_failure_with_its_recovery_and_says_how_reque
     ]
     assert format_faults({"quiet": {"requests": 4}}) == ""
     assert "faults:" in format_summary({"emu": emu}) and "faults:" not in format_summary({"quiet": {}})
+
+
+def test_the_fast_percentile_is_numpys_to_the_bit():
+    from netkv.results import percentile
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 7, 100, 343, 2000):
+        a = rng.random(n) * 0.05
+        for q in (0, 50, 90, 99, 100):
+            assert percentile(a, q) == float(np.percentile(a, q))

@@ -443,3 +443,12 @@ def test_a_request_whose_kv_cannot_fit_a_decode_instance_fails_with_the_reason()
         else:
             assert r.status == "completed"
     assert 0 < sum(r.status == "failed" for r in recs) < len(recs)
+
+
+def test_folded_decode_runs_expand_to_every_gap_in_order():
+    from netkv.simulator.engine import _expand_runs
+
+    runs = [(0.1, 0.01, 3), (0.2, 0.0, 1), (0.3, 0.002, 4)]
+    want = [0.1, 0.11, 0.12, 0.2, 0.3, 0.302, 0.304, 0.306]
+    assert _expand_runs(runs) == pytest.approx(want, abs=0, rel=1e-15)
+    assert _expand_runs(runs[:1]).tolist() == pytest.approx(want[:3], rel=1e-15)

@@ -96,3 +96,55 @@ def test_the_fidelity_sweep_resumes_from_stored_reports_and_marks_flagged_runs(t
     assert out[1].split()[:9] == ["load", "x1", "netkv", "40", "4.0", "20.0", "+3.0", "0.8", "yes"]
     assert all("(guard flagged: excluded)" in x for x in out[1:-1])
     assert set(json.loads((tmp_path / "fidelity-sweep.json").read_text())) == set(fs.CONDITIONS)
+
+
+def test_the_reproduction_sweep_covers_each_axis_once_and_pairs_its_gains():
+    rep = _script("reproduction")
+    pts = rep.points(3, quick=False)
+    keys = [p["key"] for p in pts]
+    assert len(keys) == len(set(keys))  # the default point is shared by the three axes, run once
+    n_points = sum(len(v) for v in rep.AXES.values()) - (len(rep.AXES) - 1)
+    assert len(pts) == n_points * 3 * len(rep.POLICIES)
+    assert {(p["rate"], p["scale"], p["os"]) for p in pts if p["rate"] != 4.0} == {
+        (r, 1.0, 2.0) for r in rep.AXES["rate"] if r != 4.0
+    }
+    # synthetic runs: netkv 10% faster than round_robin in every replicate, 2 ms more TBT than the best baseline
+    runs = []
+    for p in pts:
+        base = {"ttft_mean_s": 1.0, "tbt_mean_ms": 50.0 + p["rep"]}
+        if p["policy"] == "netkv":
+            base = {"ttft_mean_s": 0.9, "tbt_mean_ms": 52.0 + p["rep"]}
+        runs.append(
+            {
+                **{k: p[k] for k in ("rate", "scale", "os", "rep", "policy")},
+                **base,
+                "ttft_p99_s": 2.0,
+                "slo_rel": 0.5,
+                "slo_abs": 1.0,
+                "tbt_p99_ms": 100.0,
+                "decision_us_p50": 10.0,
+                "xfer_mean_s": 0.01,
+                "failed": 0,
+                "buckets": {b: {"n": 1, "ttft_mean_s": base["ttft_mean_s"]} for b in rep.BUCKET_NAMES},
+            }
+        )
+    agg = rep.aggregate(runs, 3)
+    row = next(r for r in agg["rate"] if r["value"] == 4.0)
+    assert row["replicates"] == 3
+    assert row["gain"]["netkv"]["round_robin"] == pytest.approx((0.1, 0.0))
+    assert row["tbt_overhead_ms"]["netkv"]["tbt_mean_ms"] == pytest.approx((2.0, 0.0))
+    assert row["buckets"]["netkv vs round_robin"]["<4k"] == pytest.approx((0.1, 0.0))
+    assert rep.ci([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.303 / 3**0.5))
+    # a replicate missing a policy is left out of that point
+    agg2 = rep.aggregate([r for r in runs if not (r["rep"] == 2 and r["policy"] == "random")], 3)
+    assert next(r for r in agg2["rate"] if r["value"] == 4.0)["replicates"] == 2
+
+
+def test_a_reproduction_run_keeps_its_metrics_where_a_resumed_sweep_finds_them(tmp_path):
+    rep = _script("reproduction")
+    p = next(p for p in rep.points(1, quick=True) if p["policy"] == "round_robin" and p["rate"] == 2.0)
+    res = rep.run_one(p, str(tmp_path))
+    stored = json.loads((tmp_path / "runs" / f"{p['key']}.json").read_text())
+    assert stored == json.loads(json.dumps(res))
+    assert stored["requests"] > 2000 and stored["failed"] == 0 and 0 < stored["slo_rel"] < 1
+    assert sum(b["n"] for b in stored["buckets"].values()) == stored["requests"]

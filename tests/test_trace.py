@@ -213,3 +213,20 @@ def test_a_rate_multiplier_that_stretches_the_window_past_a_year_is_refused(tmp_
     assert (
         str(e.value) == f"{p}: rate_multiplier 1e-300 stretches the window's arrivals over 3e+300 s (more than a year)"
     )
+
+
+def test_scaled_inputs_keep_their_shared_prefixes_and_block_counts():
+    from netkv.trace import Request, scale_inputs
+
+    a = Request(0, 0.0, 2048, 5, (1, 2, 3, 4))
+    b = Request(1, 1.0, 2048, 5, (1, 2, 9, 10))  # shares its first 2 of 4 blocks with a
+    for s in (0.5, 2.0, 3.0):
+        x, y = scale_inputs([a, b], s)
+        assert x.input_tokens == round(2048 * s) and len(x.hash_ids) == -(-x.input_tokens // 512)
+        shared = next(i for i, (p, q) in enumerate(zip(x.hash_ids, y.hash_ids)) if p != q)
+        assert shared == int(2 * s)  # the shared prefix scales with the input
+        assert len(set(x.hash_ids)) == len(x.hash_ids)  # no block twice in one request
+        assert (x.output_tokens, x.arrival_s) == (5, 0.0)
+    assert scale_inputs([a], 1.0)[0] is a
+    with pytest.raises(ValueError, match="input scale"):
+        scale_inputs([a], 0.0)
