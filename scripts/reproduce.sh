@@ -7,7 +7,8 @@
 # next run (--force redoes everything). Emulated parts need root (the emulated fabric); as another
 # user, or with --sim-only, they are left out and the script says so: the staleness and oracle
 # figures then hold simulated points only, and the demo's fidelity figure is not made. Times below
-# were measured on this project's 2-vCPU VM: 14.4 min in all as root (measured), ~1.5 min --sim-only.
+# were measured on this project's 2-vCPU VM: 14.4 min in all as root before the reproduction step (5.2 min on its own) was
+# added, so ~20 min now; ~7 min --sim-only.
 # A failing step stops the script with its exit code (no retries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
