@@ -16,6 +16,10 @@ class NetKV(Policy):
     defaults = {"transfer_weight": 1.0, "wait_weight": 1.0}
 
     def choose(self, q, oracle):
+        return self.argmin(self.ttft_cost(q, oracle), q.view)
+
+    def ttft_cost(self, q, oracle):
+        """Per candidate: weighted transfer + wait + the first decode step (the new request's TTFT)."""
         v = q.view
         transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes, at=q.transfer_start)
         # the instance reserves blocks for the input and the output (as the engine and agents do)
@@ -26,4 +30,4 @@ class NetKV(Policy):
             wait = self.params["wait_weight"] * wait
         cost = transfer + wait
         cost += v.first_step_s(q.req.input_tokens)
-        return self.argmin(cost, v)
+        return cost

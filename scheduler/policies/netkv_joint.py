@@ -12,15 +12,18 @@ decode instance, away from a congested uplink, can win. One vectorised O(|D|) ro
 
 import numpy as np
 
-from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.netkv import NetKV
 from netkv.scheduler.policies.registry import register
 
 
 @register
-class NetKVJoint(Policy):
+class NetKVJoint(NetKV):
+    """With the prefill fixed (`choose`: a replayed prefill, or a caller asking for a decode
+    instance only) this is netkv; the scheduler calls `choose_pair` otherwise."""
+
     name = "netkv_joint"
     order = 6
-    defaults = {"candidates": 4}
+    defaults = {**NetKV.defaults, "candidates": 4}
     joint = True  # the scheduler calls choose_pair instead of fixing the prefill first
 
     @classmethod
@@ -34,25 +37,17 @@ class NetKVJoint(Policy):
         """(prefill slot, decode slot) over prefill `slots` (finish: seconds until each slot's
         prefill of this request would end, indexed by slot)."""
         v, req = q.view, q.req
-        wait = v.est_wait_s(v.compute.blocks_for(req.input_tokens + req.output_tokens)) + v.first_step_s(
-            req.input_tokens
-        )
-        if not v.all_alive:
-            wait = np.where(v.decode_alive, wait, np.inf)
+        tw, ww = self.params["transfer_weight"], self.params["wait_weight"]
+        rest = ww * v.est_wait_s(v.compute.blocks_for(req.input_tokens + req.output_tokens))
+        rest = rest + v.first_step_s(req.input_tokens)
         best = (np.inf, int(slots[0]), -1)
         for p in slots:
             at = None if now is None else now + float(finish[p])
             transfer, _ = oracle.cost_row(int(v.prefill_hosts[p]), v.decode_hosts, q.missing_bytes, at=at)
-            cost = finish[p] + transfer + wait
-            d = int(cost.argmin())
+            cost = finish[p] + tw * transfer + rest
+            d = self.argmin(cost, v)  # live slots only, exact ties at random
             if cost[d] < best[0]:
                 best = (float(cost[d]), int(p), d)
-        if best[2] < 0:  # every pair unreachable: the fixed-prefill rule's fallback
-            return int(slots[0]), self.argmin(wait, v)
+        if best[2] < 0:  # every pair unreachable: the first candidate, and any live decode instance
+            return int(slots[0]), self.argmin(rest, v)
         return best[1], best[2]
-
-    def choose(self, q, oracle):  # with the prefill fixed (a replayed or forced prefill): netkv's rule
-        v, req = q.view, q.req
-        transfer, _ = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes, at=q.transfer_start)
-        wait = v.est_wait_s(v.compute.blocks_for(req.input_tokens + req.output_tokens))
-        return self.argmin(transfer + wait + v.first_step_s(req.input_tokens), v)

@@ -17,31 +17,27 @@ the request's output length. Still one vectorised O(|D|) pass over the view's ar
 
 import numpy as np
 
-from netkv.scheduler.policies.base import Policy
+from netkv.scheduler.policies.netkv import NetKV
 from netkv.scheduler.policies.registry import register
 
 
 @register
-class NetKVTbt(Policy):
+class NetKVTbt(NetKV):
     name = "netkv_tbt"
     order = 5
-    defaults = {"own_weight": 0.003, "batch_weight": 0.003}  # from a sweep on the tuning window (docs/policies.md)
+    # slowdown weights from a sweep on the tuning window (docs/policies.md)
+    defaults = {**NetKV.defaults, "own_weight": 0.003, "batch_weight": 0.003}
 
     def choose(self, q, oracle):
         v, req = q.view, q.req
-        transfer, _age = oracle.cost_row(q.prefill_host, v.decode_hosts, q.missing_bytes, at=q.transfer_start)
-        wait = v.est_wait_s(v.compute.blocks_for(req.input_tokens + req.output_tokens))
-        cost = transfer + wait
-        cost += v.first_step_s(req.input_tokens)  # netkv's terms: the new request's TTFT
+        cost = self.ttft_cost(q, oracle)  # netkv's terms: the new request's TTFT
         own, batch = self.params["own_weight"], self.params["batch_weight"]
         out, c = req.output_tokens, v.compute
-        others = v.active + v.queued + v.inbound
         if own:  # its own decode time, at the iteration time once everyone heading there has joined
-            ctx = v.ctx_total + v.ctx_pending
-            ctx += req.input_tokens
-            cost += (own * out * c.step_c) * ctx + (own * out) * (c.step_a + c.step_b * (others + 1))
+            cost += (own * out) * v.step_after_joins_s(req.input_tokens)
         if batch:  # what each sequence already there or on its way absorbs for min(out, its remaining)
             rem = np.minimum(v.remaining / np.maximum(v.active, 1), out)
             rem[v.active == 0] = out
+            others = v.active + v.queued + v.inbound
             cost += (batch * (c.step_b + c.step_c * req.input_tokens)) * others * rem
         return self.argmin(cost, v)
