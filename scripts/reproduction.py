@@ -7,7 +7,8 @@ Simulates experiments/paper-64gpu.toml for every policy at each point of three a
 replayed 2-16x faster), context length (every input 0.5-3x as long) and oversubscription above
 the leaf (1:1, 2:1, 4:1) — over `--replicates` disjoint 900-s windows of the evaluation part of the
 trace (from trace second 900 on; the first 900 s tuned cache_load_aware), each with its own seed.
-Points run in parallel over the cores with joblib; each finished run is kept in
+Points run in parallel over the cores with joblib, or with --dask on a Dask cluster (this
+machine's, or a real one); each finished run comes back to this process and is kept in
 OUT/runs/<key>.json, so an interrupted sweep resumes where it stopped. Then writes OUT/sweep.json
 (every number), OUT/tables.md, and the figures; with --docs, copies the tables and figures into
 DOCS (reproduction-tables.md, figures/reproduction*.png). Progress on stderr; a failing run stops
@@ -64,10 +65,10 @@ def points(replicates: int, quick: bool) -> list[dict]:
     return out
 
 
-def run_one(p: dict, out_dir: str) -> dict:
-    """Simulate one point and keep its metrics in OUT/runs/<key>.json (atomically)."""
+def run_one(p: dict) -> dict:
+    """Simulate one point; its metrics (the driver keeps them: workers need no shared filesystem)."""
     from netkv.config import load
-    from netkv.results import atomic_write, summarize_exp
+    from netkv.results import summarize_exp
     from netkv.simulator.engine import Simulation
 
     exp = load(
@@ -112,9 +113,53 @@ def run_one(p: dict, out_dir: str) -> dict:
         "wall_s": wall,
         "events": sim.events,
     }
-    (Path(out_dir) / "runs").mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(out_dir) / "runs" / f"{p['key']}.json", json.dumps(res))
     return res
+
+
+def keep(res: dict, out: Path) -> None:
+    """Store one finished run where a resumed sweep finds it (atomically: a file that exists is whole)."""
+    from netkv.results import atomic_write
+
+    key = f"rate{res['rate']:g}-scale{res['scale']:g}-os{res['os']:g}-r{res['rep']}-{res['policy']}"
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "runs" / f"{key}.json", json.dumps(res))
+
+
+def run_local(missing: list[dict], jobs: int):
+    """Runs on this machine's cores (joblib's process pool), yielding results as they finish."""
+    from joblib import Parallel, delayed
+
+    yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run_one)(p) for p in missing)
+
+
+def run_dask(missing: list[dict], address: str, jobs: int):
+    """Runs on a Dask cluster: `address` = its scheduler (tcp://host:8786), or "local" for a cluster
+    of this machine's cores on 127.0.0.1 (started and stopped here). Yields results as they finish."""
+    import cloudpickle
+    from distributed import Client, LocalCluster, as_completed
+
+    mod = sys.modules.get(run_one.__module__)
+    if mod is not None and mod.__name__ != "__main__":  # imported: workers cannot import scripts/; send the code
+        cloudpickle.register_pickle_by_value(mod)
+    cluster = None
+    if address == "local":
+        cluster = LocalCluster(
+            n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+        address = cluster.scheduler_address
+    client = Client(address)
+    try:
+        print(
+            f"reproduction: dask scheduler {address}, {len(client.scheduler_info()['workers'])} workers",
+            file=sys.stderr,
+        )
+        futures = client.map(run_one, missing, pure=False)
+        for fut in as_completed(futures):
+            yield fut.result()  # a failing run raises here: the sweep stops with its error
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def ci(xs) -> tuple[float, float]:
@@ -325,11 +370,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "results/reproduction")
     ap.add_argument("--docs", type=Path, help="copy the tables and figures into this docs directory")
     ap.add_argument("--quick", action="store_true", help="every other load point (a faster look)")
+    ap.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' for one of this "
+        "machine's cores (docs/reproduction.md, 'On a cluster')",
+    )
     a = ap.parse_args()
-    from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    (a.out / "runs").mkdir(parents=True, exist_ok=True)
     todo = points(a.replicates, a.quick)
     runs, missing = [], []
     for p in todo:
@@ -337,13 +386,14 @@ def main() -> int:
         (runs.append(json.loads(f.read_text())) if f.exists() else missing.append(p))
     print(
         f"reproduction: {len(todo)} runs, {len(todo) - len(missing)} kept from {a.out / 'runs'}, "
-        f"{len(missing)} to simulate on {a.jobs} cores",
+        f"{len(missing)} to simulate " + (f"on dask ({a.dask})" if a.dask else f"on {a.jobs} cores"),
         file=sys.stderr,
     )
     t0 = time.perf_counter()
     if missing:
-        gen = Parallel(n_jobs=a.jobs, return_as="generator_unordered")(delayed(run_one)(p, str(a.out)) for p in missing)
+        gen = run_dask(missing, a.dask, a.jobs) if a.dask else run_local(missing, a.jobs)
         for res in tqdm(gen, total=len(missing), desc="runs", unit="run", file=sys.stderr):
+            keep(res, a.out)
             runs.append(res)
     agg = aggregate(runs, a.replicates)
     (a.out / "sweep.json").write_text(json.dumps({"runs": runs, "aggregate": agg}, indent=1))

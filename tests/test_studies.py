@@ -143,8 +143,21 @@ def test_the_reproduction_sweep_covers_each_axis_once_and_pairs_its_gains():
 def test_a_reproduction_run_keeps_its_metrics_where_a_resumed_sweep_finds_them(tmp_path):
     rep = _script("reproduction")
     p = next(p for p in rep.points(1, quick=True) if p["policy"] == "round_robin" and p["rate"] == 2.0)
-    res = rep.run_one(p, str(tmp_path))
+    res = rep.run_one(p)
+    rep.keep(res, tmp_path)
     stored = json.loads((tmp_path / "runs" / f"{p['key']}.json").read_text())
     assert stored == json.loads(json.dumps(res))
     assert stored["requests"] > 2000 and stored["failed"] == 0 and 0 < stored["slo_rel"] < 1
     assert sum(b["n"] for b in stored["buckets"].values()) == stored["requests"]
+
+
+def test_the_reproduction_sweep_gives_the_same_runs_on_a_local_dask_cluster():
+    rep = _script("reproduction")
+    pts = [p for p in rep.points(1, quick=True) if p["rate"] == 2.0 and p["policy"] in ("random", "netkv")]
+    here = {r["policy"]: r for r in rep.run_local(pts, 1)}
+    there = {r["policy"]: r for r in rep.run_dask(pts, "local", 2)}
+    timing = ("wall_s", "decision_us_p50")  # wall-clock measurements, not results
+    for pol in ("random", "netkv"):
+        a = {k: v for k, v in here[pol].items() if k not in timing}
+        b = {k: v for k, v in there[pol].items() if k not in timing}
+        assert a == b
