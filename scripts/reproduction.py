@@ -125,43 +125,6 @@ def keep(res: dict, out: Path) -> None:
     atomic_write(out / "runs" / f"{key}.json", json.dumps(res))
 
 
-def run_local(missing: list[dict], jobs: int):
-    """Runs on this machine's cores (joblib's process pool), yielding results as they finish."""
-    from joblib import Parallel, delayed
-
-    yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run_one)(p) for p in missing)
-
-
-def run_dask(missing: list[dict], address: str, jobs: int):
-    """Runs on a Dask cluster: `address` = its scheduler (tcp://host:8786), or "local" for a cluster
-    of this machine's cores on 127.0.0.1 (started and stopped here). Yields results as they finish."""
-    import cloudpickle
-    from distributed import Client, LocalCluster, as_completed
-
-    mod = sys.modules.get(run_one.__module__)
-    if mod is not None and mod.__name__ != "__main__":  # imported: workers cannot import scripts/; send the code
-        cloudpickle.register_pickle_by_value(mod)
-    cluster = None
-    if address == "local":
-        cluster = LocalCluster(
-            n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        )
-        address = cluster.scheduler_address
-    client = Client(address)
-    try:
-        print(
-            f"reproduction: dask scheduler {address}, {len(client.scheduler_info()['workers'])} workers",
-            file=sys.stderr,
-        )
-        futures = client.map(run_one, missing, pure=False)
-        for fut in as_completed(futures):
-            yield fut.result()  # a failing run raises here: the sweep stops with its error
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def ci(xs) -> tuple[float, float]:
     """Mean and the half-width of its 95% t interval (0 for one sample)."""
     a = np.asarray(xs, dtype=float)
@@ -379,6 +342,8 @@ def main() -> int:
     a = ap.parse_args()
     from tqdm import tqdm
 
+    from netkv.sweep import run_points
+
     todo = points(a.replicates, a.quick)
     runs, missing = [], []
     for p in todo:
@@ -391,7 +356,7 @@ def main() -> int:
     )
     t0 = time.perf_counter()
     if missing:
-        gen = run_dask(missing, a.dask, a.jobs) if a.dask else run_local(missing, a.jobs)
+        gen = run_points(run_one, missing, a.jobs, a.dask)
         for res in tqdm(gen, total=len(missing), desc="runs", unit="run", file=sys.stderr):
             keep(res, a.out)
             runs.append(res)

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/staleness.py [--experiment experiments/staleness.toml] [--seeds 1 2 3]
         [--polls 0.1 0.25 0.5 1 2 5] [--delays 0 1] [--emulate 0.1 0.5 2] [--out results/staleness]
-        [--docs docs/figures]
+        [--docs docs/figures] [--jobs N] [--dask local|tcp://HOST:8786]
 
 Simulated: for each poll interval, publish delay and seed, every policy of the experiment plus
 netkv without its own in-flight transfers (`count_committed = false`), each decision also asking
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from netkv.sweep import run_points
 
 REPO = Path(__file__).resolve().parent.parent
 NOCOMMIT = "netkv (no in-flight)"
@@ -45,6 +48,12 @@ def _sim_point(path: Path, poll: float, delay: float, seed: int) -> dict:
             rows = [r.to_row() for r in Simulation(cluster, pol).run()]
             out[label or pol] = _point(summarize_exp(rows, exp.slo))
     return out
+
+
+def _sim_job(job: tuple) -> tuple:
+    """One simulated point for run_points: (poll, delay, seed, its results)."""
+    path, poll, delay, seed = job
+    return poll, delay, seed, _sim_point(path, poll, delay, seed)
 
 
 def _point(s: dict) -> dict:
@@ -154,6 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate", type=float, nargs="*", default=[], help="poll intervals to emulate (root)")
     ap.add_argument("--out", type=Path, default=REPO / "results/staleness")
     ap.add_argument("--docs", type=Path, default=None, help="copy the figure into this folder")
+    ap.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="parallel simulated points (default: the cores)"
+    )
+    ap.add_argument("--dask", metavar="ADDRESS", help="simulate on a Dask cluster ('local' or tcp://HOST:8786)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -164,10 +177,10 @@ def main(argv=None) -> int:
         "sim": {},
         "emu": {},
     }
-    todo = [(p, d, s) for d in a.delays for p in a.polls for s in a.seeds]
+    todo = [(a.experiment, p, d, s) for d in a.delays for p in a.polls for s in a.seeds]
     t0 = time.monotonic()
-    for i, (p, d, s) in enumerate(todo, 1):
-        doc["sim"][f"{p:g}/{d:g}/{s}"] = _sim_point(a.experiment, p, d, s)
+    for i, (p, d, s, res) in enumerate(run_points(_sim_job, todo, a.jobs, a.dask), 1):
+        doc["sim"][f"{p:g}/{d:g}/{s}"] = res
         el = time.monotonic() - t0
         print(f"[staleness] simulated {i}/{len(todo)} (poll {p:g} s, delay {d:g} s, seed {s}); "
               f"{el:.0f} s, ~{el / i * (len(todo) - i):.0f} s left", file=sys.stderr)  # fmt: skip

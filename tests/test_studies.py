@@ -152,10 +152,12 @@ def test_a_reproduction_run_keeps_its_metrics_where_a_resumed_sweep_finds_them(t
 
 
 def test_the_reproduction_sweep_gives_the_same_runs_on_a_local_dask_cluster():
+    from netkv.sweep import run_points
+
     rep = _script("reproduction")
     pts = [p for p in rep.points(1, quick=True) if p["rate"] == 2.0 and p["policy"] in ("random", "netkv")]
-    here = {r["policy"]: r for r in rep.run_local(pts, 1)}
-    there = {r["policy"]: r for r in rep.run_dask(pts, "local", 2)}
+    here = {r["policy"]: r for r in run_points(rep.run_one, pts, 1)}
+    there = {r["policy"]: r for r in run_points(rep.run_one, pts, 2, dask="local")}
     timing = ("wall_s", "decision_us_p50")  # wall-clock measurements, not results
     for pol in ("random", "netkv"):
         a = {k: v for k, v in here[pol].items() if k not in timing}
