@@ -84,6 +84,7 @@ class TraceCfg:
     requests: int | None = None
     rate_multiplier: float = 1.0
     input_scale: float = 1.0  # every input this many times as long (context-length sweeps; prefixes kept)
+    max_output_tokens: int | None = None  # cap every output (a shorter decode for smoke runs)
 
 
 @dataclass
@@ -411,6 +412,7 @@ def _check_trace(where: str, tr: TraceCfg) -> None:
     _positive(where, "trace.duration_s", tr.duration_s)
     _positive(where, "trace.requests", tr.requests)
     _positive(where, "trace.rate_multiplier", tr.rate_multiplier)
+    _positive(where, "trace.max_output_tokens", tr.max_output_tokens)
     if not 0 < tr.input_scale <= 64:
         _fail(where, "trace.input_scale", f"must be in (0, 64], got {tr.input_scale}")
 

@@ -19,7 +19,7 @@ import gzip
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from netkv.messages import show
@@ -185,7 +185,12 @@ def scale_inputs(reqs: list[Request], scale: float) -> list[Request]:
 
 
 def window_from_config(exp) -> list[Request]:
-    """Load the trace window an experiment file asks for (inputs scaled by `trace.input_scale`)."""
+    """Load the trace window an experiment file asks for (inputs scaled by `trace.input_scale`,
+    outputs capped at `trace.max_output_tokens`)."""
     t = exp.trace
-    reqs = load_trace(exp.resolve(t.path), t.start_s, t.duration_s, t.requests, t.rate_multiplier)
-    return scale_inputs(reqs, t.input_scale)
+    reqs = scale_inputs(
+        load_trace(exp.resolve(t.path), t.start_s, t.duration_s, t.requests, t.rate_multiplier), t.input_scale
+    )
+    if t.max_output_tokens is not None:  # a shorter decode for smoke runs; everything else as traced
+        reqs = [replace(r, output_tokens=min(r.output_tokens, t.max_output_tokens)) for r in reqs]
+    return reqs

@@ -230,3 +230,19 @@ def test_scaled_inputs_keep_their_shared_prefixes_and_block_counts():
     assert scale_inputs([a], 1.0)[0] is a
     with pytest.raises(ValueError, match="input scale"):
         scale_inputs([a], 0.0)
+
+
+def test_max_output_tokens_caps_every_output_and_nothing_else():
+    from netkv.trace import window_from_config
+
+    from conftest import make_exp
+
+    full = window_from_config(make_exp(trace={"requests": 30}))
+    capped = window_from_config(make_exp(trace={"requests": 30, "max_output_tokens": 20}))
+    assert any(r.output_tokens > 20 for r in full)
+    assert [r.output_tokens for r in capped] == [min(r.output_tokens, 20) for r in full]
+    assert [(r.arrival_s, r.input_tokens, r.hash_ids) for r in capped] == [
+        (r.arrival_s, r.input_tokens, r.hash_ids) for r in full
+    ]
+    with pytest.raises(ValueError, match="trace.max_output_tokens: must be > 0"):
+        make_exp(trace={"max_output_tokens": 0})
