@@ -1,15 +1,15 @@
 """Staleness study: how old counter telemetry changes NetKV's choices and gains (docs/staleness.md).
 
     .venv/bin/python scripts/staleness.py [--experiment experiments/staleness.toml] [--seeds 1 2 3]
-        [--polls 0.1 0.25 0.5 1 2 5] [--delays 0 1] [--emulate 0.1 0.5 2] [--out results/staleness]
+        [--polls 0.1 0.25 0.5 1 2 5] [--delays 0 1] [--emulate 0.1 0.5 2] [--emulate-seeds 1 2 3] [--out results/staleness]
         [--docs docs/figures] [--jobs N] [--dask local|tcp://HOST:8786]
 
 Simulated: for each poll interval, publish delay and seed, every policy of the experiment plus
 netkv without its own in-flight transfers (`count_committed = false`), each decision also asking
 what the policy would choose on fresh telemetry (`telemetry.compare_fresh`). Emulated (root): the
-same experiment at the given poll intervals (publish delay 0, the experiment's seed), netkv and
-cache_load_aware. Writes staleness.json (every number) and staleness.png; with --docs, copies the
-figure there. Progress on stderr; a failing run stops the study with its error.
+same experiment at the given poll intervals (publish delay 0), netkv and cache_load_aware, for each
+of --emulate-seeds (default: the experiment's seed). Writes staleness.json (every number) and
+staleness.png; with --docs, copies the figure there. Progress on stderr; a failing run stops the study with its error.
 """
 
 from __future__ import annotations
@@ -71,15 +71,26 @@ def _point(s: dict) -> dict:
     }
 
 
-def _emu_point(path: Path, poll: float, out: Path) -> dict:
+def _emu_point(path: Path, poll: float, seed: int, out: Path) -> dict:
     from netkv.emulation.run import emulate_experiment
     from netkv.scheduler.cluster import load
 
-    cluster = load(path, [f"telemetry.poll_interval_s={poll}", "telemetry.publish_delay_s=0"])
+    sets = [f"telemetry.poll_interval_s={poll}", "telemetry.publish_delay_s=0", f"seed={seed}"]
     _, summ = emulate_experiment(
-        cluster, ["cache_load_aware", "netkv"], out / f"emu-poll-{poll:g}", log=lambda *a: print(*a, file=sys.stderr)
+        load(path, sets),
+        ["cache_load_aware", "netkv"],
+        out / f"emu-poll-{poll:g}-seed-{seed}",
+        log=lambda *a: print(*a, file=sys.stderr),
     )
     return {pol: _point(s) for pol, s in summ.items()}
+
+
+def _emu_by_poll(doc: dict) -> dict[float, list[dict]]:
+    """Emulated points grouped by poll interval (keys "poll/seed")."""
+    out: dict[float, list[dict]] = {}
+    for key, pt in (doc.get("emu") or {}).items():
+        out.setdefault(float(key.split("/")[0]), []).append(pt)
+    return dict(sorted(out.items()))
 
 
 def gain(p: dict, pol: str = "netkv", ref: str = "cache_load_aware") -> float:
@@ -108,9 +119,20 @@ def plot(doc: dict, path: Path) -> None:
             )
             a = np.array([[doc["sim"][f"{p:g}/{delay:g}/{s}"][pol]["same_tier"] for s in doc["seeds"]] for p in polls])
             ax2.plot(polls, 100 * a.mean(1), style, label=f"{pol}, delay {delay:g} s")
-    if doc.get("emu"):
-        ep = sorted(float(p) for p in doc["emu"])
-        ax1.plot(ep, [gain(doc["emu"][f"{p:g}"]) for p in ep], "k*", ms=12, label="netkv, emulated, delay 0")
+    emu = _emu_by_poll(doc)
+    if emu:
+        ep = list(emu)
+        g = [[gain(x) for x in emu[p]] for p in ep]
+        m = [float(np.mean(v)) for v in g]
+        ax1.errorbar(
+            ep,
+            m,
+            yerr=[[a - min(v) for a, v in zip(m, g)], [max(v) - a for a, v in zip(m, g)]],
+            fmt="k*",
+            ms=12,
+            capsize=3,
+            label=f"netkv, emulated, delay 0 ({max(len(v) for v in g)} seeds)",
+        )
     ax1.axhline(0, color="grey", lw=0.8)
     for ax in (ax1, ax2):
         ax.set_xscale("log")
@@ -146,10 +168,12 @@ def table(doc: dict) -> list[str]:
                 f" {mm([gain(x, NOCOMMIT) for x in pts]):>20} {100 * np.mean([x['same_tier'] for x in nk]):11.1f}"
                 f" {100 * np.mean([x['same_decode'] for x in nk]):13.1f} {slo:>17}"
             )
-    for p, pt in sorted((doc.get("emu") or {}).items(), key=lambda kv: float(kv[0])):
+    for p, pts in _emu_by_poll(doc).items():
         lines.append(
-            f"emulated, poll {p} s: gain {gain(pt):.1f}%, age p50 {pt['netkv']['age_p50_s']:.3f} s, "
-            f"SLO netkv / cla {100 * pt['netkv']['slo']:.1f} / {100 * pt['cache_load_aware']['slo']:.1f}%"
+            f"emulated, poll {p:g} s, {len(pts)} seed(s): gain {mm([gain(x) for x in pts])}%, "
+            f"age p50 {np.mean([x['netkv']['age_p50_s'] for x in pts]):.3f} s, SLO netkv / cla "
+            f"{100 * np.mean([x['netkv']['slo'] for x in pts]):.1f} / "
+            f"{100 * np.mean([x['cache_load_aware']['slo'] for x in pts]):.1f}%"
         )
     return lines
 
@@ -161,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--polls", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0, 5.0])
     ap.add_argument("--delays", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--emulate", type=float, nargs="*", default=[], help="poll intervals to emulate (root)")
+    ap.add_argument(
+        "--emulate-seeds", type=int, nargs="+", help="seeds of the emulated points (default: the experiment's)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "results/staleness")
     ap.add_argument("--docs", type=Path, default=None, help="copy the figure into this folder")
     ap.add_argument(
@@ -184,9 +211,13 @@ def main(argv=None) -> int:
         el = time.monotonic() - t0
         print(f"[staleness] simulated {i}/{len(todo)} (poll {p:g} s, delay {d:g} s, seed {s}); "
               f"{el:.0f} s, ~{el / i * (len(todo) - i):.0f} s left", file=sys.stderr)  # fmt: skip
+    from netkv.config import load as load_exp
+
+    emu_seeds = a.emulate_seeds or [load_exp(a.experiment).seed]
     for p in a.emulate:
-        print(f"[staleness] emulating poll {p:g} s", file=sys.stderr)
-        doc["emu"][f"{p:g}"] = _emu_point(a.experiment, p, a.out)
+        for s in emu_seeds:
+            print(f"[staleness] emulating poll {p:g} s, seed {s}", file=sys.stderr)
+            doc["emu"][f"{p:g}/{s}"] = _emu_point(a.experiment, p, s, a.out)
     (a.out / "staleness.json").write_text(json.dumps(doc, indent=1))
     plot(doc, a.out / "staleness.png")
     for line in table(doc):

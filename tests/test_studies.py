@@ -163,3 +163,23 @@ def test_the_reproduction_sweep_gives_the_same_runs_on_a_local_dask_cluster():
         a = {k: v for k, v in here[pol].items() if k not in timing}
         b = {k: v for k, v in there[pol].items() if k not in timing}
         assert a == b
+
+
+def test_the_staleness_study_groups_emulated_seeds_by_poll(tmp_path, monkeypatch):
+    st = _script("staleness")
+    calls = []
+
+    def fake(path, poll, seed, out):
+        calls.append((poll, seed))
+        return {"netkv": {**PT, "ttft_mean_s": 0.9 - 0.1 * seed}, "cache_load_aware": {**PT, "ttft_mean_s": 1.0}}
+
+    PT = {"slo": 1.0, "tbt_mean_ms": 50.0, "completed": 10, "age_p50_s": 0.2, "age_p90_s": 0.3}
+    PT.update(same_decode=None, same_tier=None)
+    monkeypatch.setattr(st, "_emu_point", fake)
+    args = ["--seeds", "1", "--polls", "0.5", "--delays", "0", "--out", str(tmp_path)]
+    assert st.main([*args, "--emulate", "0.5", "2", "--emulate-seeds", "1", "2"]) == 0
+    assert calls == [(0.5, 1), (0.5, 2), (2.0, 1), (2.0, 2)]
+    doc = json.loads((tmp_path / "staleness.json").read_text())
+    assert set(doc["emu"]) == {"0.5/1", "0.5/2", "2/1", "2/2"}
+    lines = st.table(doc)
+    assert any(x.startswith("emulated, poll 0.5 s, 2 seed(s): gain  25.0 ( 20.0.. 30.0)") for x in lines)
