@@ -5,11 +5,11 @@ Protocol: `cost(src, dst, nbytes) -> (seconds, age)` and the vectorised `cost_ro
 telemetry is used). Hosts are topology host indices; bytes and seconds are real-cluster units.
 
 - StaticOracle: bytes / bottleneck capacity of the routed path (tiers and capacities only).
-- Both add the path's latency (per link: hop latency + one packet's serialization), as the flow model.
 - CounterOracle: per-link rates from sampled byte counters (a `Snapshot`), residual bandwidth
   = capacity - measured rate [- the scheduler's own committed transfers the counters cannot show yet],
   never below `floor_fraction` x capacity; seconds = bytes / bottleneck residual of the routed path.
   A link reported down has no residual: pairs still routed over it cost infinity.
+Both add the path's latency (per link: hop latency + one packet's serialization), as the flow model.
 """
 
 from __future__ import annotations
