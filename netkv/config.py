@@ -102,7 +102,7 @@ class SloCfg:
 
 @dataclass
 class TelemetryCfg:
-    oracle: str = "counters"  # a name in netkv.scheduler.oracle.ORACLES: "counters" or "static"
+    oracle: str = "counters"  # a name in netkv.scheduler.oracle.ORACLES: "counters", "static" or "fair_share"
     poll_interval_s: float = 1.0
     publish_delay_s: float = 0.0
     count_committed: bool = True

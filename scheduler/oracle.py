@@ -9,7 +9,9 @@ telemetry is used). Hosts are topology host indices; bytes and seconds are real-
   = capacity - measured rate [- the scheduler's own committed transfers the counters cannot show yet],
   never below `floor_fraction` x capacity; seconds = bytes / bottleneck residual of the routed path.
   A link reported down has no residual: pairs still routed over it cost infinity.
-Both add the path's latency (per link: hop latency + one packet's serialization), as the flow model.
+- FairShareOracle: the rate a new flow would get under max-min sharing (counters + the scheduler's
+  own transfers; see the class).
+All add the path's latency (per link: hop latency + one packet's serialization), as the flow model.
 """
 
 from __future__ import annotations
@@ -294,3 +296,42 @@ class CounterOracle(Oracle):
         except NoPathError:
             links = []
         return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.path_sampled_at(links))
+
+
+@ORACLES.register(order=2)
+class FairShareOracle(CounterOracle):
+    """Transfer time at the rate a new flow would get under max-min sharing, not at the residual.
+
+    Per link, n = the scheduler's own transfers on it (in flight, or expected to overlap the new one)
+    + one flow of other tenants when the counters show load its own transfers visible in them do not
+    explain (more than `FOREIGN_MIN` x capacity). A new flow gets at least capacity / (n + 1) (the
+    elastic flows make room for it) and at least the residual (flows held back elsewhere leave it
+    that much); the floor of `counters` is not used. Other tenants' flows are counted as one: several
+    elephants on one link make this estimate optimistic."""
+
+    name = "fair_share"
+    FOREIGN_MIN = 0.05
+
+    def residual(self, snap: Snapshot, at: float | None = None) -> np.ndarray:
+        cap = self.topo.capacity_bps
+        own_n, visible, hidden = np.zeros(len(cap)), np.zeros(len(cap)), np.zeros(len(cap))
+        per_link = snap.link_sampled_at
+        for c in self.committed.values():
+            lk = c.links
+            if c.started_at is not None:  # in flight: in the counters of links sampled after its start
+                if per_link is None:
+                    seen = np.full(len(lk), snap.sampled_at >= c.started_at)
+                else:
+                    seen = per_link[lk] >= c.started_at  # NaN (never sampled): not seen
+                np.add.at(visible, lk[seen], c.rate)
+                np.add.at(hidden, lk[~seen], c.rate)
+            elif at is None or c.start is None or c.start <= at <= c.start + c.duration:
+                np.add.at(hidden, lk, c.rate)
+            else:
+                continue
+            np.add.at(own_n, lk, 1.0)
+        foreign = (snap.rates - visible) > self.FOREIGN_MIN * cap
+        bw = np.maximum(cap - snap.rates - hidden, cap / (own_n + foreign + 1.0))
+        if snap.down:
+            bw[list(snap.down)] = 0.0
+        return bw

@@ -7,9 +7,11 @@ Simulated: round_robin (its choices ignore the oracle, so every oracle is judged
 transfers) on the congestion scenarios of experiments/scenarios/ plus the demo cluster without
 background ("quiet"), once per oracle: static (bytes / path capacity), counters (residual of the
 polled counters with the floor, the scheduler's in-flight transfers counted) and counters without
-in-flight. Per oracle, tier and scenario: median and p95 of |estimate - actual| / actual, and the
-median signed error (bias). Cost: netkv's decision time with each oracle (p50 us), and telemetry
-polls. Emulated (optional): the given `netkv emulate` run directories, whose decisions used the
+in-flight, and fair share (the rate a new flow would get under max-min, from counters and the
+scheduler's own transfers). Per oracle, tier and scenario: median and p95 of |estimate - actual| /
+actual, and the median signed error (bias); and what it does for the policy that uses it: netkv's
+mean TTFT with each oracle on each scenario. Cost: netkv's decision time with each oracle (p50 us),
+and telemetry polls. Emulated (optional): the given `netkv emulate` run directories, whose decisions used the
 counters over real port counters. Writes oracles.json, oracles.png and prints the tables.
 """
 
@@ -29,6 +31,7 @@ ORACLES = {
     "static": ["telemetry.oracle=static"],
     "counters": ["telemetry.oracle=counters", "telemetry.count_committed=true"],
     "counters, no in-flight": ["telemetry.oracle=counters", "telemetry.count_committed=false"],
+    "fair share": ["telemetry.oracle=fair_share", "telemetry.count_committed=true"],
 }
 TIERS = ("same server", "same edge", "same pod", "cross-pod")
 
@@ -73,13 +76,17 @@ def stats(errs: list[float]) -> dict:
 def simulate(requests: int, seeds: list[int], log) -> dict:
     from netkv.simulator.engine import Simulation
 
-    doc: dict = {"errors": {}, "cost": {}}
+    doc: dict = {"errors": {}, "cost": {}, "netkv_ttft": {}}
     todo = [(sc, path, o, s) for sc, path in scenarios().items() for o in ORACLES for s in seeds]
     t0 = time.monotonic()
     for i, (sc, path, o, seed) in enumerate(todo, 1):
         ov = [*ORACLES[o], f"trace.requests={requests}", f"seed={seed}"]
-        rows = [r.to_row() for r in Simulation(_cluster(path, ov, sc == "quiet"), "round_robin").run()]
+        cluster = _cluster(path, ov, sc == "quiet")
+        rows = [r.to_row() for r in Simulation(cluster, "round_robin").run()]
         doc["errors"].setdefault(sc, {}).setdefault(o, []).extend(errors(rows))
+        rows = [r.to_row() for r in Simulation(cluster, "netkv").run()]
+        ttft = float(np.mean([r["ttft_s"] for r in rows if r["status"] == "completed"]))
+        doc["netkv_ttft"].setdefault(sc, {}).setdefault(o, []).append(ttft)
         el = time.monotonic() - t0
         log(
             f"[oracles] simulated {i}/{len(todo)} ({sc}, {o}, seed {seed}); {el:.0f} s, ~{el / i * (len(todo) - i):.0f} s left"
@@ -147,7 +154,7 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def table(summary: dict, cost: dict, emu: dict | None) -> list[str]:
+def table(summary: dict, cost: dict, emu: dict | None, ttft: dict | None = None) -> list[str]:
     def f(c):
         if not c.get("n"):
             return f"{'-':>22}"
@@ -162,6 +169,11 @@ def table(summary: dict, cost: dict, emu: dict | None) -> list[str]:
                     lines.append(f"{sc:<15} {o:<23} {tier:<11} {c['n']:5d} {f(c)}")
     for o, c in cost.items():
         lines.append(f"cost: {o}: netkv decision p50 {c['decision_us_p50']:.1f} us; telemetry polls: {c['polls']}")
+    if ttft:
+        names = list(next(iter(ttft.values())))
+        lines.append(f"{'netkv TTFT s':<15} " + " ".join(f"{o:>23}" for o in names))
+        for sc, by_o in ttft.items():
+            lines.append(f"{sc:<15} " + " ".join(f"{np.mean(by_o[o]):23.4f}" for o in names))
     if emu:
         for tier in ("all", *TIERS):
             if emu[tier].get("n"):
@@ -183,10 +195,17 @@ def main(argv=None) -> int:
     raw = simulate(a.requests, a.seeds, lambda m: print(m, file=sys.stderr))
     summary = summarise(raw)
     emu = emulated(a.emulated) if a.emulated else None
-    doc = {"requests": a.requests, "seeds": a.seeds, "summary": summary, "cost": raw["cost"], "emulated": emu}
+    doc = {
+        "requests": a.requests,
+        "seeds": a.seeds,
+        "summary": summary,
+        "cost": raw["cost"],
+        "netkv_ttft": raw["netkv_ttft"],
+        "emulated": emu,
+    }
     (a.out / "oracles.json").write_text(json.dumps(doc, indent=1))
     plot(summary, a.out / "oracles.png")
-    for line in table(summary, raw["cost"], emu):
+    for line in table(summary, raw["cost"], emu, raw["netkv_ttft"]):
         print(line)
     print(f"wrote {a.out / 'oracles.json'}, {a.out / 'oracles.png'}")
     if a.docs is not None:

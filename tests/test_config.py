@@ -172,7 +172,10 @@ BAD = [
     ({"trace": {"rate_multiplier": -2}}, "trace.rate_multiplier: must be > 0, got -2.0"),
     ({"slo": {"ttft_s": 0}}, "slo.ttft_s: must be > 0, got 0.0"),
     ({"slo": {"tbt_s": -0.1}}, "slo.tbt_s: must be > 0, got -0.1"),
-    ({"telemetry": {"oracle": "psychic"}}, "telemetry.oracle: unknown oracle 'psychic' (known: counters, static)"),
+    (
+        {"telemetry": {"oracle": "psychic"}},
+        "telemetry.oracle: unknown oracle 'psychic' (known: counters, static, fair_share)",
+    ),
     ({"telemetry": {"poll_interval_s": 0}}, "telemetry.poll_interval_s: must be >= 0.001 s, got 0"),
     ({"telemetry": {"poll_interval_s": 1e-9}}, "telemetry.poll_interval_s: must be >= 0.001 s, got 1e-09"),
     ({"telemetry": {"publish_delay_s": -0.5}}, "telemetry.publish_delay_s: must be >= 0, got -0.5"),

@@ -174,3 +174,43 @@ def test_per_link_sample_times_set_the_age_and_what_in_flight_transfers_count():
     # a snapshot without per-link times: everything dates from sampled_at (started after: counted)
     flat = Snapshot(9.0, np.zeros(TOPO.n_links), version=2)
     assert o.residual(flat)[path[1]] == pytest.approx(max(cap[path[1]] - 5e10, 0.01 * cap[path[1]]))
+
+
+def _fair(snap, **kw):
+    from netkv.scheduler.oracle import FairShareOracle
+
+    return FairShareOracle(TOPO, ROUTING, lambda: snap, lambda: 10.25, **kw)
+
+
+def test_fair_share_gives_a_new_flow_its_share_of_a_link_an_elephant_fills():
+    full = congested_snapshot(P, FAR, util=1.0)
+    sec, _ = _fair(full).cost(P, FAR, 1e9)
+    assert sec == pytest.approx(1e9 / (0.5 * 400e9 / 8))  # shares with one elephant: half
+    counters = CounterOracle(TOPO, ROUTING, lambda: full, lambda: 10.25, floor_fraction=0.25)
+    assert counters.cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (0.25 * 400e9 / 8))  # the floor
+    # a flow held back elsewhere at 30%: the 70% it leaves is what a new flow gets
+    light = congested_snapshot(P, FAR, util=0.3)
+    assert _fair(light).cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (0.7 * 400e9 / 8))
+    # a link reported down still costs infinity
+    lk = ROUTING.path(P, FAR)[3]
+    dead = Snapshot(10.0, np.zeros(TOPO.n_links), down=frozenset([lk]), version=2)
+    assert math.isinf(_fair(dead).cost(P, FAR, 1e9)[0])
+
+
+def test_fair_share_counts_the_schedulers_own_transfers_as_flows():
+    idle = Snapshot(10.0, np.zeros(TOPO.n_links), version=1, link_sampled_at=np.full(TOPO.n_links, 10.0))
+    o = _fair(idle)
+    cap = 400e9 / 8
+    # two own transfers decided, not started, expected over [11, 12] s on P -> FAR's path
+    o.commit("a", P, FAR, cap * 0.5, 1.0, start=11.0)
+    o.commit("b", P, FAR, cap * 0.5, 1.0, start=11.0)
+    assert o.cost(P, FAR, 1e9, at=11.5)[0] == pytest.approx(1e9 / (cap / 3))
+    assert o.cost(P, FAR, 1e9, at=20.0)[0] == pytest.approx(1e9 / cap)  # after them: the whole link
+    # started before the links were sampled and seen in the counters at their rate: still two flows,
+    # not one unknown elephant on top
+    o.started("a", 9.0)
+    o.started("b", 9.0)
+    seen = congested_snapshot(P, FAR, util=1.0)
+    seen.link_sampled_at = np.full(TOPO.n_links, 10.0)
+    o.source = lambda: seen
+    assert o.cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (cap / 3))

@@ -74,7 +74,10 @@ def test_the_oracle_accuracy_study_judges_every_oracle_on_the_same_transfers(tmp
     hot = summ["hot-pod"]
     assert hot["static"]["cross-pod"]["bias"] < -0.2 and abs(hot["counters"]["cross-pod"]["p50_abs"]) < 0.05
     assert set(doc["cost"]) == set(oa.ORACLES) and (tmp_path / "oracles.png").exists()
-    assert "cost: static" in capsys.readouterr().out
+    # every oracle also steers netkv once per scenario and seed
+    assert set(doc["netkv_ttft"]) == set(summ) and all(set(v) == set(oa.ORACLES) for v in doc["netkv_ttft"].values())
+    out = capsys.readouterr().out
+    assert "cost: static" in out and "netkv TTFT s" in out
 
 
 def test_the_fidelity_sweep_resumes_from_stored_reports_and_marks_flagged_runs(tmp_path, capsys):
