@@ -41,7 +41,7 @@ class TopologyCfg:
     oversubscription: float = 1.0  # divides edge->agg and agg->core rates: down:up at the edge (leaf) layer
     routing: str = "sum-mod"
     # per directed link, on top of the bytes' time: propagation + the next node's forwarding, and the
-    # store-and-forward of one packet (mtu_bytes at the link's rate); see docs/topology notes
+    # store-and-forward of one packet (mtu_bytes at the link's rate); docs/reproduction.md
     hop_latency_us: float = 1.0
     mtu_bytes: int = 4096
 

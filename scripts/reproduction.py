@@ -50,6 +50,11 @@ BUCKET_NAMES = ["<4k", "4k-16k", "16k-64k", ">=64k"]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+def run_key(p: dict) -> str:
+    """The file name (without .json) of one run: its point, replicate and policy."""
+    return f"rate{p['rate']:g}-scale{p['scale']:g}-os{p['os']:g}-r{p['rep']}-{p['policy']}"
+
+
 def points(replicates: int, quick: bool) -> list[dict]:
     """Every run of the sweep: each axis varied around the default point, per replicate and policy."""
     seen, out = set(), []
@@ -58,7 +63,7 @@ def points(replicates: int, quick: bool) -> list[dict]:
             pt = {**DEFAULT, axis: v}
             for rep in range(replicates):
                 for pol in POLICIES:
-                    key = f"rate{pt['rate']:g}-scale{pt['scale']:g}-os{pt['os']:g}-r{rep}-{pol}"
+                    key = run_key({**pt, "rep": rep, "policy": pol})
                     if key not in seen:
                         seen.add(key)
                         out.append({**pt, "rep": rep, "policy": pol, "key": key})
@@ -120,9 +125,8 @@ def keep(res: dict, out: Path) -> None:
     """Store one finished run where a resumed sweep finds it (atomically: a file that exists is whole)."""
     from netkv.results import atomic_write
 
-    key = f"rate{res['rate']:g}-scale{res['scale']:g}-os{res['os']:g}-r{res['rep']}-{res['policy']}"
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "runs" / f"{key}.json", json.dumps(res))
+    atomic_write(out / "runs" / f"{run_key(res)}.json", json.dumps(res))
 
 
 def ci(xs) -> tuple[float, float]:
