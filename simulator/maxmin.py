@@ -2,45 +2,61 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-def maxmin_rates(flow_links: list[np.ndarray], capacity: np.ndarray, demand: np.ndarray | None = None) -> np.ndarray:
+def maxmin_rates(flow_links, capacity, demand=None) -> np.ndarray:
     """Max-min fair rate of every flow.
 
     flow_links[f] holds the link ids flow f crosses; capacity[l] is link l's capacity; demand[f]
     caps flow f (inf = elastic). All flows rise together; when a link saturates, the flows crossing
-    it freeze at their current rate, and the others keep rising with what is left elsewhere.
-    Each round is two matrix-vector products over the (flows x used links) incidence matrix.
+    it freeze at its fair share, and the others keep rising with what is left elsewhere (each round
+    freezes the flows of the link with the lowest fair share, or those whose demand is met).
+    Plain Python over the links the flows use: the simulator calls it for one connected component
+    at a time (a few to a few dozen flows), where per-call numpy overhead would dominate.
     """
     F = len(flow_links)
-    if F == 0:
-        return np.zeros(0)
-    lens = np.fromiter((len(x) for x in flow_links), dtype=np.int64, count=F)
-    flat = np.concatenate(flow_links).astype(np.int64)
-    used, loc = np.unique(flat, return_inverse=True)
-    A = np.zeros((F, len(used)))
-    A[np.repeat(np.arange(F), lens), loc] = 1.0
-    cap = capacity[used].astype(float)
-    rem = cap.copy()
-    dem = np.full(F, np.inf) if demand is None else np.asarray(demand, dtype=float).copy()
-    rate = np.zeros(F)
-    active = lens > 0
-    rate[~active] = np.where(np.isfinite(dem[~active]), dem[~active], 0.0)
-    tol = 1e-12 * np.maximum(cap, 1.0)
-    while active.any():
-        n = active.astype(float) @ A  # active flows per link
-        crossed = n > 0
-        share = np.full(len(rem), np.inf)
-        share[crossed] = rem[crossed] / n[crossed]
-        inc = min(share.min(), (dem[active] - rate[active]).min())
-        inc = max(inc, 0.0)
-        rate[active] += inc
-        rem -= inc * n
-        saturated = crossed & (rem <= tol)
-        frozen = active & (((A @ saturated.astype(float)) > 0) | (rate >= dem * (1 - 1e-12)))
-        if not frozen.any():  # numerical safety: freeze the tightest link's flows
-            tight = int(np.argmin(share))
-            frozen = active & (A[:, tight] > 0)
-        active &= ~frozen
-    return rate
+    dem = [math.inf] * F if demand is None else [float(x) for x in demand]
+    rate = [0.0] * F
+    paths: list[list[int]] = []
+    rem: dict[int, float] = {}  # remaining capacity per used link
+    n: dict[int, int] = {}  # rising flows per used link
+    on: dict[int, list[int]] = {}  # flows per used link
+    rising: set[int] = set()
+    for f, links in enumerate(flow_links):
+        ls = links.tolist() if isinstance(links, np.ndarray) else list(links)
+        paths.append(ls)
+        if not ls:  # crosses nothing: its demand, or nothing if elastic
+            rate[f] = dem[f] if math.isfinite(dem[f]) else 0.0
+            continue
+        rising.add(f)
+        for lk in ls:
+            if lk in n:
+                n[lk] += 1
+                on[lk].append(f)
+            else:
+                rem[lk] = float(capacity[lk])
+                n[lk] = 1
+                on[lk] = [f]
+    while rising:
+        # the tightest link's fair share, or the smallest demand still unmet, whichever is lower
+        lk_min, share = None, math.inf
+        for lk, k in n.items():
+            if k and rem[lk] / k < share:
+                lk_min, share = lk, rem[lk] / k
+        dmin = min(dem[f] for f in rising)
+        if dmin <= share:
+            share = dmin
+            frozen = [f for f in rising if dem[f] <= share]
+        else:
+            frozen = [f for f in on[lk_min] if f in rising]
+        share = max(share, 0.0)
+        for f in frozen:
+            rate[f] = share
+            rising.discard(f)
+            for lk in paths[f]:
+                n[lk] -= 1
+                rem[lk] -= share
+    return np.array(rate)

@@ -14,6 +14,7 @@ from netkv.simulator.maxmin import maxmin_rates
 class Flow:
     id: int
     links: np.ndarray
+    path: tuple[int, ...]  # the same link ids as a tuple (Python-side loops)
     remaining: float  # bytes (inf for background flows that end by an explicit stop)
     demand: float  # bytes/s cap (inf = elastic)
     rate: float = 0.0
@@ -29,6 +30,7 @@ class FlowNetwork:
 
     def __init__(self, capacity_bps: np.ndarray):
         self.capacity = np.asarray(capacity_bps, dtype=float)
+        self._cap = self.capacity.tolist()
         self.counters = np.zeros_like(self.capacity)  # bytes sent per directed link
         self.link_rate = np.zeros_like(self.capacity)
         self.link_flows = np.zeros(len(self.capacity), dtype=np.int64)  # flows crossing each link
@@ -53,18 +55,20 @@ class FlowNetwork:
 
     def add(self, t: float, links, nbytes: float, demand: float = math.inf, tag=None, track: bool = False) -> Flow:
         self.advance(t)
-        f = Flow(self._next_id, np.asarray(links, dtype=np.int64), float(nbytes), demand, tag=tag)
+        path = tuple(int(x) for x in links)
+        f = Flow(self._next_id, np.array(path, dtype=np.int64), path, float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f
         if track:
             self._tracked[f.id] = f
-        shared = self.link_flows[f.links].any()
+        on = self._on_link
+        shared = any(on[lid] for lid in path)
         self.link_flows[f.links] += 1
-        for lid in f.links.tolist():
-            self._on_link[lid].add(f.id)
+        for lid in path:
+            on[lid].add(f.id)
         if not shared:
             # shares no link with any flow: nobody else's rate changes
-            f.rate = float(min(self.capacity[f.links].min(), demand))
+            f.rate = float(min(min(self._cap[lid] for lid in path), demand)) if path else 0.0
             self.link_rate[f.links] += f.rate
             self.version += 1
         else:
@@ -100,7 +104,7 @@ class FlowNetwork:
             self._tracked.pop(fid, None)
             self.link_flows[f.links] -= 1
             self.link_rate[f.links] -= f.rate
-            for lid in f.links.tolist():
+            for lid in f.path:
                 self._on_link[lid].discard(fid)
                 touched.update(self._on_link[lid])
         if touched:
@@ -111,18 +115,19 @@ class FlowNetwork:
 
     def _component(self, seeds) -> list[int]:
         """Flow ids connected to the seeds through shared links (their rates are coupled)."""
+        flows, on = self.flows, self._on_link
         seen = set(seeds)
         stack = list(seeds)
         while stack:
-            f = self.flows.get(stack.pop())
+            f = flows.get(stack.pop())
             if f is None:
                 continue
-            for lid in f.links.tolist():
-                for other in self._on_link[lid]:
-                    if other not in seen:
-                        seen.add(other)
-                        stack.append(other)
-        return [fid for fid in seen if fid in self.flows]
+            for lid in f.path:
+                new = on[lid] - seen
+                if new:
+                    seen |= new
+                    stack.extend(new)
+        return [fid for fid in seen if fid in flows]
 
     def _recompute(self, fids: list[int] | None = None) -> None:
         """Max-min rates for the given flows (default: all); flows outside share no link with them."""
@@ -131,14 +136,16 @@ class FlowNetwork:
         fl = list(self.flows.values()) if fids is None else [self.flows[i] for i in fids]
         if not fl:
             return
-        links = [f.links for f in fl]
-        lens = [len(x) for x in links]
-        flat = np.concatenate(links)
-        np.subtract.at(self.link_rate, flat, np.repeat([f.rate for f in fl], lens))
-        rates = maxmin_rates(links, self.capacity, np.array([f.demand for f in fl]))
+        rates = maxmin_rates([f.path for f in fl], self._cap, [f.demand for f in fl]).tolist()
+        delta: dict[int, float] = {}  # link rate change from the flows whose rate changed
         for f, r in zip(fl, rates):
-            f.rate = float(r)
-        np.add.at(self.link_rate, flat, np.repeat(rates, lens))
+            d = r - f.rate
+            if d:
+                f.rate = r
+                for lid in f.path:
+                    delta[lid] = delta.get(lid, 0.0) + d
+        if delta:
+            self.link_rate[list(delta)] += list(delta.values())
 
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""
