@@ -15,8 +15,10 @@ Same topology, routing function, compute model, prefix caches and policies as th
   oldest sample on its path.
 - Decode instances run continuous batching. Iterations are folded: between two changes of a batch
   (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
-  arithmetic series and one event covers all steps up to the next change; per-token gaps are kept
-  as (first, increment, count) runs and expanded when the request finishes.
+  arithmetic series and one event covers all steps up to the next change. An instance keeps its
+  segments (first iteration index, first step time, increment) and each sequence the iteration
+  indices it spans, so an event costs O(1) plus the sequences that finish; a sequence's per-token
+  gaps are read off the segments when it finishes.
 Deterministic for a given seed: ties in time are broken by event sequence number.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_right
 from collections import deque
 
 import numpy as np
@@ -45,14 +48,11 @@ _PERIODIC = (POLL, BG_ON, BG_OFF, FAULT)
 class _Req(Tracked):
     """A request with the simulator's decode state."""
 
-    __slots__ = ("remaining", "ctx", "tokens", "runs", "flow")
+    __slots__ = ("j0", "end", "flow")
 
     def __init__(self, req, policy):
         super().__init__(req, policy)
-        self.remaining = req.output_tokens
-        self.ctx = req.input_tokens
-        self.tokens = 0
-        self.runs: list[tuple[float, float, int]] = []
+        self.j0 = self.end = 0  # its decode instance's iteration count when it joined / when it finishes
         self.flow = None
 
 
@@ -66,15 +66,40 @@ class _Prefill:
 
 
 class _Decode:
-    __slots__ = ("slot", "host", "batch", "waitq", "t0", "s0", "dl", "planned", "version", "cache")
+    __slots__ = (
+        "slot", "host", "n", "ends", "new", "waitq", "t0", "s0", "dl", "planned", "version", "cache",
+        "steps", "seg_k", "seg_s0", "seg_dl",
+    )  # fmt: skip
 
     def __init__(self, slot, host, cache):
         self.slot, self.host, self.cache = slot, host, cache
-        self.batch: list[_Req] = []
+        self.n = 0  # sequences in the running batch
+        self.ends: list[tuple[int, int, _Req]] = []  # heap of (iteration count at its end, id, sequence)
+        self.new: list[_Req] = []  # joined, first token not produced yet
         self.waitq: deque[_Req] = deque()
         self.t0 = self.s0 = self.dl = 0.0
         self.planned = 0
         self.version = 0
+        self.steps = 0  # iterations run so far
+        # segments: index of the first iteration, its time, the increment per iteration
+        self.seg_k: list[int] = []
+        self.seg_s0: list[float] = []
+        self.seg_dl: list[float] = []
+
+    def gaps(self, a: int, b: int) -> np.ndarray | None:
+        """Durations of iterations a .. b-1 (per-token gaps), from the segments."""
+        if b <= a:
+            return None
+        K, S, L = self.seg_k, self.seg_s0, self.seg_dl
+        i = bisect_right(K, a) - 1
+        runs = []
+        while i < len(K) and K[i] < b:
+            lo = max(a, K[i])
+            hi = min(b, K[i + 1]) if i + 1 < len(K) else b
+            if hi > lo:
+                runs.append((S[i] + L[i] * (lo - K[i]), L[i], hi - lo))
+            i += 1
+        return _expand_runs(runs)
 
 
 def _expand_runs(runs: list[tuple[float, float, int]]) -> np.ndarray:
@@ -400,7 +425,7 @@ class Simulation:
 
     # ---- decode ------------------------------------------------------------------------------
     def _room(self, D: _Decode, r: _Req) -> bool:
-        return self.compute.admits(len(D.batch), int(self.view.kv_used[D.slot]), r.need)
+        return self.compute.admits(D.n, int(self.view.kv_used[D.slot]), r.need)
 
     def _kv_arrived(self, r: _Req):
         now = self.now
@@ -408,7 +433,7 @@ class Simulation:
         self.rt.kv_arrived(r, D.slot, now)
         D.waitq.append(r)
         self.view.queued[D.slot] += 1
-        if not D.batch:
+        if not D.n:
             self._admit(D)
             self._start_segment(D)
         elif D.waitq[0] is r and self._room(D, r):
@@ -439,38 +464,33 @@ class Simulation:
     def _advance(self, D: _Decode, m: int):
         """All sequences of the batch produce m tokens (iterations since D.t0)."""
         v = self.view
-        s0, dl = D.s0, D.dl
-        finished = []
-        for r in D.batch:
-            if r.tokens == 0:
-                r.rec.t_first_token = D.t0 + s0
-                if m > 1:
-                    r.runs.append((s0 + dl, dl, m - 1))
-            else:
-                r.runs.append((s0, dl, m))
-            r.tokens += m
-            r.remaining -= m
-            r.ctx += m
-            if r.remaining <= 0:
-                finished.append(r)
-        B = len(D.batch)
+        for r in D.new:
+            r.rec.t_first_token = D.t0 + D.s0
+        if m > 0:
+            D.new = []
+        D.steps += m
+        B = D.n
         v.touch(D.slot)
         v.ctx_total[D.slot] += m * B
         v.remaining[D.slot] -= m * B
-        for r in finished:
-            D.batch.remove(r)
+        ends = D.ends
+        if not ends or ends[0][0] > D.steps:
+            return
+        while ends and ends[0][0] <= D.steps:
+            _, _, r = heapq.heappop(ends)
+            if D.new:  # a sequence with no output token to make, finished in an empty step
+                D.new.remove(r)
+            D.n -= 1
             v.active[D.slot] -= 1
             v.kv_used[D.slot] -= r.need
-            v.ctx_total[D.slot] -= r.ctx
+            v.ctx_total[D.slot] -= r.req.input_tokens + D.steps - r.j0
             rec = r.rec
             rec.t_done = self.now
             rec.status = "completed"
-            if r.runs:
-                rec.gaps = _expand_runs(r.runs)
-            r.runs = []
+            # gaps: the iterations after the one that made its first token
+            rec.gaps = D.gaps(r.j0 + 1, r.end)
             self._count_finished()
-        if finished:
-            D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
+        D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
 
     def _count_finished(self) -> None:
         self.finished += 1
@@ -482,23 +502,30 @@ class Simulation:
         while D.waitq and self._room(D, D.waitq[0]):
             r = D.waitq.popleft()
             v.queued[D.slot] -= 1
-            D.batch.append(r)
+            r.j0 = D.steps
+            r.end = D.steps + r.req.output_tokens
+            heapq.heappush(D.ends, (r.end, r.req.id, r))
+            D.new.append(r)
+            D.n += 1
             self.rt.admitted(r, D.slot, self.now)
             v.active[D.slot] += 1
             v.kv_used[D.slot] += r.need
-            v.ctx_total[D.slot] += r.ctx
-            v.remaining[D.slot] += r.remaining
+            v.ctx_total[D.slot] += r.req.input_tokens
+            v.remaining[D.slot] += r.req.output_tokens
         D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
 
     def _start_segment(self, D: _Decode):
         D.version += 1
-        if not D.batch:
+        if not D.n:
             return
-        B = len(D.batch)
+        B = D.n
         D.t0 = self.now
         D.s0 = self.compute.step_s(B, float(self.view.ctx_total[D.slot]))
         D.dl = self.compute.step_c * B
-        D.planned = min(r.remaining for r in D.batch)
+        D.planned = D.ends[0][0] - D.steps
+        D.seg_k.append(D.steps)
+        D.seg_s0.append(D.s0)
+        D.seg_dl.append(D.dl)
         self._push(self.now + _steps_time(D.s0, D.dl, D.planned), DECODE, D.slot, D.version)
 
 
