@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,9 @@ class ComputeModel:
         self.max_batch = max_batch
         self._pt = profile.prefill_tokens
         self._ps = profile.prefill_s / tensor_parallel
+        self._pt_list, self._ps_list = self._pt.tolist(), self._ps.tolist()
+        # beyond the largest profiled prompt: the last segment's slope
+        self._slope_end = (self._ps[-1] - self._ps[-2]) / (self._pt[-1] - self._pt[-2])
         # least squares for the decode step: a + b*batch + c*total_context, coefficients >= 0
         rows = profile.decode_rows
         X = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 0] * rows[:, 1]])
@@ -157,20 +161,25 @@ class ComputeModel:
     def prefill_s(self, new_tokens: int) -> float:
         """Prefill latency for `new_tokens` uncached tokens (at least one token is computed)."""
         n = max(float(new_tokens), 1.0)
-        t, s = self._pt, self._ps
-        if n <= t[-1]:
-            return float(np.interp(n, t, s))
-        slope = (s[-1] - s[-2]) / (t[-1] - t[-2])
-        return float(s[-1] + slope * (n - t[-1]))
+        t, s = self._pt_list, self._ps_list
+        if n > t[-1]:
+            return float(s[-1] + self._slope_end * (n - t[-1]))
+        # np.interp's arithmetic (slope of the segment, from its left end), without its per-call cost
+        j = bisect_right(t, n) - 1
+        if j < 0:
+            return s[0]
+        if j == len(t) - 1 or t[j] == n:
+            return s[j]
+        return (s[j + 1] - s[j]) / (t[j + 1] - t[j]) * (n - t[j]) + s[j]
 
     def prefill_s_array(self, new_tokens: np.ndarray) -> np.ndarray:
         """Vectorised prefill_s."""
         n = np.maximum(np.asarray(new_tokens, dtype=float), 1.0)
         t, s = self._pt, self._ps
         out = np.interp(n, t, s)
-        slope = (s[-1] - s[-2]) / (t[-1] - t[-2])
-        big = n > t[-1]
-        out[big] = s[-1] + slope * (n[big] - t[-1])
+        if n.max(initial=0.0) > t[-1]:
+            big = n > t[-1]
+            out[big] = s[-1] + self._slope_end * (n[big] - t[-1])
         return out
 
     # ---- decode ------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class Snapshot:
         if self.link_sampled_at is None or len(links) == 0:
             return self.sampled_at
         t = self.link_sampled_at[np.asarray(links, dtype=np.int64)]
+        oldest = t.min()  # NaN if any link was never sampled: then the oldest of the others
+        if oldest == oldest:
+            return float(oldest)
         return float(np.nanmin(t)) if np.isfinite(t).any() else self.sampled_at
 
 
@@ -132,13 +135,16 @@ def _row_seconds(bottleneck: tuple[np.ndarray, bool, np.ndarray], nbytes: np.nda
     return sec
 
 
-def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: np.ndarray) -> float:
-    """Scalar version of the row computation for one routed pair."""
+def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: np.ndarray, links=None) -> float:
+    """Scalar version of the row computation for one routed pair (`links`: its routed path, if known)."""
     if nbytes <= 0:
         return 0.0
-    try:
-        links = routing.path(src, dst)
-    except NoPathError:
+    if links is None:
+        try:
+            links = routing.path(src, dst)
+        except NoPathError:
+            return math.inf
+    elif not links:
         return math.inf
     bottleneck = min(bw_ext[lid] for lid in links)
     lat = routing.topo.latency_s
@@ -295,7 +301,8 @@ class CounterOracle(Oracle):
             links = self.routing.path(src, dst)
         except NoPathError:
             links = []
-        return _path_seconds(self.routing, src, dst, nbytes, bw), max(0.0, self.clock() - snap.path_sampled_at(links))
+        sec = _path_seconds(self.routing, src, dst, nbytes, bw, links)
+        return sec, max(0.0, self.clock() - snap.path_sampled_at(links))
 
 
 @ORACLES.register(order=2)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
 from collections import deque
 
 import numpy as np
@@ -86,32 +85,14 @@ class _Decode:
         self.seg_s0: list[float] = []
         self.seg_dl: list[float] = []
 
-    def gaps(self, a: int, b: int) -> np.ndarray | None:
-        """Durations of iterations a .. b-1 (per-token gaps), from the segments."""
-        if b <= a:
-            return None
-        K, S, L = self.seg_k, self.seg_s0, self.seg_dl
-        i = bisect_right(K, a) - 1
-        runs = []
-        while i < len(K) and K[i] < b:
-            lo = max(a, K[i])
-            hi = min(b, K[i + 1]) if i + 1 < len(K) else b
-            if hi > lo:
-                runs.append((S[i] + L[i] * (lo - K[i]), L[i], hi - lo))
-            i += 1
-        return _expand_runs(runs)
-
-
-def _expand_runs(runs: list[tuple[float, float, int]]) -> np.ndarray:
-    """Per-token gaps from (first, increment, count) runs: first, first + inc, ... for each run."""
-    if len(runs) == 1:
-        f, dl, n = runs[0]
-        return f + dl * np.arange(n)
-    a = np.array(runs, dtype=float)
-    n = a[:, 2].astype(np.int64)
-    starts = np.cumsum(n) - n
-    k = np.arange(int(n.sum())) - np.repeat(starts, n)
-    return np.repeat(a[:, 0], n) + np.repeat(a[:, 1], n) * k
+    def durations(self) -> np.ndarray:
+        """Duration of every iteration run so far, from the segments (one numpy pass)."""
+        if not self.seg_k:
+            return np.zeros(0)
+        k = np.array(self.seg_k + [self.steps], dtype=np.int64)
+        n = np.diff(k)
+        at = np.arange(self.steps) - np.repeat(k[:-1], n)  # position within its segment
+        return np.repeat(self.seg_s0, n) + np.repeat(self.seg_dl, n) * at
 
 
 def _steps_time(s0: float, dl: float, m: int) -> float:
@@ -167,6 +148,7 @@ class Simulation:
         self._bg_on_s = [[0.0] * len(p) for p in self.bg]
         self._bg_since = [0.0] * len(self.bg)
         self._heap: list = []
+        self._gaps_todo: list[tuple[RequestRecord, int, int, int]] = []  # (record, decode slot, iterations a..b)
         self._seq = 0
         self._work = 0  # queued events that can move a request along (not periodic ones)
         self._progress = progress
@@ -256,6 +238,12 @@ class Simulation:
         finally:
             if bar is not None:
                 bar.close()
+        durations = {}
+        for rec, slot, a, b in self._gaps_todo:
+            if slot not in durations:
+                durations[slot] = self.decodes[slot].durations()
+            rec.gaps = durations[slot][a:b]
+        self._gaps_todo = []
         if self.finished < n:
             raise RuntimeError(
                 f"simulation stalled at t = {self.now:.3f} s with {n - self.finished} unfinished "
@@ -487,8 +475,10 @@ class Simulation:
             rec = r.rec
             rec.t_done = self.now
             rec.status = "completed"
-            # gaps: the iterations after the one that made its first token
-            rec.gaps = D.gaps(r.j0 + 1, r.end)
+            # gaps: the iterations after the one that made its first token (read off the
+            # instance's iteration times at the end of the run)
+            if r.end > r.j0 + 1:
+                self._gaps_todo.append((rec, D.slot, r.j0 + 1, r.end))
             self._count_finished()
         D.cache.resize(self.compute.kv_blocks - int(v.kv_used[D.slot]))
 

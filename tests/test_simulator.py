@@ -445,10 +445,13 @@ def test_a_request_whose_kv_cannot_fit_a_decode_instance_fails_with_the_reason()
     assert 0 < sum(r.status == "failed" for r in recs) < len(recs)
 
 
-def test_folded_decode_runs_expand_to_every_gap_in_order():
-    from netkv.simulator.engine import _expand_runs
+def test_folded_decode_segments_expand_to_every_iteration_in_order():
+    from netkv.simulator.engine import _Decode
 
-    runs = [(0.1, 0.01, 3), (0.2, 0.0, 1), (0.3, 0.002, 4)]
+    D = _Decode(0, 0, None)
+    # three segments: 3 iterations from 0.1 s rising 0.01, one of 0.2, then 4 from 0.3 rising 0.002
+    D.seg_k, D.seg_s0, D.seg_dl, D.steps = [0, 3, 4], [0.1, 0.2, 0.3], [0.01, 0.0, 0.002], 8
     want = [0.1, 0.11, 0.12, 0.2, 0.3, 0.302, 0.304, 0.306]
-    assert _expand_runs(runs) == pytest.approx(want, abs=0, rel=1e-15)
-    assert _expand_runs(runs[:1]).tolist() == pytest.approx(want[:3], rel=1e-15)
+    assert D.durations() == pytest.approx(want, abs=0, rel=1e-15)
+    D.seg_k, D.seg_s0, D.seg_dl, D.steps = [0], [0.1], [0.01], 3
+    assert D.durations().tolist() == pytest.approx(want[:3], rel=1e-15)
