@@ -117,14 +117,23 @@ class PrefixCache:
         """Add (or refresh) blocks as most recently used, then evict down to capacity."""
         if self.capacity == 0:
             return
-        for b in hash_ids:
-            if b in self._lru:
-                self._lru.move_to_end(b)
-            else:
-                self._lru[b] = None
-                if self.index is not None:
-                    self.index.add(self.slot, b)
-        self._evict(self.capacity)
+        lru, move = self._lru, self._lru.move_to_end
+        if self.index is None:
+            for b in hash_ids:
+                if b in lru:
+                    move(b)
+                else:
+                    lru[b] = None
+        else:  # BlockIndex.add inlined: this loop runs for every block of every request
+            holders, bit = self.index.holders, 1 << self.slot
+            for b in hash_ids:
+                if b in lru:
+                    move(b)
+                else:
+                    lru[b] = None
+                    holders[b] = holders.get(b, 0) | bit
+        if len(lru) > self.capacity:
+            self._evict(self.capacity)
 
     def resize(self, capacity: int) -> None:
         self.capacity = max(0, capacity)
@@ -136,7 +145,18 @@ class PrefixCache:
         self._lru.clear()
 
     def _evict(self, limit: int) -> None:
-        while len(self._lru) > limit:
-            b, _ = self._lru.popitem(last=False)
-            if self.index is not None:
-                self.index.remove(self.slot, b)
+        lru = self._lru
+        if self.index is None:
+            while len(lru) > limit:
+                lru.popitem(last=False)
+            return
+        holders, keep = self.index.holders, ~(1 << self.slot)
+        while len(lru) > limit:  # BlockIndex.remove inlined
+            b, _ = lru.popitem(last=False)
+            m = holders.get(b)
+            if m is not None:
+                m &= keep
+                if m:
+                    holders[b] = m
+                else:
+                    del holders[b]

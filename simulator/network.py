@@ -28,6 +28,8 @@ class FlowNetwork:
     Link byte counters integrate the piecewise-constant link rates, like switch port counters.
     """
 
+    MEMO = 8192  # max-min results kept (components seen recently)
+
     def __init__(self, capacity_bps: np.ndarray):
         self.capacity = np.asarray(capacity_bps, dtype=float)
         self._cap = self.capacity.tolist()
@@ -41,6 +43,7 @@ class FlowNetwork:
         self._next_id = 0
         self.version = 0  # bumps whenever rates change (invalidates scheduled completions)
         self.recomputes = 0
+        self._memo: dict[tuple, list[float]] = {}
 
     def advance(self, t: float) -> None:
         dt = t - self.t
@@ -136,7 +139,15 @@ class FlowNetwork:
         fl = list(self.flows.values()) if fids is None else [self.flows[i] for i in fids]
         if not fl:
             return
-        rates = maxmin_rates([f.path for f in fl], self._cap, [f.demand for f in fl]).tolist()
+        # the same component recurs (on/off elephants and one transfer on the same path): memoised,
+        # exact, since the rates depend on the paths, capacities and demands alone
+        key = tuple((f.path, f.demand) for f in fl)
+        rates = self._memo.get(key)
+        if rates is None:
+            rates = maxmin_rates([f.path for f in fl], self._cap, [f.demand for f in fl]).tolist()
+            if len(self._memo) >= self.MEMO:
+                self._memo.clear()
+            self._memo[key] = rates
         delta: dict[int, float] = {}  # link rate change from the flows whose rate changed
         for f, r in zip(fl, rates):
             d = r - f.rate
