@@ -49,7 +49,10 @@ def cmd_simulate(a) -> int:
     _check_policies(a.policy)
     cluster = _load(a.experiment, a.set, a.requests)
     run, _ = simulate_experiment(cluster, a.policy, Path(a.out), progress=not a.quiet and sys.stderr.isatty())
-    _print_outputs(run.root)
+    if a.no_plots:
+        print(f"results: {run.root}")
+    else:
+        _print_outputs(run.root)
     return 0
 
 
@@ -366,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run an experiment's policies in the flow-level simulator")
     _run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-plots", action="store_true", help="write results only (`netkv report RUN` draws the plots later)"
+    )
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("emulate", help="run an experiment's policies on the emulated testbed (root)")

@@ -79,6 +79,7 @@ class Routing:
         self.strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
         self.down: set[int] = set()
         self.version = 0  # bumps whenever the set of down links changes
+        self._paths: dict[tuple[int, int], list[int]] = {}  # routed paths under the current down set
         self._tier_paths = np.array([topo.n_paths(t) for t in range(4)], dtype=np.int64)
 
     # ---- failures ----------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Routing:
         if new != self.down:
             self.down = new
             self.version += 1
+            self._paths.clear()
 
     def mark(self, link_id: int, up: bool) -> None:
         before = len(self.down)
@@ -96,6 +98,7 @@ class Routing:
             self.down.add(link_id)
         if len(self.down) != before:
             self.version += 1
+            self._paths.clear()
 
     # ---- paths -------------------------------------------------------------------------------
     def available_choices(self, src: int, dst: int) -> list[int]:
@@ -127,7 +130,10 @@ class Routing:
 
     def path(self, src: int, dst: int) -> list[int]:
         """Directed link ids of the routed path from host src to host dst."""
-        return self.topo.path_links(src, dst, self.choice(src, dst))
+        p = self._paths.get((src, dst))
+        if p is None:
+            p = self._paths[(src, dst)] = self.topo.path_links(src, dst, self.choice(src, dst))
+        return list(p)
 
     def switch_path(self, src: int, dst: int) -> list[tuple[str, int]]:
         return self.topo.switch_path(self.path(src, dst))

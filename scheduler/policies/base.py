@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 
 from netkv.messages import show
@@ -13,30 +11,40 @@ from netkv.trace import BLOCK_TOKENS
 class Query:
     """One decision's inputs, with the per-candidate prefix hits computed once and shared."""
 
+    __slots__ = ("req", "prefill_slot", "view", "transfer_start", "_hits", "_missing_blocks", "_missing_bytes")
+
     def __init__(self, req, prefill_slot: int, view, transfer_start: float | None = None):
         self.req = req
         self.prefill_slot = prefill_slot
         self.view = view
         self.transfer_start = transfer_start  # when the KV transfer is expected to start
+        # computed on first use (plain attributes: functools.cached_property costs a lock per access)
+        self._hits = self._missing_blocks = self._missing_bytes = None
 
     @property
     def prefill_host(self) -> int:
         return int(self.view.prefill_hosts[self.prefill_slot])
 
-    @cached_property
+    @property
     def hits(self) -> np.ndarray:
         """Prefix blocks each decode instance already holds."""
-        return self.view.decode_hits(self.req.hash_ids)
+        if self._hits is None:
+            self._hits = self.view.decode_hits(self.req.hash_ids)
+        return self._hits
 
-    @cached_property
+    @property
     def missing_blocks(self) -> np.ndarray:
-        return self.req.n_blocks - self.hits
+        if self._missing_blocks is None:
+            self._missing_blocks = self.req.n_blocks - self.hits
+        return self._missing_blocks
 
-    @cached_property
+    @property
     def missing_bytes(self) -> np.ndarray:
         """KV bytes each candidate lacks (the last block may be partial)."""
-        kv = float(self.view.compute.model.kv_bytes_per_token)
-        return np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
+        if self._missing_bytes is None:
+            kv = float(self.view.compute.model.kv_bytes_per_token)
+            self._missing_bytes = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
+        return self._missing_bytes
 
 
 class Policy:
