@@ -116,6 +116,9 @@ class RequestRecord:
             return None if a is None or b is None else b - a
 
         g = self.gaps if self.gaps is not None and len(self.gaps) else None
+        tbt_mean: float | None
+        tbt_p99: float | None
+        tbt_top10: float | None
         if g is not None:
             tbt_mean, tbt_p99, tbt_top10 = tbt_stats(g)
         else:  # one token (no gap), or unfinished

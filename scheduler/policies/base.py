@@ -19,7 +19,9 @@ class Query:
         self.view = view
         self.transfer_start = transfer_start  # when the KV transfer is expected to start
         # computed on first use (plain attributes: functools.cached_property costs a lock per access)
-        self._hits = self._missing_blocks = self._missing_bytes = None
+        self._hits: np.ndarray | None = None
+        self._missing_blocks: np.ndarray | None = None
+        self._missing_bytes: np.ndarray | None = None
 
     @property
     def prefill_host(self) -> int:
@@ -28,23 +30,26 @@ class Query:
     @property
     def hits(self) -> np.ndarray:
         """Prefix blocks each decode instance already holds."""
-        if self._hits is None:
-            self._hits = self.view.decode_hits(self.req.hash_ids)
-        return self._hits
+        h = self._hits
+        if h is None:
+            h = self._hits = self.view.decode_hits(self.req.hash_ids)
+        return h
 
     @property
     def missing_blocks(self) -> np.ndarray:
-        if self._missing_blocks is None:
-            self._missing_blocks = self.req.n_blocks - self.hits
-        return self._missing_blocks
+        m = self._missing_blocks
+        if m is None:
+            m = self._missing_blocks = self.req.n_blocks - self.hits
+        return m
 
     @property
     def missing_bytes(self) -> np.ndarray:
         """KV bytes each candidate lacks (the last block may be partial)."""
-        if self._missing_bytes is None:
+        m = self._missing_bytes
+        if m is None:
             kv = float(self.view.compute.model.kv_bytes_per_token)
-            self._missing_bytes = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
-        return self._missing_bytes
+            m = self._missing_bytes = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
+        return m
 
 
 class Policy:
