@@ -40,6 +40,17 @@ def test_simulate_smoke_writes_results_and_plots(tmp_path):
     assert r.returncode == 0 and "cache_load_aware" in r.stdout
 
 
+def test_simulate_no_plots_writes_results_only_and_report_draws_them_later(tmp_path):
+    p = run("simulate", str(REPO / "experiments/smoke.toml"), "--out", str(tmp_path), "--quiet", "--no-plots",
+            "--policy", "netkv", "--requests", "10")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    assert (run_dir / "netkv" / "requests.jsonl").exists() and not (run_dir / "plots").exists()
+    assert "plots:" not in p.stdout and f"results: {run_dir}" in p.stdout
+    assert run("report", str(run_dir)).returncode == 0
+    assert (run_dir / "plots" / "ttft_cdf.png").stat().st_size > 1000
+
+
 def test_topo_json(tmp_path):
     out = tmp_path / "t.json"
     p = run("topo", "--k", "4", "--gpus", "4", "--json", str(out), "--routes")
@@ -96,3 +107,16 @@ def test_compare_a_run_with_itself_and_with_another_seed(tmp_path):
     assert "random" in p.stdout and "ttft_s" in p.stdout
     bad = run("compare", str(a), str(tmp_path))
     assert bad.returncode != 0 and "summary.json" in bad.stderr
+
+
+def test_bench_vs_splitwise_says_what_is_missing_without_the_peer_simulator(tmp_path):
+    (tmp_path / "splitwise-sim").mkdir()
+    (tmp_path / "splitwise-sim" / "run.py").write_text("")
+    p = subprocess.run(
+        [sys.executable, str(REPO / "scripts/bench_vs_splitwise.py"), "--peer", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode != 0
+    assert p.stderr.strip() == (
+        f"bench_vs_splitwise: {tmp_path / 'venv-sw/bin/python'} is missing; see ../shared/peer/splitwise/README.md"
+    )
