@@ -1,14 +1,16 @@
 """Staleness study: how old counter telemetry changes NetKV's choices and gains (docs/staleness.md).
 
     .venv/bin/python scripts/staleness.py [--experiment experiments/staleness.toml] [--seeds 1 2 3]
-        [--polls 0.1 0.25 0.5 1 2 5] [--delays 0 1] [--emulate 0.1 0.5 2] [--emulate-seeds 1 2 3] [--out results/staleness]
+        [--polls 0.1 0.25 0.5 1 2 5] [--delays 0 1] [--emulate 0.1 0.5 2] [--emulate-seeds 1 2 3]
+        [--emulate-delays 0 1] [--out results/staleness]
         [--docs docs/figures] [--jobs N] [--dask local|tcp://HOST:8786]
 
 Simulated: for each poll interval, publish delay and seed, every policy of the experiment plus
 netkv without its own in-flight transfers (`count_committed = false`), each decision also asking
 what the policy would choose on fresh telemetry (`telemetry.compare_fresh`). Emulated (root): the
-same experiment at the given poll intervals (publish delay 0), netkv and cache_load_aware, for each
-of --emulate-seeds (default: the experiment's seed). Writes staleness.json (every number) and
+same experiment at the given poll intervals and --emulate-delays (publish delays, default 0), netkv
+and cache_load_aware, for each of --emulate-seeds (default: the experiment's seed); a finished
+emulated point is kept (point.json) and reused by the next invocation. Writes staleness.json (every number) and
 staleness.png; with --docs, copies the figure there. Progress on stderr; a failing run stops the study with its error.
 """
 
@@ -71,25 +73,34 @@ def _point(s: dict) -> dict:
     }
 
 
-def _emu_point(path: Path, poll: float, seed: int, out: Path) -> dict:
+def _emu_point(path: Path, poll: float, delay: float, seed: int, out: Path) -> dict:
+    """netkv and cache_load_aware emulated at one (poll, publish delay, seed); kept in point.json
+    beside the run, so that a second invocation reuses a finished point instead of emulating it again."""
     from netkv.emulation.run import emulate_experiment
     from netkv.scheduler.cluster import load
 
-    sets = [f"telemetry.poll_interval_s={poll}", "telemetry.publish_delay_s=0", f"seed={seed}"]
+    where = out / f"emu-poll-{poll:g}-delay-{delay:g}-seed-{seed}"
+    done = where / "point.json"
+    if done.exists():
+        print(f"[staleness] reusing {done}", file=sys.stderr)
+        return json.loads(done.read_text())
+    sets = [f"telemetry.poll_interval_s={poll}", f"telemetry.publish_delay_s={delay}", f"seed={seed}"]
     _, summ = emulate_experiment(
-        load(path, sets),
-        ["cache_load_aware", "netkv"],
-        out / f"emu-poll-{poll:g}-seed-{seed}",
-        log=lambda *a: print(*a, file=sys.stderr),
+        load(path, sets), ["cache_load_aware", "netkv"], where, log=lambda *a: print(*a, file=sys.stderr)
     )
-    return {pol: _point(s) for pol, s in summ.items()}
+    pt = {pol: _point(s) for pol, s in summ.items()}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pt, indent=1))
+    tmp.replace(done)  # a point that exists is complete
+    return pt
 
 
-def _emu_by_poll(doc: dict) -> dict[float, list[dict]]:
-    """Emulated points grouped by poll interval (keys "poll/seed")."""
-    out: dict[float, list[dict]] = {}
+def _emu_groups(doc: dict) -> dict[tuple[float, float], list[dict]]:
+    """Emulated points grouped by (poll interval, publish delay) (keys "poll/delay/seed")."""
+    out: dict[tuple[float, float], list[dict]] = {}
     for key, pt in (doc.get("emu") or {}).items():
-        out.setdefault(float(key.split("/")[0]), []).append(pt)
+        poll, delay, _seed = key.split("/")
+        out.setdefault((float(poll), float(delay)), []).append(pt)
     return dict(sorted(out.items()))
 
 
@@ -119,19 +130,20 @@ def plot(doc: dict, path: Path) -> None:
             )
             a = np.array([[doc["sim"][f"{p:g}/{delay:g}/{s}"][pol]["same_tier"] for s in doc["seeds"]] for p in polls])
             ax2.plot(polls, 100 * a.mean(1), style, label=f"{pol}, delay {delay:g} s")
-    emu = _emu_by_poll(doc)
-    if emu:
-        ep = list(emu)
-        g = [[gain(x) for x in emu[p]] for p in ep]
+    emu = _emu_groups(doc)
+    for j, delay in enumerate(sorted({d for _, d in emu})):
+        ep = [p for p, d in emu if d == delay]
+        g = [[gain(x) for x in emu[(p, delay)]] for p in ep]
         m = [float(np.mean(v)) for v in g]
         ax1.errorbar(
             ep,
             m,
             yerr=[[a - min(v) for a, v in zip(m, g)], [max(v) - a for a, v in zip(m, g)]],
-            fmt="k*",
-            ms=12,
+            fmt="*^vD"[j % 4],
+            color="k" if j == 0 else f"C{j + 4}",
+            ms=12 if j == 0 else 8,
             capsize=3,
-            label=f"netkv, emulated, delay 0 ({max(len(v) for v in g)} seeds)",
+            label=f"netkv, emulated, delay {delay:g} s ({max(len(v) for v in g)} seeds)",
         )
     ax1.axhline(0, color="grey", lw=0.8)
     for ax in (ax1, ax2):
@@ -168,9 +180,9 @@ def table(doc: dict) -> list[str]:
                 f" {mm([gain(x, NOCOMMIT) for x in pts]):>20} {100 * np.mean([x['same_tier'] for x in nk]):11.1f}"
                 f" {100 * np.mean([x['same_decode'] for x in nk]):13.1f} {slo:>17}"
             )
-    for p, pts in _emu_by_poll(doc).items():
+    for (p, delay), pts in _emu_groups(doc).items():
         lines.append(
-            f"emulated, poll {p:g} s, {len(pts)} seed(s): gain {mm([gain(x) for x in pts])}%, "
+            f"emulated, poll {p:g} s, delay {delay:g} s, {len(pts)} seed(s): gain {mm([gain(x) for x in pts])}%, "
             f"age p50 {np.mean([x['netkv']['age_p50_s'] for x in pts]):.3f} s, SLO netkv / cla "
             f"{100 * np.mean([x['netkv']['slo'] for x in pts]):.1f} / "
             f"{100 * np.mean([x['cache_load_aware']['slo'] for x in pts]):.1f}%"
@@ -187,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate", type=float, nargs="*", default=[], help="poll intervals to emulate (root)")
     ap.add_argument(
         "--emulate-seeds", type=int, nargs="+", help="seeds of the emulated points (default: the experiment's)"
+    )
+    ap.add_argument(
+        "--emulate-delays", type=float, nargs="+", default=[0.0], help="publish delays of the emulated points (s)"
     )
     ap.add_argument("--out", type=Path, default=REPO / "results/staleness")
     ap.add_argument("--docs", type=Path, default=None, help="copy the figure into this folder")
@@ -214,10 +229,13 @@ def main(argv=None) -> int:
     from netkv.config import load as load_exp
 
     emu_seeds = a.emulate_seeds or [load_exp(a.experiment).seed]
-    for p in a.emulate:
-        for s in emu_seeds:
-            print(f"[staleness] emulating poll {p:g} s, seed {s}", file=sys.stderr)
-            doc["emu"][f"{p:g}/{s}"] = _emu_point(a.experiment, p, s, a.out)
+    emu_todo = [(p, d, s) for d in a.emulate_delays for p in a.emulate for s in emu_seeds]
+    t1 = time.monotonic()
+    for i, (p, d, s) in enumerate(emu_todo, 1):
+        print(f"[staleness] emulating {i}/{len(emu_todo)}: poll {p:g} s, delay {d:g} s, seed {s}", file=sys.stderr)
+        doc["emu"][f"{p:g}/{d:g}/{s}"] = _emu_point(a.experiment, p, d, s, a.out)
+        el = time.monotonic() - t1
+        print(f"[staleness] {el:.0f} s, ~{el / i * (len(emu_todo) - i):.0f} s left", file=sys.stderr)
     (a.out / "staleness.json").write_text(json.dumps(doc, indent=1))
     plot(doc, a.out / "staleness.png")
     for line in table(doc):

@@ -168,21 +168,38 @@ def test_the_reproduction_sweep_gives_the_same_runs_on_a_local_dask_cluster():
         assert a == b
 
 
-def test_the_staleness_study_groups_emulated_seeds_by_poll(tmp_path, monkeypatch):
+def test_the_staleness_study_groups_emulated_seeds_by_poll_and_delay(tmp_path, monkeypatch):
     st = _script("staleness")
     calls = []
 
-    def fake(path, poll, seed, out):
-        calls.append((poll, seed))
-        return {"netkv": {**PT, "ttft_mean_s": 0.9 - 0.1 * seed}, "cache_load_aware": {**PT, "ttft_mean_s": 1.0}}
+    def fake(path, poll, delay, seed, out):
+        calls.append((poll, delay, seed))
+        nk = 0.9 - 0.1 * seed - 0.2 * delay
+        return {"netkv": {**PT, "ttft_mean_s": nk}, "cache_load_aware": {**PT, "ttft_mean_s": 1.0}}
 
     PT = {"slo": 1.0, "tbt_mean_ms": 50.0, "completed": 10, "age_p50_s": 0.2, "age_p90_s": 0.3}
     PT.update(same_decode=None, same_tier=None)
     monkeypatch.setattr(st, "_emu_point", fake)
     args = ["--seeds", "1", "--polls", "0.5", "--delays", "0", "--out", str(tmp_path)]
-    assert st.main([*args, "--emulate", "0.5", "2", "--emulate-seeds", "1", "2"]) == 0
-    assert calls == [(0.5, 1), (0.5, 2), (2.0, 1), (2.0, 2)]
+    emu = ["--emulate", "0.5", "2", "--emulate-seeds", "1", "2", "--emulate-delays", "0", "0.5"]
+    assert st.main([*args, *emu]) == 0
+    assert calls == [(p, d, s) for d in (0.0, 0.5) for p in (0.5, 2.0) for s in (1, 2)]
     doc = json.loads((tmp_path / "staleness.json").read_text())
-    assert set(doc["emu"]) == {"0.5/1", "0.5/2", "2/1", "2/2"}
+    assert set(doc["emu"]) == {f"{p}/{d}/{s}" for p in ("0.5", "2") for d in ("0", "0.5") for s in (1, 2)}
     lines = st.table(doc)
-    assert any(x.startswith("emulated, poll 0.5 s, 2 seed(s): gain  25.0 ( 20.0.. 30.0)") for x in lines)
+    assert any(x.startswith("emulated, poll 0.5 s, delay 0 s, 2 seed(s): gain  25.0 ( 20.0.. 30.0)") for x in lines)
+    assert any(x.startswith("emulated, poll 2 s, delay 0.5 s, 2 seed(s): gain  35.0 ( 30.0.. 40.0)") for x in lines)
+
+
+def test_an_emulated_staleness_point_is_reused_once_finished(tmp_path, monkeypatch):
+    st = _script("staleness")
+    where = tmp_path / "emu-poll-0.5-delay-1-seed-3"
+    where.mkdir()
+    (where / "point.json").write_text(json.dumps({"netkv": {"ttft_mean_s": 0.5}}))
+    import netkv.emulation.run as er
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished point must not be emulated again")
+
+    monkeypatch.setattr(er, "emulate_experiment", refuse)
+    assert st._emu_point(REPO / "experiments/staleness.toml", 0.5, 1.0, 3, tmp_path) == {"netkv": {"ttft_mean_s": 0.5}}
