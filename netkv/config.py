@@ -102,7 +102,7 @@ class SloCfg:
 
 @dataclass
 class TelemetryCfg:
-    oracle: str = "counters"  # a name in netkv.scheduler.oracle.ORACLES: "counters", "static" or "fair_share"
+    oracle: str = "counters"  # a name in netkv.scheduler.oracle.ORACLES: "counters", "static", "fair_share", "probe"
     poll_interval_s: float = 1.0
     publish_delay_s: float = 0.0
     count_committed: bool = True
@@ -115,6 +115,12 @@ class TelemetryCfg:
     # simulator only: also ask the policy what it would choose on fresh telemetry (the flow model's
     # link rates at the decision instant) and record it (fresh_decode, fresh_tier): what staleness changed
     compare_fresh: bool = False
+    # the "probe" oracle (docs/oracle-accuracy.md): one packet train every probe_interval_s
+    # (real-cluster seconds), from a prefill host to a decode host, the pairs in turn; a train is
+    # probe_packets packets of probe_packet_bytes (bytes on the emulated wire) sent back to back
+    probe_interval_s: float = 0.05
+    probe_packets: int = 8
+    probe_packet_bytes: int = 1500
 
 
 @dataclass
@@ -441,6 +447,15 @@ def _check_telemetry(where: str, te: TelemetryCfg) -> None:
     _positive(where, "telemetry.publish_delay_s", te.publish_delay_s, allow_zero=True)
     if not 0 < te.floor_fraction < 1:
         _fail(where, "telemetry.floor_fraction", f"must be in (0, 1), got {te.floor_fraction}")
+    _at_least(where, "telemetry.probe_interval_s", te.probe_interval_s, MIN_PERIOD_S)
+    if not 2 <= te.probe_packets <= 1000:
+        _fail(where, "telemetry.probe_packets", f"must be an integer in [2, 1000] (a train), got {te.probe_packets}")
+    if not 100 <= te.probe_packet_bytes <= 9000:
+        _fail(
+            where,
+            "telemetry.probe_packet_bytes",
+            f"must be in [100, 9000] (an IPv4 packet), got {te.probe_packet_bytes}",
+        )
     if te.poll_phase not in POLL_PHASES:
         _fail(where, "telemetry.poll_phase", f"unknown phase {show(te.poll_phase)} (known: {', '.join(POLL_PHASES)})")
 

@@ -342,3 +342,80 @@ class FairShareOracle(CounterOracle):
         if snap.down:
             bw[list(snap.down)] = 0.0
         return bw
+
+
+@ORACLES.register(order=3)
+class ProbeOracle(Oracle):
+    """Transfer time from the bandwidth that packet trains measured on the pair's own path.
+
+    A prober sends a short train of back-to-back packets from a prefill host to a decode host, the
+    pairs in turn; the receiver's spacing of the train (asymptotic dispersion rate: (N - 1) packets
+    over the time between the first and the last arrival) is what the path gave it. Emulated, the
+    prober builds the trains with scapy inside the fabric (netkv.emulation.prober); simulated, a
+    probe reads the rate a new flow would get on the path at that instant (the flow model's max-min
+    share). A pair measured at least once costs bytes / its latest measurement (+ latency); a pair
+    never measured costs what the static oracle says. `age`: how old the measurement behind the
+    answer is (None for a static answer). No port counters are read."""
+
+    name = "probe"
+    probes = True  # the drivers feed it: record() for every finished train
+
+    @classmethod
+    def from_config(cls, topo, routing, te, source, clock) -> ProbeOracle:
+        return cls(topo, routing, clock)
+
+    def __init__(self, topo: FatTree, routing: Routing, clock: Callable[[], float]):
+        self.topo, self.routing, self.clock = topo, routing, clock
+        self._static = StaticOracle(topo, routing)
+        self.measured: dict[tuple[int, int], tuple[float, float]] = {}  # (src, dst) -> (bytes/s, at)
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # src -> (dsts, bw, at)
+        self.probes_recorded = 0
+
+    def record(self, src: int, dst: int, rate_Bps: float, at: float) -> None:
+        """A train from host src to host dst measured `rate_Bps` (real-cluster bytes/s) at time `at`."""
+        self.measured[(src, dst)] = (max(float(rate_Bps), 0.0), at)
+        self._rows.pop(src, None)
+        self.probes_recorded += 1
+
+    def _row(self, src: int, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Measured bytes/s (NaN: never) and measurement times for the pairs src -> dsts."""
+        ent = self._rows.get(src)
+        if ent is None or ent[0] is not dsts:
+            got = [self.measured.get((src, int(d))) for d in dsts]
+            bw = np.array([np.nan if g is None else g[0] for g in got])
+            at = np.array([np.nan if g is None else g[1] for g in got])
+            ent = self._rows[src] = (dsts, bw, at)
+        return ent[1], ent[2]
+
+    def cost_row(self, src, dsts, nbytes, at=None):
+        static, _ = self._static.cost_row(src, dsts, nbytes)
+        bw, when = self._row(src, dsts)
+        seen = np.isfinite(bw)
+        if not seen.any():
+            return static, None
+        b, _, lat = self._static._rows.bottleneck(src, dsts, self._static._bw, 0)
+        with np.errstate(divide="ignore"):
+            probed = np.where(nbytes > 0, nbytes / bw + lat, 0.0)
+        sec = np.where(seen & (b > 0), probed, static)  # a dead path stays infinite
+        return sec, max(0.0, self.clock() - float(np.nanmin(when)))
+
+    def cost(self, src, dst, nbytes, at=None):
+        got = self.measured.get((src, dst))
+        static, _ = self._static.cost(src, dst, nbytes)
+        if got is None or not math.isfinite(static) or nbytes <= 0:
+            return static, None
+        try:
+            links = self.routing.path(src, dst)
+        except NoPathError:
+            return math.inf, None
+        lat = float(self.topo.latency_s[links].sum())
+        sec = nbytes / got[0] + lat if got[0] > 0 else math.inf
+        return sec, max(0.0, self.clock() - got[1])
+
+
+def probe_pairs(prefill_hosts, decode_hosts, seed: int) -> list[tuple[int, int]]:
+    """The order in which a prober visits the (prefill host, decode host) pairs, each once per cycle
+    (seeded shuffle: neighbouring probes do not all start from one host); the same for both drivers."""
+    pairs = [(int(p), int(d)) for p in prefill_hosts for d in decode_hosts if int(p) != int(d)]
+    order = np.random.default_rng([seed, 0x9B0BE]).permutation(len(pairs))
+    return [pairs[i] for i in order]

@@ -13,6 +13,8 @@ Same topology, routing function, compute model, prefix caches and policies as th
   own: `telemetry.poll_phase`) and publishing each sample `publish_delay_s` later; the counter
   oracle reads each link's latest published sample, and a decision's telemetry age is that of the
   oldest sample on its path.
+- With the probe oracle, a packet train every `telemetry.probe_interval_s`, the (prefill, decode)
+  pairs in turn, measures the rate a new flow would get on the pair's path at that instant.
 - Decode instances run continuous batching. Iterations are folded: between two changes of a batch
   (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
   arithmetic series and one event covers all steps up to the next change. An instance keeps its
@@ -33,15 +35,16 @@ import numpy as np
 from netkv.config import Experiment
 from netkv.results import RequestRecord
 from netkv.scheduler.cluster import Cluster
-from netkv.scheduler.oracle import Snapshot
+from netkv.scheduler.oracle import Snapshot, probe_pairs
 from netkv.scheduler.runtime import Runtime, Tracked
 from netkv.simulator.network import FlowNetwork
+from netkv.topology import NoPathError
 from netkv.trace import window_from_config
 
-ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF, FAULT, KV_LANDED = range(9)
-# events that do not themselves move a request along (polls and toggles recur for ever; faults only
-# change where flows go)
-_PERIODIC = (POLL, BG_ON, BG_OFF, FAULT)
+ARRIVAL, PREFILL_DONE, NET, DECODE, POLL, BG_ON, BG_OFF, FAULT, KV_LANDED, PROBE = range(10)
+# events that do not themselves move a request along (polls, probes and toggles recur for ever;
+# faults only change where flows go)
+_PERIODIC = (POLL, BG_ON, BG_OFF, FAULT, PROBE)
 
 
 class _Req(Tracked):
@@ -138,6 +141,10 @@ class Simulation:
             _Prefill(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.prefill_hosts, rt.prefill_caches))
         ]
         self.decodes = [_Decode(i, int(h), c) for i, (h, c) in enumerate(zip(cluster.decode_hosts, rt.decode_caches))]
+        # the probe oracle's trains: one every probe_interval_s, the pairs in turn
+        self._probes = getattr(self.oracle, "probes", False)
+        self._probe_order = probe_pairs(cluster.prefill_hosts, cluster.decode_hosts, exp.seed) if self._probes else []
+        self._probe_i = 0
         self.bg = cluster.background
         self.fault_links = cluster.faults
         self.fault_log: list[dict] = []  # per link change: time, link, up, flows moved
@@ -168,6 +175,8 @@ class Simulation:
         """Refuse a run whose periodic events alone would take for ever (a 1 ms poll over a year)."""
         span = self.requests[-1].arrival_s if self.requests else 0.0
         checks = [("telemetry.poll_interval_s", self._poll)] if self.oracle.uses_telemetry else []
+        if self._probes:
+            checks.append(("telemetry.probe_interval_s", self.exp.telemetry.probe_interval_s))
         checks += [(f"background[{i}]", b.on_s + b.off_s) for i, b in enumerate(self.exp.background)]
         for key, period in checks:
             n = span / period
@@ -198,6 +207,8 @@ class Simulation:
                 self._push(ph, POLL, g)
             self._snaps.extend(sorted(pending, key=lambda x: x[0]))
             self._snap = Snapshot(float(np.nanmin(at)), np.zeros(n), version=1, link_sampled_at=at)
+        if self._probe_order:
+            self._push(0.0, PROBE)
         for i, b in enumerate(self.exp.background):
             self._push(b.start_s, BG_ON, i)
         for i, f in enumerate(self.exp.faults):
@@ -216,6 +227,7 @@ class Simulation:
             BG_OFF: self._bg_off,
             FAULT: self._fault,
             KV_LANDED: self._kv_landed,
+            PROBE: self._probe_event,
         }
         n = len(reqs)
         bar = None
@@ -321,6 +333,18 @@ class Simulation:
         self._last_counters[ids] = c
         self._snaps.append((self.now + self._delay, g, rates, self.now))
         self._push(self.now + self._poll, POLL, g)
+
+    def _probe_event(self, _a, _b):
+        """The next pair's train: the probe oracle learns the rate a new flow would get on its path."""
+        p, d = self._probe_order[self._probe_i % len(self._probe_order)]
+        self._probe_i += 1
+        try:
+            links = self.routing.path(p, d)
+        except NoPathError:
+            links = None
+        if links is not None:
+            self.oracle.record(p, d, self.net.probe_rate(links), self.now)
+        self._push(self.now + self.exp.telemetry.probe_interval_s, PROBE)
 
     def _fresh(self) -> Snapshot:
         """Telemetry with no staleness: the flow model's link rates at this instant (current since the

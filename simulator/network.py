@@ -158,6 +158,19 @@ class FlowNetwork:
         if delta:
             self.link_rate[list(delta)] += list(delta.values())
 
+    def probe_rate(self, links) -> float:
+        """The rate a new elastic flow on `links` would get now (max-min with the flows it would
+        share links with), without adding it: what an ideal packet-train probe measures."""
+        path = tuple(int(x) for x in links)
+        if not path:
+            return math.inf
+        seeds = set().union(*(self._on_link[lid] for lid in path))
+        if not seeds:
+            return float(min(self._cap[lid] for lid in path))
+        fl = [self.flows[i] for i in self._component(seeds)]
+        rates = maxmin_rates([f.path for f in fl] + [path], self._cap, [f.demand for f in fl] + [math.inf])
+        return float(rates[-1])
+
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""
         best = None

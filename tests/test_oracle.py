@@ -214,3 +214,36 @@ def test_fair_share_counts_the_schedulers_own_transfers_as_flows():
     seen.link_sampled_at = np.full(TOPO.n_links, 10.0)
     o.source = lambda: seen
     assert o.cost(P, FAR, 1e9)[0] == pytest.approx(1e9 / (cap / 3))
+
+
+def test_probe_oracle_prices_measured_pairs_by_their_train_and_the_rest_statically():
+    from netkv.scheduler.oracle import ProbeOracle
+
+    now = [10.0]
+    o = ProbeOracle(TOPO, ROUTING, lambda: now[0])
+    static = StaticOracle(TOPO, ROUTING)
+    lat = float(TOPO.latency_s[ROUTING.path(P, FAR)].sum())
+    # nothing measured yet: the static answer, no age
+    assert o.cost(P, FAR, 1e9) == (static.cost(P, FAR, 1e9)[0], None)
+    dsts = np.array([FAR, NEAR])
+    row, age = o.cost_row(P, dsts, np.array([1e9, 1e9]))
+    assert row == pytest.approx(static.cost_row(P, dsts, np.array([1e9, 1e9]))[0]) and age is None
+    o.record(P, FAR, 5e9, at=9.5)  # a train saw 5 GB/s (a tenth of the 400 Gbit/s path)
+    sec, age = o.cost(P, FAR, 1e9)
+    assert sec == pytest.approx(1e9 / 5e9 + lat) and age == pytest.approx(0.5)
+    row, age = o.cost_row(P, dsts, np.array([1e9, 1e9]))
+    assert row[0] == pytest.approx(1e9 / 5e9 + lat)  # measured
+    assert row[1] == pytest.approx(static.cost(P, NEAR, 1e9)[0])  # never measured: static
+    assert age == pytest.approx(0.5)
+    o.record(P, FAR, 10e9, at=9.9)  # the latest train replaces the older one (the row is rebuilt)
+    assert o.cost_row(P, dsts, np.array([1e9, 0.0]))[0] == pytest.approx([1e9 / 10e9 + lat, 0.0])
+    o.record(P, NEAR, 0.0, at=9.9)  # a train that got nothing through: the pair costs infinity
+    assert math.isinf(o.cost(P, NEAR, 1e9)[0]) and o.cost(P, NEAR, 0.0)[0] == 0.0
+
+
+def test_probe_pairs_visit_every_pair_once_per_cycle_in_a_seeded_order():
+    from netkv.scheduler.oracle import probe_pairs
+
+    a = probe_pairs([1, 2, 3], [4, 5], seed=7)
+    assert sorted(a) == [(p, d) for p in (1, 2, 3) for d in (4, 5)]
+    assert a == probe_pairs([1, 2, 3], [4, 5], seed=7) and a != probe_pairs([1, 2, 3], [4, 5], seed=8)

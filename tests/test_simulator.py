@@ -138,6 +138,36 @@ def test_netkv_steers_around_a_background_elephant(tmp_path):
         assert STEER_D1 in got and STEER_D2 in got, (oracle, bg, got)
 
 
+def test_netkv_with_the_probe_oracle_steers_around_the_elephant_its_trains_measured(tmp_path):
+    """No counters: packet trains between the pairs, in turn, see half the elephant's link on the path
+    to D1 and all of D2's; netkv steers to D2, and without the elephant both candidates are used."""
+    exp = from_dict(steer_exp(tmp_path, [ELEPHANT_TO_D1], "probe"), None)
+    sim = Simulation(exp, "netkv")
+    recs = sim.run()
+    topo = sim.topo
+    p, d1, d2 = (topo.host_index[h] for h in ("h0_0_0_0", STEER_D1, STEER_D2))
+    assert sim.oracle.probes_recorded == pytest.approx(sim.now / 0.05, abs=2)  # one train per interval
+    # the latest trains: D1's path shares the elephant's link (half of 200 Gbit/s); D2's is free,
+    # unless the train ran while a KV transfer was on the path
+    assert sim.oracle.measured[(p, d1)][0] <= 100e9 / 8 * 1.001
+    assert sim.oracle.measured[(p, d2)][0] in (pytest.approx(200e9 / 8), pytest.approx(100e9 / 8))
+    late = [r for r in recs if r.arrival_s >= 4.0]
+    assert len(late) >= 10 and all(r.decode == STEER_D2 and r.oracle == "probe" for r in late)
+    calm = Simulation(from_dict(steer_exp(tmp_path, [], "probe"), None), "netkv").run()
+    assert {r.decode for r in calm} == {STEER_D1, STEER_D2}
+
+
+def test_a_probe_measures_the_share_a_new_flow_would_get_without_adding_one():
+    net = FlowNetwork(np.array([10.0, 4.0, 10.0]))
+    assert net.probe_rate([0, 1]) == 4.0  # idle: the bottleneck capacity
+    net.add(0.0, [0], math.inf)  # an elephant on link 0
+    capped = net.add(0.0, [2], math.inf, demand=3.0)  # a flow held at 3 on link 2
+    assert net.probe_rate([0]) == pytest.approx(5.0)  # half of link 0
+    assert net.probe_rate([2]) == pytest.approx(7.0)  # what the capped flow leaves
+    assert net.probe_rate([0, 1]) == pytest.approx(4.0)  # link 1 is tighter than half of link 0
+    assert len(net.flows) == 2 and capped.rate == 3.0  # nothing was added or changed
+
+
 def test_the_elephant_costs_the_kv_transfer_its_fair_share(tmp_path):
     """A KV transfer forced onto the elephant's link gets half of it (max-min), and the report
     says the elephant got the other half while the transfer ran and all of it otherwise."""
