@@ -35,7 +35,8 @@ from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_summary
 from netkv.scheduler.cluster import Cluster
-from netkv.scheduler.service import clock_file, resumed_file
+from netkv.scheduler.oracle import ORACLES, probe_pairs
+from netkv.scheduler.service import clock_file, probes_file, resumed_file
 from netkv.topology import Routing
 from netkv.trace import window_from_config
 
@@ -75,6 +76,55 @@ def _wait_agents(procs: dict[str, subprocess.Popen], sock_dir: Path, log_dir: Pa
             if time.monotonic() > deadline:
                 raise RuntimeError(f"agent {name} did not open its socket within 120 s")
             time.sleep(0.1)
+
+
+def start_prober(fab: Fabric, cluster: Cluster, out: Path, log_dir: Path, label: str) -> subprocess.Popen:
+    """The probe oracle's prober (netkv.agents.prober) over the cluster's (prefill, decode) pairs, in
+    the order the simulator probes them, one train every probe_interval_s x time_dilation wall s."""
+    exp, topo = cluster.exp, cluster.topo
+    te = exp.telemetry
+
+    def host(h):
+        node = fab.host(topo.hosts[h].name)
+        return [node.name, node.pid, node.IP()]
+
+    spec = {
+        "pairs": [host(p) + host(d) for p, d in probe_pairs(cluster.prefill_hosts, cluster.decode_hosts, exp.seed)],
+        "interval_s": te.probe_interval_s * exp.emulation.time_dilation,
+        "packets": te.probe_packets,
+        "packet_bytes": te.probe_packet_bytes,
+        "bandwidth_scale": exp.emulation.bandwidth_scale,
+        "out": str(out),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec_path = log_dir / f"prober-{label}.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    with open(log_dir / f"prober-{label}.log", "ab") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "netkv.agents.prober", str(spec_path)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **AGENT_ENV},
+        )
+
+
+def _prober_error(p: subprocess.Popen | None, log_dir: Path, label: str) -> str | None:
+    """Why the prober stopped during the run (a failing child process is an error), or None."""
+    if p is None or p.poll() is None:
+        return None
+    return f"the prober exited (code {p.returncode}); see {log_dir / f'prober-{label}.log'}"
+
+
+def stop_prober(p: subprocess.Popen | None) -> None:
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
 
 
 def stop_agents(procs: dict[str, subprocess.Popen]) -> None:
@@ -216,6 +266,9 @@ class _Run:
             fab.rest,
         ]
         self.log(f"policy {pol}: replaying")
+        prober = None
+        if getattr(ORACLES.get(self.exp.telemetry.oracle), "probes", False):
+            prober = start_prober(fab, self.cluster, probes_file(self.run.root, pol), self.logs, pol)
         svc = _Processes(args, sock_dir, pol, agents, lambda h: self._restart_agent(fab, sock_dir, h))
         faults = FaultInjector(fab, self.exp, svc)
         faults.start(clock)
@@ -224,7 +277,7 @@ class _Run:
             if on_running is not None:
                 on_running(fab, agents, pol)
             while (rc := svc.poll()) is None:
-                bg_error = bg.error() or faults.error()
+                bg_error = bg.error() or faults.error() or _prober_error(prober, self.logs, pol)
                 if bg_error:
                     svc.signal(signal.SIGINT)  # it writes what it has, marked partial
                     rc = svc.wait(timeout=120)
@@ -236,6 +289,7 @@ class _Run:
             svc.wait(timeout=120)
             rc = 130
         finally:
+            stop_prober(prober)
             faults.stop()
             mon.stop()
             bg.stop()

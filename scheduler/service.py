@@ -46,6 +46,47 @@ def clock_file(sock_dir: Path, policy: str) -> Path:
     return Path(sock_dir) / f"clock-{policy}.json"
 
 
+def probes_file(run_root: Path, policy: str) -> Path:
+    """Where the prober writes a policy's packet trains (one JSON line each; netkv.agents.prober)."""
+    return Path(run_root) / policy / "probes.jsonl"
+
+
+class ProbeFeed:
+    """Feeds the probe oracle the trains the prober has written since the last look."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+        self._part = ""
+        self.trains = self.empty = 0
+
+    def poll(self, oracle, topo, to_trace) -> None:
+        """Read the new complete lines; `to_trace(wall)`: a wall time on the trace clock."""
+        if self._fh is None:
+            try:
+                self._fh = open(self.path)
+            except FileNotFoundError:
+                return  # the prober has not written yet
+        data = self._part + self._fh.read()
+        lines = data.split("\n")
+        self._part = lines.pop()  # an incomplete last line waits for the rest
+        for line in lines:
+            if not line.strip():
+                continue
+            x = json.loads(line)
+            if "totals" in x:
+                continue
+            self.trains += 1
+            if x["rate_Bps"] is None:  # fewer than two packets of the train arrived
+                self.empty += 1
+                continue
+            oracle.record(topo.host_index[x["src"]], topo.host_index[x["dst"]], x["rate_Bps"], to_trace(x["t"]))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
 def resumed_file(sock_dir: Path, policy: str) -> Path:
     """Where a restarted service says it has resumed ({"at": wall seconds, "replayed": records})."""
     return Path(sock_dir) / f"resumed-{policy}.json"
@@ -117,6 +158,7 @@ class SchedulerService:
         self.seq: dict[str, int] = {}  # per agent: the last event journaled
         self._replaying = False
         self.journal = jr.Journal(jr.journal_path(run.root, policy), resume=resume)
+        self.probes = ProbeFeed(probes_file(run.root, policy)) if getattr(self.oracle, "probes", False) else None
 
     # ---- clocks ------------------------------------------------------------------------------
     def now(self) -> float:
@@ -298,6 +340,9 @@ class SchedulerService:
             return
         fallback = self.oracle.uses_telemetry and self.snap is None
         now = self.now()
+        if self.probes is not None and self.t0 is not None:
+            t0 = self.t0
+            self.probes.poll(self.oracle, self.topo, lambda wall: (wall - t0) / self.D)
         d = self._commit(lv, now, fallback)
         rec = {k: getattr(lv.rec, k) for k in DECISION_FIELDS}
         self.journal.write(
@@ -490,6 +535,9 @@ class SchedulerService:
             "resumes": self.resumes,
             "journal": self.journal.path.name,
         }
+        if self.probes is not None:
+            s["emulation"]["probe_trains_read"] = self.probes.trains
+            s["emulation"]["probe_trains_empty"] = self.probes.empty
         self.rundir.write_policy_summary(self.policy, s)
         return s
 
