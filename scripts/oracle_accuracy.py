@@ -8,11 +8,14 @@ transfers) on the congestion scenarios of experiments/scenarios/ plus the demo c
 background ("quiet"), once per oracle: static (bytes / path capacity), counters (residual of the
 polled counters with the floor, the scheduler's in-flight transfers counted) and counters without
 in-flight, and fair share (the rate a new flow would get under max-min, from counters and the
-scheduler's own transfers). Per oracle, tier and scenario: median and p95 of |estimate - actual| /
+scheduler's own transfers), and probe (each pair priced by its latest packet train: in
+simulation the rate a new flow would get when the train ran). Per oracle, tier and scenario: median and p95 of |estimate - actual| /
 actual, and the median signed error (bias); and what it does for the policy that uses it: netkv's
 mean TTFT with each oracle on each scenario. Cost: netkv's decision time with each oracle (p50 us),
 and telemetry polls. Emulated (optional): the given `netkv emulate` run directories, whose decisions used the
-counters over real port counters. Writes oracles.json, oracles.png and prints the tables.
+counters over real port counters or the probe oracle's packet trains (grouped by the oracle each
+decision used; for probe runs, the prober's trains, traffic and CPU). Writes oracles.json,
+oracles.png and prints the tables.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ ORACLES = {
     "counters": ["telemetry.oracle=counters", "telemetry.count_committed=true"],
     "counters, no in-flight": ["telemetry.oracle=counters", "telemetry.count_committed=false"],
     "fair share": ["telemetry.oracle=fair_share", "telemetry.count_committed=true"],
+    "probe": ["telemetry.oracle=probe"],
 }
 TIERS = ("same server", "same edge", "same pod", "cross-pod")
 
@@ -98,8 +102,10 @@ def simulate(requests: int, seeds: list[int], log) -> dict:
         rows = [r.to_row() for r in sim.run()]
         doc["cost"][o] = {
             "decision_us_p50": float(np.median([r["decision_us"] for r in rows])),
-            "polls": o != "static",
+            "polls": o not in ("static", "probe"),
         }
+        if o == "probe":
+            doc["cost"][o]["trains_per_s"] = 1.0 / sim.exp.telemetry.probe_interval_s
     return doc
 
 
@@ -116,17 +122,40 @@ def summarise(doc: dict) -> dict:
 
 
 def emulated(run_dirs: list[Path]) -> dict:
+    """Per oracle the decisions used (the rows' `oracle`: counters over real ports, probe trains,
+    static fallback): errors per tier; and, for probe runs, what the prober cost (its totals line)."""
     from netkv.results import RunDir
 
-    errs = []
+    errs: dict[str, list] = {}
+    probe_cost = {"trains": 0, "bytes_sent": 0, "cpu_s": 0.0, "wall_s": 0.0}
     for d in run_dirs:
         run = RunDir(d)
+        meta = run.read_meta()
         for pol in run.read_summary()["policies"]:
-            errs += errors(run.read_requests(pol))
-    cell = {"all": stats([e for _, e in errs])}
-    for t, name in enumerate(TIERS):
-        cell[name] = stats([e for tt, e in errs if tt == t])
-    return cell
+            rows = run.read_requests(pol)
+            for o in sorted({r["oracle"] for r in rows if r.get("oracle")}):
+                errs.setdefault(o, []).extend(errors([r for r in rows if r.get("oracle") == o]))
+            probes = run.root / pol / "probes.jsonl"
+            if probes.exists():
+                for line in probes.read_text().splitlines():
+                    x = json.loads(line)
+                    if "totals" in x:
+                        for k in ("trains", "bytes_sent", "cpu_s"):
+                            probe_cost[k] += x["totals"][k]
+                probe_cost["wall_s"] += meta["wall_s"][pol]
+    out: dict = {}
+    for o, e in errs.items():
+        out[o] = {"all": stats([x for _, x in e])}
+        for t, name in enumerate(TIERS):
+            out[o][name] = stats([x for tt, x in e if tt == t])
+    if probe_cost["trains"]:
+        w = probe_cost["wall_s"]
+        out["probe_cost"] = {
+            **probe_cost,
+            "emulated_mbps": probe_cost["bytes_sent"] * 8 / 1e6 / w,
+            "cpu_share": probe_cost["cpu_s"] / w,
+        }
+    return out
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -175,11 +204,19 @@ def table(summary: dict, cost: dict, emu: dict | None, ttft: dict | None = None)
         for sc, by_o in ttft.items():
             lines.append(f"{sc:<15} " + " ".join(f"{np.mean(by_o[o]):23.4f}" for o in names))
     if emu:
-        for tier in ("all", *TIERS):
-            if emu[tier].get("n"):
-                lines.append(
-                    f"{'emulated':<15} {'counters (real ports)':<23} {tier:<11} {emu[tier]['n']:5d} {f(emu[tier])}"
-                )
+        for o, cell in emu.items():
+            if o == "probe_cost":
+                continue
+            label = {"counters": "counters (real ports)", "probe": "probe (scapy trains)"}.get(o, o)
+            for tier in ("all", *TIERS):
+                if cell[tier].get("n"):
+                    lines.append(f"{'emulated':<15} {label:<23} {tier:<11} {cell[tier]['n']:5d} {f(cell[tier])}")
+        pc = emu.get("probe_cost")
+        if pc:
+            lines.append(
+                f"cost: probe (emulated): {pc['trains']} trains, {pc['emulated_mbps']:.2f} Mbit/s of probe traffic "
+                f"on the emulated fabric, prober CPU {100 * pc['cpu_share']:.1f}% of a core"
+            )
     return lines
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from netkv.agents.protocol import block_sizes
@@ -146,6 +147,42 @@ def test_netkv_steers_around_a_measured_elephant_and_the_elephants_deliver_their
     assert [r["decode"] for r in rows] == [STEER_D2] * len(rows)
     assert all(r["tier"] == 3 for r in rows)
     assert (run.root / "logs" / "bg-0-h1_0_0_2-h1_0_0_0-client.log").read_text().count("Mbits/sec") > 5
+
+
+def test_netkv_with_the_probe_oracle_steers_around_the_elephant_its_trains_measured(tmp_path):
+    """No counters read: packet trains built with scapy cross the fabric between the two pairs; the
+    path to D1 shares the elephant's link, so its trains come out spread wider (a lower rate) than
+    D2's, and netkv, deciding on them, sends every KV transfer to D2."""
+    raw = steer_exp(tmp_path, [ELEPHANT_TO_D1], "probe", n=14,
+                    emulation={"bandwidth_scale": 4000, "time_dilation": 1.0, "drain_timeout_s": 60})  # fmt: skip
+    raw["policies"] = ["netkv"]
+    (tmp_path / "probe.toml").write_text(to_toml(raw))
+    run, summ = emulate_experiment(load(tmp_path / "probe.toml"), out=tmp_path / "emu", log=lambda *a: None)
+    lines = [json.loads(x) for x in (run.root / "netkv" / "probes.jsonl").read_text().splitlines()]
+    trains, totals = [x for x in lines if "totals" not in x], [x["totals"] for x in lines if "totals" in x]
+    assert len(totals) == 1 and totals[0]["trains"] == len(trains) >= 100  # 20 trains/s over the run
+    rate = {d: [x["rate_Bps"] for x in trains if x["dst"] == d and x["rate_Bps"]] for d in (STEER_D1, STEER_D2)}
+    assert len(rate[STEER_D1]) >= 40 and len(rate[STEER_D2]) >= 40
+    # the idle path's trains see about its rate (200 Gbit/s); the elephant's link gives them less
+    assert 0.7 * 25e9 <= np.median(rate[STEER_D2]) <= 1.5 * 25e9, np.median(rate[STEER_D2])
+    assert np.median(rate[STEER_D1]) < 0.75 * np.median(rate[STEER_D2])
+    assert summ["netkv"]["emulation"]["probe_trains_read"] > 0
+    rows = [r for r in rows_of(run, "netkv") if r["arrival_s"] >= 4.0]
+    assert len(rows) >= 10 and all(r["status"] == "completed" and r["oracle"] == "probe" for r in rows)
+    assert [r["decode"] for r in rows] == [STEER_D2] * len(rows)
+
+
+def test_a_prober_that_dies_fails_the_run(tmp_path):
+    raw = steer_exp(tmp_path, [], "probe", emulation={"bandwidth_scale": 4000, "drain_timeout_s": 60})
+    (tmp_path / "probe.toml").write_text(to_toml(raw))
+
+    def kill_prober(fab, agents, pol):
+        time.sleep(3)
+        subprocess.run(["pkill", "-KILL", "-f", "netkv.agents.prober"], check=True)
+
+    with pytest.raises(BackgroundError, match=r"the prober exited \(code -9\); see .*prober-netkv.log"):
+        emulate_experiment(load(tmp_path / "probe.toml"), out=tmp_path / "emu", log=lambda *a: None,
+                           on_running=kill_prober)  # fmt: skip
 
 
 def test_a_background_source_that_dies_fails_the_run(tmp_path):

@@ -73,6 +73,9 @@ def test_the_oracle_accuracy_study_judges_every_oracle_on_the_same_transfers(tmp
     # a hot pod's elephants take half the links: static misses them, the counters see them
     hot = summ["hot-pod"]
     assert hot["static"]["cross-pod"]["bias"] < -0.2 and abs(hot["counters"]["cross-pod"]["p50_abs"]) < 0.05
+    # the probe oracle prices the pairs its trains have measured by what they saw, the rest statically
+    assert hot["probe"]["cross-pod"]["p50_abs"] < hot["static"]["cross-pod"]["p50_abs"]
+    assert doc["cost"]["probe"]["polls"] is False and doc["cost"]["probe"]["trains_per_s"] == 20.0
     assert set(doc["cost"]) == set(oa.ORACLES) and (tmp_path / "oracles.png").exists()
     # every oracle also steers netkv once per scenario and seed
     assert set(doc["netkv_ttft"]) == set(summ) and all(set(v) == set(oa.ORACLES) for v in doc["netkv_ttft"].values())
@@ -203,3 +206,29 @@ def test_an_emulated_staleness_point_is_reused_once_finished(tmp_path, monkeypat
 
     monkeypatch.setattr(er, "emulate_experiment", refuse)
     assert st._emu_point(REPO / "experiments/staleness.toml", 0.5, 1.0, 3, tmp_path) == {"netkv": {"ttft_mean_s": 0.5}}
+
+
+def test_the_oracle_study_groups_emulated_decisions_by_their_oracle_and_costs_the_prober(tmp_path):
+    oa = _script("oracle_accuracy")
+    run = tmp_path / "run"
+    (run / "netkv").mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({"wall_s": {"netkv": 10.0}}))
+    (run / "summary.json").write_text(json.dumps({"partial": False, "policies": {"netkv": {}}}))
+
+    def row(oracle, est, actual, tier=3):
+        return {"status": "completed", "bytes_sent": 1e6, "transfer_s": actual, "est_transfer_s": est,
+                "tier": tier, "oracle": oracle}  # fmt: skip
+
+    rows = [row("probe", 1.1, 1.0), row("probe", 0.5, 1.0), row("static-fallback", 2.0, 1.0, tier=1)]
+    (run / "netkv" / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trains = [{"t": 1.0, "src": "a", "dst": "b", "rate_Bps": 1e9}] * 3
+    totals = {"totals": {"trains": 200, "bytes_sent": 2_500_000, "cpu_s": 0.5}}
+    (run / "netkv" / "probes.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [*trains, totals]))
+    emu = oa.emulated([run])
+    assert set(emu) == {"probe", "static-fallback", "probe_cost"}
+    assert emu["probe"]["cross-pod"]["n"] == 2 and emu["probe"]["all"]["p95_abs"] == pytest.approx(0.5, rel=0.1)
+    assert emu["static-fallback"]["same edge"]["n"] == 1
+    assert emu["probe_cost"]["emulated_mbps"] == pytest.approx(2.0) and emu["probe_cost"]["cpu_share"] == 0.05
+    lines = oa.table({}, {}, emu)
+    assert any("probe (scapy trains)" in x and "cross-pod" in x for x in lines)
+    assert any(x.startswith("cost: probe (emulated): 200 trains, 2.00 Mbit/s") for x in lines)
