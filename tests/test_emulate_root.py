@@ -17,7 +17,7 @@ from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
 from netkv.simulator.run import simulate_experiment
 
-from conftest import ELEPHANT_TO_D1, STEER_D2, TIMELINE, steer_exp, to_toml
+from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, TIMELINE, steer_exp, to_toml
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 
