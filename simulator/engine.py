@@ -19,8 +19,8 @@ Same topology, routing function, compute model, prefix caches and policies as th
   (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
   arithmetic series and one event covers all steps up to the next change. An instance keeps its
   segments (first iteration index, first step time, increment) and each sequence the iteration
-  indices it spans, so an event costs O(1) plus the sequences that finish; a sequence's per-token
-  gaps are read off the segments when it finishes.
+  indices it spans, so an event costs O(1) plus the sequences that finish; the per-token gaps are
+  slices of each instance's iteration times, built from the segments once, at the end of the run.
 Deterministic for a given seed: ties in time are broken by event sequence number.
 """
 
