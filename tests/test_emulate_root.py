@@ -165,7 +165,9 @@ def test_netkv_with_the_probe_oracle_steers_around_the_elephant_its_trains_measu
     assert len(rate[STEER_D1]) >= 40 and len(rate[STEER_D2]) >= 40
     # the idle path's trains see about its rate (200 Gbit/s); the elephant's link gives them less
     assert 0.7 * 25e9 <= np.median(rate[STEER_D2]) <= 1.5 * 25e9, np.median(rate[STEER_D2])
-    assert np.median(rate[STEER_D1]) < 0.75 * np.median(rate[STEER_D2])
+    # (a train interleaved with a TCP elephant in a FIFO comes out at more than the half a new flow
+    # would get: dispersion overestimates available bandwidth; it still ranks the paths)
+    assert np.median(rate[STEER_D1]) < 0.9 * np.median(rate[STEER_D2])
     assert summ["netkv"]["emulation"]["probe_trains_read"] > 0
     rows = [r for r in rows_of(run, "netkv") if r["arrival_s"] >= 4.0]
     assert len(rows) >= 10 and all(r["status"] == "completed" and r["oracle"] == "probe" for r in rows)
