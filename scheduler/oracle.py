@@ -351,9 +351,9 @@ class ProbeOracle(Oracle):
     A prober sends a short train of back-to-back packets from a prefill host to a decode host, the
     pairs in turn; the receiver's spacing of the train (asymptotic dispersion rate: (N - 1) packets
     over the time between the first and the last arrival) is what the path gave it. Emulated, the
-    prober builds the trains with scapy inside the fabric (netkv.emulation.prober); simulated, a
-    probe reads the rate a new flow would get on the path at that instant (the flow model's max-min
-    share). A pair measured at least once costs bytes / its latest measurement (+ latency); a pair
+    prober builds the trains with scapy inside the fabric (netkv.agents.prober); simulated, the
+    flow model gives the train's dispersion through the path's links at their load then (the fluid
+    model of FIFO links: simulator.network.FlowNetwork.train_rate). A pair measured at least once costs bytes / its latest measurement (+ latency); a pair
     never measured costs what the static oracle says. `age`: how old the measurement behind the
     answer is (None for a static answer). No port counters are read."""
 

@@ -14,7 +14,8 @@ Same topology, routing function, compute model, prefix caches and policies as th
   oracle reads each link's latest published sample, and a decision's telemetry age is that of the
   oldest sample on its path.
 - With the probe oracle, a packet train every `telemetry.probe_interval_s`, the (prefill, decode)
-  pairs in turn, measures the rate a new flow would get on the pair's path at that instant.
+  pairs in turn, measures its path at that instant: the train's dispersion through the path's
+  links at their current load (`FlowNetwork.train_rate`), as a real train would.
 - Decode instances run continuous batching. Iterations are folded: between two changes of a batch
   (a sequence joins or finishes) every step adds `batch` tokens of context, so step times form an
   arithmetic series and one event covers all steps up to the next change. An instance keeps its
@@ -335,7 +336,7 @@ class Simulation:
         self._push(self.now + self._poll, POLL, g)
 
     def _probe_event(self, _a, _b):
-        """The next pair's train: the probe oracle learns the rate a new flow would get on its path."""
+        """The next pair's train: the probe oracle learns the rate it came out at."""
         p, d = self._probe_order[self._probe_i % len(self._probe_order)]
         self._probe_i += 1
         try:
@@ -343,7 +344,7 @@ class Simulation:
         except NoPathError:
             links = None
         if links is not None:
-            self.oracle.record(p, d, self.net.probe_rate(links), self.now)
+            self.oracle.record(p, d, self.net.train_rate(links), self.now)
         self._push(self.now + self.exp.telemetry.probe_interval_s, PROBE)
 
     def _fresh(self) -> Snapshot:

@@ -158,18 +158,20 @@ class FlowNetwork:
         if delta:
             self.link_rate[list(delta)] += list(delta.values())
 
-    def probe_rate(self, links) -> float:
-        """The rate a new elastic flow on `links` would get now (max-min with the flows it would
-        share links with), without adding it: what an ideal packet-train probe measures."""
-        path = tuple(int(x) for x in links)
-        if not path:
-            return math.inf
-        seeds = set().union(*(self._on_link[lid] for lid in path))
-        if not seeds:
-            return float(min(self._cap[lid] for lid in path))
-        fl = [self.flows[i] for i in self._component(seeds)]
-        rates = maxmin_rates([f.path for f in fl] + [path], self._cap, [f.demand for f in fl] + [math.inf])
-        return float(rates[-1])
+    def train_rate(self, links) -> float:
+        """The rate at which a packet train sent back to back along `links` comes out (its
+        dispersion), by the fluid model of FIFO links: where the train (rate r in) and the link's
+        other traffic (X) exceed its capacity C, the two interleave and the train leaves at
+        C r / (r + X); elsewhere it passes unchanged (Melander, Bjorkman, Gunningberg, "A new end-to-end
+        probing and analysis method for estimating bandwidth bottlenecks", GLOBECOM 2000; Dovrolis et
+        al., IEEE/ACM ToN 2004). Sent at an unbounded rate, it leaves its first link back to back."""
+        r = math.inf
+        for lid in links:
+            c = self._cap[int(lid)]
+            x = min(float(self.link_rate[int(lid)]), c)
+            if r + x > c:
+                r = c if math.isinf(r) else c * r / (r + x)
+        return r
 
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""

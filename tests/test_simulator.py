@@ -157,15 +157,19 @@ def test_netkv_with_the_probe_oracle_steers_around_the_elephant_its_trains_measu
     assert {r.decode for r in calm} == {STEER_D1, STEER_D2}
 
 
-def test_a_probe_measures_the_share_a_new_flow_would_get_without_adding_one():
-    net = FlowNetwork(np.array([10.0, 4.0, 10.0]))
-    assert net.probe_rate([0, 1]) == 4.0  # idle: the bottleneck capacity
-    net.add(0.0, [0], math.inf)  # an elephant on link 0
-    capped = net.add(0.0, [2], math.inf, demand=3.0)  # a flow held at 3 on link 2
-    assert net.probe_rate([0]) == pytest.approx(5.0)  # half of link 0
-    assert net.probe_rate([2]) == pytest.approx(7.0)  # what the capped flow leaves
-    assert net.probe_rate([0, 1]) == pytest.approx(4.0)  # link 1 is tighter than half of link 0
-    assert len(net.flows) == 2 and capped.rate == 3.0  # nothing was added or changed
+def test_a_train_comes_out_at_the_dispersion_of_fifo_links_at_their_load():
+    net = FlowNetwork(np.array([10.0, 4.0, 10.0, 10.0]))
+    assert net.train_rate([0, 1]) == 4.0  # idle: back to back at the first link, spread to 4 by the second
+    net.add(0.0, [2], math.inf)  # an elephant fills link 2
+    # in at 10 with 10 of other traffic: it comes out at 10 * 10 / (10 + 10) = 5 (what a new flow gets)
+    assert net.train_rate([0, 2]) == pytest.approx(5.0)
+    # in at 4 (after link 1): interleaved with 10 at link 2, out at 10 * 4 / 14
+    assert net.train_rate([0, 1, 2]) == pytest.approx(40 / 14)
+    net.add(0.0, [3], math.inf, demand=3.0)  # 3 of 10 in use: a train at 4 fits beside it unchanged
+    assert net.train_rate([0, 1, 3]) == pytest.approx(4.0)
+    assert net.train_rate([0, 3]) == pytest.approx(10 * 10 / 13)  # at 10 it does not: spread
+    assert net.train_rate([2]) == 10.0  # sent into its first link at once: it leaves back to back
+    assert len(net.flows) == 2  # nothing was added
 
 
 def test_the_elephant_costs_the_kv_transfer_its_fair_share(tmp_path):
