@@ -92,7 +92,7 @@ def start_prober(fab: Fabric, cluster: Cluster, out: Path, log_dir: Path, label:
         "pairs": [host(p) + host(d) for p, d in probe_pairs(cluster.prefill_hosts, cluster.decode_hosts, exp.seed)],
         "interval_s": te.probe_interval_s * exp.emulation.time_dilation,
         "packets": te.probe_packets,
-        "packet_bytes": te.probe_packet_bytes,
+        "packet_bytes": te.probe_packet_bytes or exp.emulation.mtu,
         "bandwidth_scale": exp.emulation.bandwidth_scale,
         "out": str(out),
     }

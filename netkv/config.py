@@ -115,12 +115,13 @@ class TelemetryCfg:
     # simulator only: also ask the policy what it would choose on fresh telemetry (the flow model's
     # link rates at the decision instant) and record it (fresh_decode, fresh_tier): what staleness changed
     compare_fresh: bool = False
-    # the "probe" oracle (docs/oracle-accuracy.md): one packet train every probe_interval_s
-    # (real-cluster seconds), from a prefill host to a decode host, the pairs in turn; a train is
-    # probe_packets packets of probe_packet_bytes (bytes on the emulated wire) sent back to back
+    # the "probe" oracle (docs/oracle.md): one packet train every probe_interval_s (real-cluster
+    # seconds), from a prefill host to a decode host, the pairs in turn; a train is probe_packets
+    # packets of probe_packet_bytes (IP bytes on the emulated wire; 0 = emulation.mtu: a frame that
+    # fills the shaper's one-frame token bucket, so that the train is spaced at the link's rate)
     probe_interval_s: float = 0.05
-    probe_packets: int = 8
-    probe_packet_bytes: int = 1500
+    probe_packets: int = 6
+    probe_packet_bytes: int = 0
 
 
 @dataclass
@@ -450,11 +451,11 @@ def _check_telemetry(where: str, te: TelemetryCfg) -> None:
     _at_least(where, "telemetry.probe_interval_s", te.probe_interval_s, MIN_PERIOD_S)
     if not 2 <= te.probe_packets <= 1000:
         _fail(where, "telemetry.probe_packets", f"must be an integer in [2, 1000] (a train), got {te.probe_packets}")
-    if not 100 <= te.probe_packet_bytes <= 9000:
+    if te.probe_packet_bytes != 0 and not 100 <= te.probe_packet_bytes <= 9000:
         _fail(
             where,
             "telemetry.probe_packet_bytes",
-            f"must be in [100, 9000] (an IPv4 packet), got {te.probe_packet_bytes}",
+            f"must be 0 (the MTU) or in [100, 9000] (an IPv4 packet), got {te.probe_packet_bytes}",
         )
     if te.poll_phase not in POLL_PHASES:
         _fail(where, "telemetry.poll_phase", f"unknown phase {show(te.poll_phase)} (known: {', '.join(POLL_PHASES)})")

@@ -184,7 +184,7 @@ BAD = [
     ({"telemetry": {"probe_packets": 1}}, "telemetry.probe_packets: must be an integer in [2, 1000] (a train), got 1"),
     (
         {"telemetry": {"probe_packet_bytes": 50}},
-        "telemetry.probe_packet_bytes: must be in [100, 9000] (an IPv4 packet), got 50",
+        "telemetry.probe_packet_bytes: must be 0 (the MTU) or in [100, 9000] (an IPv4 packet), got 50",
     ),
     ({"telemetry": {"probe_interval_s": 0.0001}}, "telemetry.probe_interval_s: must be >= 0.001 s, got 0.0001"),
     ({"telemetry": {"count_committed": 1}}, "telemetry.count_committed: expected true/false, got 1"),
