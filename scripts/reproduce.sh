@@ -6,9 +6,10 @@
 # Resumable: each step leaves results/reproduce/<step>.done when it succeeds and is skipped on the
 # next run (--force redoes everything). Emulated parts need root (the emulated fabric); as another
 # user, or with --sim-only, they are left out and the script says so: the staleness and oracle
-# figures then hold simulated points only, and the demo's fidelity figure is not made. Times below
-# were measured on this project's 2-vCPU VM: 14.4 min in all as root before the reproduction step (5.2 min on its own) was
-# added, so ~20 min now; ~7 min --sim-only.
+# figures then hold simulated points only, and the demo's fidelity figure, the emulated publish
+# delays and the probe runs are not made. Times (this project's 2-vCPU VM): 14.4 min in all as root
+# before the reproduction step (5.2 min on its own) was added, ~20 min with it, ~32 min with the
+# emulated publish delays (9.5 min) and probe runs (2.5 min); ~7 min --sim-only.
 # A failing step stops the script with its exit code (no retries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,8 @@ EMU_POLLS=""
 STEPS=(
   "reproduction|330|0|$PY scripts/reproduction.py --out results/reproduction --docs docs"
   "staleness|$([ "$EMULATE" = 1 ] && echo 900 || echo 60)|0|$PY scripts/staleness.py --seeds 1 2 3 4 5 $EMU_POLLS --out results/staleness --docs docs/figures"
+  "staleness-delays|570|1|$PY scripts/staleness.py --seeds 1 2 3 4 5 --emulate 0.5 --emulate-delays 0 1 2 --out results/staleness-delays"
+  "probes|150|1|$NETKV emulate experiments/staleness.toml --set telemetry.oracle=probe --policy cache_load_aware --policy netkv --out results/probes --no-fidelity"
   "oracles|30|0|ORACLE_EMU"
   "fidelity-demo|300|1|$NETKV emulate experiments/demo.toml --policy round_robin --policy netkv --requests 40 --set emulation.time_dilation=4 --out results/fidelity-demo"
 )
@@ -63,11 +66,15 @@ for s in "${STEPS[@]}"; do
     skipped=$((skipped + 1))
   else
     case "$cmd" in
-      ORACLE_EMU)  # the emulated runs of the staleness step, when there are any
-        mapfile -t runs < <(find results/staleness -mindepth 2 -maxdepth 2 -type d -name 'staleness-emu-*' 2>/dev/null | sort)
+      ORACLE_EMU)  # the emulated runs of the staleness (counters) and probes steps, when there are any
+        mapfile -t runs < <(find results/staleness results/probes -mindepth 1 -maxdepth 2 -type d -name 'staleness-emu-*' 2>/dev/null | sort)
         $PY scripts/oracle_accuracy.py --out results/oracles --docs docs/figures ${runs[@]+--emulated "${runs[@]}"} ;;
       *) $cmd ;;
     esac
+    if [ "$name" = staleness-delays ]; then
+      cp results/staleness-delays/staleness.png docs/figures/staleness-delays.png
+      echo "  copied results/staleness-delays/staleness.png to docs/figures/staleness-delays.png"
+    fi
     if [ "$name" = fidelity-demo ]; then
       run=$(ls -d results/fidelity-demo/demo-emu-* | sort | tail -1)
       cp "$run/fidelity/transfers.png" docs/figures/fidelity-demo.png
