@@ -213,6 +213,8 @@ class BackgroundTraffic:
         self._lock = threading.Lock()
         self.errors: list[str] = []
         self.restarts = 0  # clients started again after a full-length iperf3 test ended normally
+        self.fresh_servers = 0  # servers replaced after an on-period (see _fresh_server)
+        self._replacing: set[int] = set()  # pairs whose server is being replaced: its exit is ours
 
     def _log(self, k: int, role: str) -> Path:
         p = self.pairs[k]
@@ -232,7 +234,9 @@ class BackgroundTraffic:
 
     def error(self) -> str | None:
         """The first failure of a background source so far (also checks the servers are alive)."""
-        for k, srv in enumerate(self._servers):
+        with self._lock:
+            servers = [(k, srv) for k, srv in enumerate(self._servers) if k not in self._replacing]
+        for k, srv in servers:
             if srv.poll() is not None and not self._stop.is_set():
                 self._fail(
                     f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): {_tail(self._log(k, 'server'))}"
@@ -251,33 +255,65 @@ class BackgroundTraffic:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for p in self.pairs:
             p.on = []
-        offsets = []  # logs are appended across policy runs: look only at what the new server writes
-        for k, p in enumerate(self.pairs):
-            host = self.fab.host(self.fab.topo.hosts[p.dst].name)
-            with open(self._log(k, "server"), "ab") as f:
-                offsets.append(f.tell())
-                self._servers.append(
-                    host.popen(
-                        ["iperf3", "-s", "-p", str(p.port), "--forceflush"],
-                        stdout=f,
-                        stderr=subprocess.STDOUT,
-                        env=self.env,
-                    )
-                )
+        offsets = []
+        for k in range(len(self.pairs)):
+            srv, off = self._spawn_server(k)
+            self._servers.append(srv)
+            offsets.append(off)
         deadline = time.monotonic() + 15
         for k in range(len(self.pairs)):
-            while b"listening" not in self._log(k, "server").read_bytes()[offsets[k] :]:
-                if self._servers[k].poll() is not None or time.monotonic() > deadline:
-                    msg = f"{self._name(k)}: iperf3 server did not start: {_tail(self._log(k, 'server'))}"
-                    self.stop()
-                    raise BackgroundError(msg)
-                time.sleep(0.05)
+            msg = self._await_listening(k, offsets[k], deadline)
+            if msg:
+                self.stop()
+                raise BackgroundError(msg)
         self._threads = [
             threading.Thread(target=self._run_client, args=(k,), daemon=True, name=f"bg-{k}")
             for k in range(len(self.pairs))
         ]
         for th in self._threads:
             th.start()
+
+    def _spawn_server(self, k: int) -> tuple[subprocess.Popen, int]:
+        """Start pair k's iperf3 server; returns it and where its output starts in the log (logs
+        are appended across policy runs and servers: look only at what the new one writes)."""
+        p = self.pairs[k]
+        host = self.fab.host(self.fab.topo.hosts[p.dst].name)
+        with open(self._log(k, "server"), "ab") as f:
+            off = f.tell()
+            srv = host.popen(
+                ["iperf3", "-s", "-p", str(p.port), "--forceflush"], stdout=f, stderr=subprocess.STDOUT, env=self.env
+            )
+        return srv, off
+
+    def _await_listening(self, k: int, offset: int, deadline: float) -> str | None:
+        """None once pair k's server listens; the error if it exits or the deadline passes first."""
+        while b"listening" not in self._log(k, "server").read_bytes()[offset:]:
+            if self._servers[k].poll() is not None or time.monotonic() > deadline:
+                return f"{self._name(k)}: iperf3 server did not start: {_tail(self._log(k, 'server'))}"
+            time.sleep(0.05)
+        return None
+
+    def _fresh_server(self, k: int) -> bool:
+        """Replace pair k's server after an on-period whose client we ended. The terminated client
+        tells its server over a control connection that shares the congested path; when that
+        message is late the server still holds the test, and the next on-period's client is refused
+        ("the server is busy running a test"). A new server for every on-period cannot be busy.
+        Returns False (and records the error) if the new server does not start."""
+        with self._lock:
+            self._replacing.add(k)
+        old = self._servers[k]
+        old.kill()  # discarded either way; SIGKILL also ends a server that stopped answering
+        old.wait(5)
+        srv, off = self._spawn_server(k)
+        self._servers[k] = srv
+        msg = self._await_listening(k, off, time.monotonic() + 15)
+        with self._lock:
+            self._replacing.discard(k)
+        if msg:
+            self._fail(msg)
+            return False
+        self.fresh_servers += 1
+        return True
 
     def _client_args(self, k: int, secs: int) -> list[str]:
         p = self.pairs[k]
@@ -341,6 +377,8 @@ class BackgroundTraffic:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait(5)
+                    if not self._stop.is_set() and not self._fresh_server(k):
+                        return
                     break
                 if proc.returncode != 0:
                     p.on[-1][1] = self.clock()

@@ -2,6 +2,8 @@
 lifecycle (always-on past iperf3's 86,400 s cap, on/off schedule, failures are errors) on loopback."""
 
 import math
+import os
+import signal
 import subprocess
 import time
 
@@ -170,6 +172,28 @@ def test_on_off_schedule_is_kept(tmp_path):
     for (a, b), want in zip(p.on, (0.0, 2.0)):
         assert b - a == pytest.approx(1.0, abs=0.25)
         assert a - t0 == pytest.approx(want, abs=0.4)
+
+
+@pytest.mark.iperf3
+def test_each_on_period_gets_a_fresh_server_so_a_held_test_cannot_refuse_the_next(tmp_path):
+    """The server of the first on-period stops answering (SIGSTOP): its test never learns that the
+    client was ended, as when the client's last control message is lost on a congested path. The
+    next on-period must still deliver traffic, from a new server."""
+    exp = _exp(tmp_path, start_s=0.3, on_s=1.0, off_s=1.0)
+    bg = BackgroundTraffic(_LoopFab(exp_topo(exp)), exp, tmp_path / "logs")
+    bg.start()
+    try:
+        time.sleep(0.8)  # inside the first on-period
+        held = bg._servers[0]
+        os.kill(held.pid, signal.SIGSTOP)
+        time.sleep(2.6)  # the off-period, then most of the second on-period
+        assert bg.error() is None
+    finally:
+        bg.stop()
+    assert bg.fresh_servers >= 1 and held.poll() is not None and bg._servers == []
+    log = (tmp_path / "logs" / "bg-0-h1_0_0_2-h1_0_0_0-client.log").read_text()
+    second = log.split("--- start")[2]  # the second on-period's client
+    assert "Mbits/sec" in second and "busy" not in second, second
 
 
 @pytest.mark.iperf3
