@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from netkv.agents.prober import ETH_HEADER, build_train, probe_header_class, renumber, train_rate
+from netkv.agents.prober import ETH_HEADER, build_train, probe_header_class, retarget, train_rate
 from netkv.scheduler.oracle import ProbeOracle
 from netkv.scheduler.service import ProbeFeed
 
@@ -22,9 +22,12 @@ def test_a_train_is_packets_of_the_given_size_numbered_in_order():
         assert (ip.src, ip.dst, ip.len) == ("10.0.0.1", "10.0.1.2", 1500)
         h = hdr(bytes(ip[UDP].payload)[:8])
         assert (h.train, h.seq, h.count) == (7, i, 5)
-    again = renumber(pkts, 123456)  # the same packets as another train
+    again = retarget(pkts, "10.0.2.3", "10.0.3.4", 123456)  # the same packets for another pair and train
+    assert [(IP(p).src, IP(p).dst) for p in again] == [("10.0.2.3", "10.0.3.4")] * 5
+    assert [hdr(bytes(IP(p)[UDP].payload)[:8]).seq for p in again] == list(range(5))
     assert [hdr(bytes(IP(p)[UDP].payload)[:8]).train for p in again] == [123456] * 5
     assert [IP(p)[UDP].chksum for p in again] == [0] * 5 and [p[40:] for p in again] == [p[40:] for p in pkts]
+    assert all(len(p) == 1500 and IP(p).len == 1500 for p in again)
     with pytest.raises(ValueError, match="below the"):
         build_train("10.0.0.1", "10.0.1.2", 0, 2, 20)
 
