@@ -180,41 +180,42 @@ def _clean(v):
     return v
 
 
-def percentile(a: np.ndarray, q: float) -> float:
-    """np.percentile(a, q) (its default linear method, the same float arithmetic) by partial
-    partition: the per-request TBT percentile is on the simulator's hot path."""
-    n = len(a)
+def _ranks(n: int, q: float) -> tuple[float, int, int]:
+    """np.percentile's linear method: the fractional rank of q and its two neighbouring ranks."""
     idx = q / 100.0 * (n - 1)
     lo = int(math.floor(idx))
-    hi = min(lo + 1, n - 1)
-    part = np.partition(a, [lo, hi]) if n > 2 else np.sort(a)
+    return idx, lo, min(lo + 1, n - 1)
+
+
+def _between(part: np.ndarray, idx: float, lo: int, hi: int) -> float:
+    """The value at fractional rank idx of a partitioned array, in np.percentile's float arithmetic."""
     x, y = float(part[lo]), float(part[hi])
     t = idx - lo
     d = y - x
     return y - d * (1 - t) if t >= 0.5 else x + d * t
 
 
+def percentile(a: np.ndarray, q: float) -> float:
+    """np.percentile(a, q) (its default linear method, the same float arithmetic) by partial partition."""
+    idx, lo, hi = _ranks(len(a), q)
+    return _between(np.partition(a, [lo, hi]) if len(a) > 2 else np.sort(a), idx, lo, hi)
+
+
 def tbt_stats(gaps: np.ndarray) -> tuple[float, float, float]:
     """(mean, p99, mean of the largest 10%) of a request's gaps from one partial partition: the p99
     ranks lie within the largest 10%, so one partition places all three (the simulator writes
-    one row per request)."""
+    one row per request). The p99 is np.percentile's (its default linear method, the same float
+    arithmetic), without sorting the whole array."""
     n = len(gaps)
     k = max(1, int(math.ceil(0.1 * n)))
-    idx = 0.99 * (n - 1)
-    lo = int(math.floor(idx))
-    hi = min(lo + 1, n - 1)
+    idx, lo, hi = _ranks(n, 99)
     part = np.partition(gaps, sorted({n - k, lo, hi})) if n > 2 else np.sort(gaps)
-    x, y = float(part[lo]), float(part[hi])
-    t = idx - lo
-    d = y - x
-    p99 = y - d * (1 - t) if t >= 0.5 else x + d * t
-    return float(gaps.mean()), p99, float(part[n - k :].mean())
+    return float(gaps.mean()), _between(part, idx, lo, hi), float(part[n - k :].mean())
 
 
 def top10_mean(gaps: np.ndarray) -> float:
     """Mooncake's TBT: the mean of the largest 10% of a request's inter-token gaps (at least one)."""
-    n = max(1, int(math.ceil(0.1 * len(gaps))))
-    return float(np.sort(gaps)[-n:].mean())
+    return tbt_stats(gaps)[2]
 
 
 def slo_met(rows: list[dict], scale: float) -> np.ndarray:

@@ -81,16 +81,12 @@ class Scheduler:
             pf = v.compute.prefill_s_array(req.input_tokens - hits * BLOCK_TOKENS)
         else:  # no instance holds a prefix (the common case): one scalar latency for all
             pf = v.compute.prefill_s(req.input_tokens)
-        if self._all_prefill_alive():
+        if v.prefill_alive.all():
             return hits, v.prefill_backlog_s + pf
         finish = np.where(v.prefill_alive, v.prefill_backlog_s + pf, np.inf)
         if not np.isfinite(finish).any():
             raise RuntimeError("no live prefill instance")
         return hits, finish
-
-    def _all_prefill_alive(self) -> bool:
-        alive = self.view.prefill_alive
-        return bool(alive.all())
 
     def choose_prefill(self, req, forced: int | None = None) -> tuple[int, int, float]:
         """(slot, prefix-hit blocks, seconds until its prefill ends) of the prefill instance expected

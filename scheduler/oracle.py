@@ -366,48 +366,52 @@ class ProbeOracle(Oracle):
 
     def __init__(self, topo: FatTree, routing: Routing, clock: Callable[[], float]):
         self.topo, self.routing, self.clock = topo, routing, clock
-        self._static = StaticOracle(topo, routing)
+        self._bw = np.append(topo.capacity_bps, math.inf)  # static bottlenecks, for pairs never measured
+        self._rows = _RowCache(routing)
         self.measured: dict[tuple[int, int], tuple[float, float]] = {}  # (src, dst) -> (bytes/s, at)
-        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # src -> (dsts, bw, at)
+        self._probed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # src -> (dsts, bw, at)
         self.probes_recorded = 0
 
     def record(self, src: int, dst: int, rate_Bps: float, at: float) -> None:
         """A train from host src to host dst measured `rate_Bps` (real-cluster bytes/s) at time `at`."""
         self.measured[(src, dst)] = (max(float(rate_Bps), 0.0), at)
-        self._rows.pop(src, None)
+        self._probed.pop(src, None)
         self.probes_recorded += 1
 
     def _row(self, src: int, dsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Measured bytes/s (NaN: never) and measurement times for the pairs src -> dsts."""
-        ent = self._rows.get(src)
+        ent = self._probed.get(src)
         if ent is None or ent[0] is not dsts:
             got = [self.measured.get((src, int(d))) for d in dsts]
             bw = np.array([np.nan if g is None else g[0] for g in got])
             at = np.array([np.nan if g is None else g[1] for g in got])
-            ent = self._rows[src] = (dsts, bw, at)
+            ent = self._probed[src] = (dsts, bw, at)
         return ent[1], ent[2]
 
     def cost_row(self, src, dsts, nbytes, at=None):
-        static, _ = self._static.cost_row(src, dsts, nbytes)
+        row = self._rows.bottleneck(src, dsts, self._bw, 0)
+        static = _row_seconds(row, nbytes)
         bw, when = self._row(src, dsts)
         seen = np.isfinite(bw)
         if not seen.any():
             return static, None
-        b, _, lat = self._static._rows.bottleneck(src, dsts, self._static._bw, 0)
+        cap, _, lat = row
         with np.errstate(divide="ignore"):
             probed = np.where(nbytes > 0, nbytes / bw + lat, 0.0)
-        sec = np.where(seen & (b > 0), probed, static)  # a dead path stays infinite
+        sec = np.where(seen & (cap > 0), probed, static)  # a dead path stays infinite
         return sec, max(0.0, self.clock() - float(np.nanmin(when)))
 
     def cost(self, src, dst, nbytes, at=None):
-        got = self.measured.get((src, dst))
-        static, _ = self._static.cost(src, dst, nbytes)
-        if got is None or not math.isfinite(static) or nbytes <= 0:
-            return static, None
+        if nbytes <= 0:
+            return 0.0, None
         try:
             links = self.routing.path(src, dst)
         except NoPathError:
             return math.inf, None
+        static = _path_seconds(self.routing, src, dst, nbytes, self._bw, links)
+        got = self.measured.get((src, dst))
+        if got is None or not math.isfinite(static):
+            return static, None
         lat = float(self.topo.latency_s[links].sum())
         sec = nbytes / got[0] + lat if got[0] > 0 else math.inf
         return sec, max(0.0, self.clock() - got[1])
