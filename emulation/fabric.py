@@ -20,6 +20,8 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from netkv.config import TopologyCfg, parse_section
 from netkv.controller.client import http_json
 from netkv.emulation import cleanup, statedir
@@ -429,11 +431,32 @@ class Fabric:
             h.cmd(f"ip -batch {path}")
             path.unlink()
 
+    def _kill_host_processes(self) -> None:
+        """SIGKILL whatever still runs in a host's network namespace besides its shell (a process
+        started in a host outlives Mininet's stop and keeps the namespace, e.g. a script's iperf3)."""
+        shells = {h.pid for h in self.net.hosts if h.pid}
+        spaces = set()
+        for pid in shells:
+            try:
+                spaces.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+            except OSError:
+                pass
+        spaces.discard(os.stat("/proc/self/ns/net").st_ino)  # never the namespace this process runs in
+        for p in psutil.process_iter(["pid"]):
+            if p.pid in shells or p.pid == os.getpid():
+                continue
+            try:
+                if os.stat(f"/proc/{p.pid}/ns/net").st_ino in spaces:
+                    p.kill()
+            except (OSError, psutil.Error):
+                pass
+
     def stop(self) -> None:
         if not self._owns_state:
             return  # refused to start (e.g. leftovers): touch nothing
         t0 = time.monotonic()
         if self.net is not None:
+            self._kill_host_processes()
             try:
                 self.net.stop()
             except Exception as e:  # keep cleaning even if Mininet trips

@@ -87,6 +87,17 @@ def test_exception_inside_run_tears_down(tmp_path):
     assert cleanup.find_leftovers() == []
 
 
+def test_processes_started_in_hosts_end_with_the_fabric(tmp_path):
+    # a process a script starts in a host (no NETKV_RUN tag) would outlive Mininet's stop and keep
+    # the host's namespace alive; the fabric kills whatever still runs in its hosts' namespaces
+    with Fabric(FabricSpec.for_fattree(2, 2), tmp_path) as fab:
+        stray = fab.host(fab.topo.hosts[0].name).popen(["sleep", "600"])
+    try:
+        assert stray.wait(timeout=5) is not None
+    finally:
+        stray.kill()
+
+
 def test_stray_bridge_is_reported(tmp_path):
     subprocess.run(["ovs-vsctl", "add-br", "e0_0", "--", "set", "bridge", "e0_0", "datapath_type=netdev"], check=True)
     with pytest.raises(FabricError, match="netkv clean"):
