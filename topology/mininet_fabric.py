@@ -112,6 +112,8 @@ class ShapedIntf(TCIntf):
         return cmds, " parent 10: "
 
 
+CONTROL_PACKET_BYTES = 256  # IP packets shorter than this bypass the data queues (fair_queue_batch)
+UNSHAPED_MBPS = 100000  # an HTB class that never binds: the TBF below it shapes
 HOST_BUCKET_PACKETS = 64  # per-flow queue at a GPU's own NIC: deep enough that TSQ, not drops, limits TCP
 
 
@@ -129,6 +131,16 @@ def fair_queue_batch(
 
     `host=True` shapes a GPU's own NIC: the same per-flow fairness (what fq gives a real host), with
     each child queue `HOST_BUCKET_PACKETS` frames deep, since a host never drops its own TCP's packets.
+
+    Packets of at most `CONTROL_PACKET_BYTES` (TCP ACKs, the agents' one-byte answers, pings) take a
+    class of their own served before the data classes and ahead of the TBF, which holds the next data
+    frame until its tokens arrive. At emulated rates a 9,000-byte frame occupies a 25 Mbit/s port for
+    2.9 ms, where a real 400 Gbit/s port sends a 4 KB frame in 82 ns: without this class an ACK
+    waits for that frame at every loaded hop, and behind a whole per-flow queue whenever its source
+    port hashes into a loaded bucket (every KV connection's ACKs leave from the agents' one listen
+    port, so one elephant's bucket could hold them all), coupling a link's two directions in a way
+    neither the flow model (full duplex, no ACKs) nor a real fabric does. The control class is
+    charged to the port's parent class, so the data's share shrinks by the ACK bytes (< 1% here).
     """
     rate_bps = mbps * 1e6 / 8
     q = mtu + 100
@@ -136,10 +148,19 @@ def fair_queue_batch(
     limit = int(max(2 * q, rate_bps * queue_ms / 1000))
     if host:
         limit = max(limit, HOST_BUCKET_PACKETS * q)
+    cls = f"burst {q} cburst {q} quantum {q} mtu {q}"
     lines = [
-        # the line rate, strictly: TBF never sends ahead of its tokens (HTB lets each class send one
-        # frame past them, and a NIC that bursts past its rate overflows the next port's queue)
-        f"qdisc add dev {dev} root handle 4: tbf rate {mbps:f}Mbit burst {q} mtu {q} limit {limit}",
+        # the port: control packets (class 3:2, first) beside data (3:3); the length filter reads the
+        # IP total length (a mask of its high bits: length < CONTROL_PACKET_BYTES, a power of two)
+        f"qdisc add dev {dev} root handle 3: htb default 3",
+        f"class add dev {dev} parent 3: classid 3:2 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit {cls} prio 0",
+        f"qdisc add dev {dev} parent 3:2 handle 2: pfifo limit 1000",
+        f"class add dev {dev} parent 3: classid 3:3 htb rate {UNSHAPED_MBPS}Mbit {cls} prio 1",
+        f"filter add dev {dev} parent 3: prio 1 protocol ip u32 "
+        f"match u16 0 0x{0x10000 - CONTROL_PACKET_BYTES:04x} at 2 flowid 3:2",
+        # data at the line rate, strictly: TBF never sends ahead of its tokens (HTB lets each class
+        # send one frame past them, and a NIC that bursts past its rate overflows the next port's queue)
+        f"qdisc add dev {dev} parent 3:3 handle 4: tbf rate {mbps:f}Mbit burst {q} mtu {q} limit {limit}",
         f"qdisc add dev {dev} parent 4:1 handle 5: htb default 10",
         f"class add dev {dev} parent 5: classid 5:1 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit "
         f"burst {burst} cburst {burst} quantum {q} mtu {q}",
