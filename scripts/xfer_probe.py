@@ -1,7 +1,9 @@
 """Time KV-like transfers over one long-lived TCP connection (run inside two Mininet hosts).
 
 server PORT                      accept one connection; per message: read its 8-byte length and
-                                 the bytes, answer one byte
+                                 the bytes, answer one byte; when the client closes, print one JSON
+                                 line with each message's receive span (its first segment's arrival
+                                 to its last byte's: what the agents time), after two warm-up ones
 client IP PORT NBYTES REPS GAP   send REPS messages of NBYTES, GAP seconds apart (the link idles in
                                  between, as between KV transfers); print one JSON line with the
                                  seconds from first byte sent to the answer, for each message after
@@ -23,17 +25,21 @@ def server(port: int) -> None:
     s.bind(("0.0.0.0", port))
     s.listen(1)
     c, _ = s.accept()
+    spans = []
     while True:
         hdr = c.recv(8, socket.MSG_WAITALL)
         if len(hdr) < 8:
-            return
+            break
+        t0 = time.monotonic()
         left = int.from_bytes(hdr, "big")
         while left:
             b = c.recv(min(1 << 20, left))
             if not b:
-                return
+                break
             left -= len(b)
+        spans.append(time.monotonic() - t0)
         c.sendall(b"k")
+    print(json.dumps(spans[2:]), flush=True)
 
 
 def client(ip: str, port: int, n: int, reps: int, gap: float) -> None:

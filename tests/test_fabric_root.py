@@ -328,15 +328,16 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     assert min(intervals[4:6]) > LINK_MBPS / 2 and min(intervals[-4:]) > LINK_MBPS / 2, intervals
 
 
-def _probe_median(fabric, src, dst, nbytes, port):
+def _probe_median(fabric, src, dst, nbytes, port, receiver=False):
     """Median seconds of KV-sized transfers over one long-lived connection, the link idle between
-    them (scripts/xfer_probe.py; each includes the one-byte answer)."""
+    them (scripts/xfer_probe.py): each from the sender's first byte to the one-byte answer, or with
+    `receiver`, from the first segment's arrival to the last byte's (what the agents time)."""
     import sys
 
     from conftest import REPO
 
     probe = str(REPO / "scripts" / "xfer_probe.py")
-    srv = fabric.host(dst).popen([sys.executable, probe, "server", str(port)])
+    srv = fabric.host(dst).popen([sys.executable, probe, "server", str(port)], stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
     cl = fabric.host(src).popen(
         [sys.executable, probe, "client", fabric.topo.host(dst).ip, str(port), str(nbytes), "6", "0.3"],
@@ -344,8 +345,8 @@ def _probe_median(fabric, src, dst, nbytes, port):
         text=True,
     )
     out, _ = cl.communicate(timeout=60)
-    srv.wait(timeout=10)
-    times = sorted(json.loads(out))
+    spans, _ = srv.communicate(timeout=10)
+    times = sorted(json.loads(spans if receiver else out))
     return times[len(times) // 2]
 
 
@@ -363,12 +364,13 @@ def test_a_transfer_after_idle_takes_its_bytes_over_the_rate(fabric):
 def test_an_elephant_does_not_slow_transfers_in_the_other_direction(fabric):
     # Links are full duplex (in the flow model and in a real fabric): an elephant from pod 0 to pod 1
     # must not slow a transfer from pod 1 into pod 0. Only the transfer's ACKs cross the elephant's
-    # ports; its client port is picked so that the elephant's data falls in the very fair-queue
-    # bucket those ACKs hash to (the receiver's port), as the agents' one KV port once did with an
-    # on/off elephant. Without the control-packet class the ACKs waited behind that bucket's
-    # 20 ms queue at every shared hop (measured: 240 KB transfers 1.4-1.9x slower).
+    # ports; the elephant's client port is picked so that its data falls in the very fair-queue
+    # bucket those ACKs hash to (the receiver's port), as the agents' KV port did with the demo's
+    # first elephant. Without the pure-ACK class the ACKs waited behind that bucket's 20 ms queue at
+    # every shared hop. Timed at the receiver, as the agents time a transfer (the one-byte answer
+    # that follows is data of that same flow, and waits in its bucket).
     port = 5330
-    idle = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port)
+    idle = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port, receiver=True)
     srv = fabric.host("h1_0_0_3").popen(["iperf3", "-s", "-1", "-p", "5331"], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
     cport = 40000 + (port + 64 - 40000 % 64) % 64  # same low 6 bits as the probe server's port
@@ -380,7 +382,7 @@ def test_an_elephant_does_not_slow_transfers_in_the_other_direction(fabric):
     try:
         time.sleep(2)
         assert el.poll() is None, "the elephant did not start"
-        loaded = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port + 64)
+        loaded = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port + 64, receiver=True)
     finally:
         el.kill()
         el.wait()
