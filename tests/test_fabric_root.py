@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 from netkv.controller.client import http_json
@@ -328,10 +329,15 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     assert min(intervals[4:6]) > LINK_MBPS / 2 and min(intervals[-4:]) > LINK_MBPS / 2, intervals
 
 
-def _probe_median(fabric, src, dst, nbytes, port, receiver=False):
+def _probe_median(fabric, src, dst, nbytes, port):
     """Median seconds of KV-sized transfers over one long-lived connection, the link idle between
-    them (scripts/xfer_probe.py): each from the sender's first byte to the one-byte answer, or with
-    `receiver`, from the first segment's arrival to the last byte's (what the agents time)."""
+    them (scripts/xfer_probe.py; each includes the one-byte answer)."""
+    return _probe(fabric, src, dst, nbytes, port, 6, 2)[0]
+
+
+def _probe(fabric, src, dst, nbytes, port, reps, warmup):
+    """(median sender time to the answer, median receive span) of `reps` transfers after `warmup`
+    ones over one connection, each after 0.3 s idle (scripts/xfer_probe.py)."""
     import sys
 
     from conftest import REPO
@@ -340,14 +346,23 @@ def _probe_median(fabric, src, dst, nbytes, port, receiver=False):
     srv = fabric.host(dst).popen([sys.executable, probe, "server", str(port)], stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
     cl = fabric.host(src).popen(
-        [sys.executable, probe, "client", fabric.topo.host(dst).ip, str(port), str(nbytes), "6", "0.3"],
+        [
+            sys.executable,
+            probe,
+            "client",
+            fabric.topo.host(dst).ip,
+            str(port),
+            str(nbytes),
+            str(reps),
+            "0.3",
+            str(warmup),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
     out, _ = cl.communicate(timeout=60)
     spans, _ = srv.communicate(timeout=10)
-    times = sorted(json.loads(spans if receiver else out))
-    return times[len(times) // 2]
+    return float(np.median(json.loads(out))), float(np.median(json.loads(spans)[warmup:]))
 
 
 def test_a_transfer_after_idle_takes_its_bytes_over_the_rate(fabric):
@@ -366,27 +381,29 @@ def test_an_elephant_does_not_slow_transfers_in_the_other_direction(fabric):
     # must not slow a transfer from pod 1 into pod 0. Only the transfer's ACKs cross the elephant's
     # ports; the elephant's client port is picked so that its data falls in the very fair-queue
     # bucket those ACKs hash to (the receiver's port), as the agents' KV port did with the demo's
-    # first elephant. Without the pure-ACK class the ACKs waited behind that bucket's 20 ms queue at
-    # every shared hop. Timed at the receiver, as the agents time a transfer (the one-byte answer
-    # that follows is data of that same flow, and waits in its bucket).
-    port = 5330
-    idle = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port, receiver=True)
-    srv = fabric.host("h1_0_0_3").popen(["iperf3", "-s", "-1", "-p", "5331"], stdout=subprocess.DEVNULL)
+    # first elephant. Each transfer is the first on a fresh connection (as most of an emulated run's
+    # are: one connection per pair, few transfers per pair), so its window grows with its ACKs;
+    # without the pure-ACK class they waited behind that bucket's 20 ms queue at every shared hop.
+    # Timed at the receiver, as the agents time a transfer.
+    def firsts(base):
+        return [_probe(fabric, "h1_1_1_1", "h0_0_0_2", 240000, base + 64 * i, 1, 0)[1] for i in range(5)]
+
+    idle = np.median(firsts(5330))
+    srv = fabric.host("h1_0_0_3").popen(["iperf3", "-s", "-1", "-p", "5329"], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
-    cport = 40000 + (port + 64 - 40000 % 64) % 64  # same low 6 bits as the probe server's port
-    assert cport % 64 == (port + 64) % 64
+    cport = 40000 + (5330 - 40000) % 64  # the low 6 bits of the probe servers' ports
     el = fabric.host("h0_0_0_0").popen(
-        ["iperf3", "-c", fabric.topo.host("h1_0_0_3").ip, "-p", "5331", "-t", "30", "--cport", str(cport)],
+        ["iperf3", "-c", fabric.topo.host("h1_0_0_3").ip, "-p", "5329", "-t", "60", "--cport", str(cport)],
         stdout=subprocess.DEVNULL,
     )
     try:
         time.sleep(2)
         assert el.poll() is None, "the elephant did not start"
-        loaded = _probe_median(fabric, "h1_1_1_1", "h0_0_0_2", 240000, port + 64, receiver=True)
+        loaded = np.median(firsts(5330 + 64 * 5))
     finally:
         el.kill()
         el.wait()
         srv.kill()
         srv.wait()
     print(f"reverse elephant: {loaded / idle:.2f}x the idle transfer time")
-    assert loaded <= 1.25 * idle, (loaded, idle)
+    assert loaded <= 1.3 * idle, (loaded, idle)  # measured: 1.03-1.23x; 1.48-1.53x without the class
