@@ -39,7 +39,7 @@ class FabricSpec:
     topology: TopologyCfg = field(default_factory=lambda: TopologyCfg(k=2, gpus_per_server=2))
     bandwidth_scale: float = 4000.0
     mtu: int = 9000
-    queue_ms: float = 100.0
+    queue_ms: float = 20.0
     qdisc: str = "bfifo"
     fair_buckets: int = 64  # per-flow fair queueing at switch ports (0: plain drop-tail)
     tcp_cc: str = "cubic"

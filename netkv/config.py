@@ -180,7 +180,7 @@ class EmulationCfg:
     mtu: int = 9000
     # per-link (per-bucket) queue, as time at the emulated link rate: deep enough that a KV transfer
     # is not lost at a contended port (a P/D fabric is lossless: RDMA over PFC or InfiniBand)
-    queue_ms: float = 100.0
+    queue_ms: float = 20.0
     max_link_mbps: float = 1000.0
     qdisc: str = "bfifo"  # leaf queue of the shaped links
     fair_queue_buckets: int = 64  # per-flow fair queueing at switch ports (0 = plain drop-tail)
