@@ -7,6 +7,7 @@ stops Mininet, the controller and every process the run started, then checks not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 from dataclasses import dataclass, field
@@ -30,6 +32,28 @@ from netkv.topology import FatTree
 
 class FabricError(RuntimeError):
     """The emulated fabric could not be brought up (the message says why and what to do)."""
+
+
+@contextlib.contextmanager
+def _signals_deferred(log):
+    """Ctrl-C, SIGTERM and SIGHUP do not interrupt a teardown (one that stopped half-way left the
+    controller running); each is answered with a line saying the cleanup is under way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.getsignal(s) for s in sigs}
+
+    def note(signum, frame):
+        log(f"signal {signum} during teardown: finishing the cleanup first")
+
+    for s in sigs:
+        signal.signal(s, note)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -454,6 +478,10 @@ class Fabric:
     def stop(self) -> None:
         if not self._owns_state:
             return  # refused to start (e.g. leftovers): touch nothing
+        with _signals_deferred(self.log):
+            self._stop()
+
+    def _stop(self) -> None:
         t0 = time.monotonic()
         if self.net is not None:
             self._kill_host_processes()

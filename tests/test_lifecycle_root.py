@@ -1,6 +1,7 @@
 """Emulated-run lifecycle (root): leftovers refused with a hint, Ctrl-C/SIGTERM/crash cleanup,
 `netkv clean`, and `mn --custom` building the same fabric."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,28 @@ def test_interrupt_leaves_nothing(tmp_path, sig):
     assert p.returncode == 0, out
     assert "fabric down" in out
     assert cleanup.find_leftovers() == []
+
+
+def test_ctrl_c_pressed_again_during_teardown_leaves_nothing(tmp_path):
+    # a user who keeps pressing Ctrl-C: SIGINTs to the whole process group while the fabric comes
+    # down (one that landed mid-teardown once left the controller running)
+    p = subprocess.Popen(
+        [*NETKV, "net", "up", "--k", "2", "--gpus", "2", "--poll", "0.5", "--log-dir", str(tmp_path / "net")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_line(p, "fabric running")
+    for _ in range(15):
+        try:
+            os.killpg(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    out, _ = p.communicate(timeout=120)
+    assert "fabric down" in out, out
+    assert cleanup.find_leftovers() == [], out
 
 
 def test_net_status_and_down(tmp_path):
