@@ -139,12 +139,12 @@ def fair_queue_batch(
     the agents' one listen port, 7000, in the bucket of the demo's first elephant, whose client port
     shares its low bits with server port 5400), coupling a link's two directions in a way neither the
     flow model (full duplex, no ACKs) nor a real fabric does. Measured on the fidelity sweep's
-    "load x2" (docs/fidelity.md): round_robin's per-transfer error p95 158% -> 26-47% (two runs). Only segments
-    without payload qualify: with every packet under 256 bytes in this class, small *data* segments
-    (the block headers an agent writes on their own) could overtake their flow's queued data, and
-    round_robin's transfers ran 17% slower at the median than with pure ACKs only (4%); reordering
-    is the likely cause, not verified. ACK bytes are not charged to the line rate (< 1% of a data
-    flow's).
+    "load x2" (docs/fidelity.md): round_robin's per-transfer error p95 158% -> 26-47% (two runs).
+    Only segments without payload qualify: with every packet under 256 bytes in this class, small
+    *data* segments (the block headers an agent writes on their own) could overtake their flow's
+    queued data, and round_robin's transfers ran 17% slower at the median than with pure ACKs only
+    (4%); reordering is the likely cause, not verified. ACK bytes are not charged to the line rate
+    (< 1% of a data flow's).
     """
     rate_bps = mbps * 1e6 / 8
     q = mtu + 100
