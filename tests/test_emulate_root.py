@@ -171,7 +171,11 @@ def test_netkv_with_the_probe_oracle_steers_around_the_elephant_its_trains_measu
     assert summ["netkv"]["emulation"]["probe_trains_read"] > 0
     rows = [r for r in rows_of(run, "netkv") if r["arrival_s"] >= 4.0]
     assert len(rows) >= 10 and all(r["status"] == "completed" and r["oracle"] == "probe" for r in rows)
-    assert [r["decode"] for r in rows] == [STEER_D2] * len(rows)
+    # trains are samples: now and then one on D1's path reads high and, with D2 loaded by every
+    # transfer before, one request goes to D1 (1 of 10 in one CI run); without the trains the two
+    # decode instances tie on the network and split the requests about evenly
+    to_d2 = sum(r["decode"] == STEER_D2 for r in rows)
+    assert to_d2 >= 0.8 * len(rows), [r["decode"] for r in rows]
 
 
 def test_a_prober_that_dies_fails_the_run(tmp_path):

@@ -114,7 +114,13 @@ def test_processes_started_in_hosts_end_with_the_fabric(tmp_path):
     # a process a script starts in a host (no NETKV_RUN tag) would outlive Mininet's stop and keep
     # the host's namespace alive; the fabric kills whatever still runs in its hosts' namespaces
     with Fabric(FabricSpec.for_fattree(2, 2), tmp_path) as fab:
-        stray = fab.host(fab.topo.hosts[0].name).popen(["sleep", "600"])
+        host = fab.host(fab.topo.hosts[0].name)
+        stray = host.popen(["sleep", "600"])
+        space = os.stat(f"/proc/{host.pid}/ns/net").st_ino
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{stray.pid}/ns/net").st_ino != space:  # mnexec enters it, then execs
+            assert time.monotonic() < deadline, "the process never entered the host's namespace"
+            time.sleep(0.05)
     try:
         assert stray.wait(timeout=5) is not None
     finally:
