@@ -34,6 +34,7 @@ from netkv.emulation.fabric import Fabric, FabricSpec
 from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_summary
+from netkv.scheduler import journal
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import ORACLES, probe_pairs
 from netkv.scheduler.service import clock_file, probes_file, resumed_file
@@ -211,6 +212,7 @@ class _Run:
         self.stamp = stamp
         self.summaries: dict[str, dict] = {}
         self.interrupted = False
+        self.guard = FidelityGuard()
         topo = cluster.topo
         self.meta = {
             "mode": "emulate",
@@ -303,6 +305,7 @@ class _Run:
                 f"policy {pol}: the scheduler service failed (exit code {rc}) and wrote "
                 "no results; its error is printed above"
             ) from None
+        self.guard.add_windows(transfer_windows(self.run.root, pol, self.exp.emulation.time_dilation).values())
         if faults.events:
             self.summaries[pol]["faults"] = faults.report()
             RunDir(self.run.root).write_policy_summary(pol, self.summaries[pol])
@@ -346,9 +349,33 @@ class _Run:
         partial = self.interrupted or len(s) < len(self.policies) or any(x.get("partial") for x in s.values())
         self.meta["partial"] = partial
         self.meta["fidelity"] = guard.report()
+        guard.write_samples(self.logs / "guard.csv")
         self.run.write_meta(self.meta)
         if s:
             self.run.write_summary(s, partial)
+
+
+def transfer_windows(run_root: Path, pol: str, dilation: float) -> dict[int, tuple[float, float]]:
+    """Request id -> wall-clock span of its KV transfer (prefill end to KV arrival), from the policy's
+    records and the wall instant of its trace time 0 (the journal's start record)."""
+    t0 = journal.read(journal.journal_path(run_root, pol))[0]["t0"]
+    spans = {}
+    for r in RunDir(run_root).read_requests(pol):
+        a, b = r.get("t_prefill_end"), r.get("t_transfer_end")
+        if a is not None and b is not None:
+            spans[r["id"]] = (t0 + a * dilation, t0 + b * dilation)
+    return spans
+
+
+def guard_verdict(run_root: Path) -> dict:
+    """The fidelity guard's verdict on a finished run, judged again from its samples (logs/guard.csv)
+    and its transfers under the current rules."""
+    run = RunDir(run_root)
+    meta = run.read_meta()
+    guard = FidelityGuard.from_csv(Path(run_root) / "logs" / "guard.csv", meta["fidelity"]["interval_s"])
+    for pol in run.read_summary()["policies"]:
+        guard.add_windows(transfer_windows(run_root, pol, meta["emulation"]["time_dilation"]).values())
+    return guard.report()
 
 
 def emulate_experiment(
@@ -369,7 +396,7 @@ def emulate_experiment(
         f"time dilation {D:g}) on {len(cluster.prefill_hosts)} prefill + {len(cluster.decode_hosts)} decode "
         f"agents, k={cluster.topo.k} fat-tree -> {r.run.root}"
     )
-    guard = FidelityGuard()
+    guard = r.guard
     agents: dict[str, subprocess.Popen] = {}
     sock_dir = statedir.claim_run(r.stamp, f"netkv emulate {cluster.exp.path}", r.run.root)
     try:

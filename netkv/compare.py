@@ -98,6 +98,22 @@ def _completed(run: RunDir, pol: str) -> dict[int, dict]:
     return {r["id"]: r for r in run.read_requests(pol) if r["status"] == "completed"}
 
 
+def transfer_pairs(m: RunDir, e: RunDir, pol: str) -> list[tuple[int, int, float, float]]:
+    """(request id, tier, model seconds, emulated seconds) of every KV transfer that took the same
+    (prefill, decode) pair in both runs and moved bytes in the model."""
+    rm, re_ = _completed(m, pol), _completed(e, pol)
+    out = []
+    for i in sorted(rm.keys() & re_.keys()):
+        a, b = rm[i], re_[i]
+        if (
+            (a["prefill"], a["decode"]) == (b["prefill"], b["decode"])
+            and a["transfer_s"]
+            and b["transfer_s"] is not None
+        ):
+            out.append((i, a["tier"], a["transfer_s"], b["transfer_s"]))
+    return out
+
+
 def _rel_stats(model: np.ndarray, emu: np.ndarray) -> dict:
     rel = np.abs(emu - model) / model
     return {
@@ -130,18 +146,15 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
         ids = sorted(rm.keys() & re_.keys())
         _check_same_requests(rm, re_, ids, pol, m.root, e.root)
         same = [i for i in ids if (rm[i]["prefill"], rm[i]["decode"]) == (re_[i]["prefill"], re_[i]["decode"])]
-        xfer = [i for i in same if rm[i]["transfer_s"] and re_[i]["transfer_s"] is not None]
         res: dict = {"requests": len(ids), "same_choice": len(same) / len(ids) if ids else None}
-        if xfer:
-            res["transfer"] = _rel_stats(
-                np.array([rm[i]["transfer_s"] for i in xfer]), np.array([re_[i]["transfer_s"] for i in xfer])
-            )
-            res["transfer_by_tier"] = {}
-            for tier in sorted({rm[i]["tier"] for i in xfer}):
-                sel = [i for i in xfer if rm[i]["tier"] == tier]
-                res["transfer_by_tier"][str(tier)] = _rel_stats(
-                    np.array([rm[i]["transfer_s"] for i in sel]), np.array([re_[i]["transfer_s"] for i in sel])
-                )
+        pairs = transfer_pairs(m, e, pol)
+        if pairs:
+            tiers = np.array([p[1] for p in pairs])
+            xm, xe = np.array([p[2] for p in pairs]), np.array([p[3] for p in pairs])
+            res["transfer"] = _rel_stats(xm, xe)
+            res["transfer_by_tier"] = {
+                str(t): _rel_stats(xm[tiers == t], xe[tiers == t]) for t in sorted(set(tiers.tolist()))
+            }
         if ids:
             tm = float(np.mean([rm[i]["ttft_s"] for i in ids]))
             te = float(np.mean([re_[i]["ttft_s"] for i in ids]))

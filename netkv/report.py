@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netkv.compare import transfer_pairs
 from netkv.results import RunDir
 
 
@@ -96,18 +97,10 @@ def fidelity_plot(model_dir: str | Path, emu_dir: str | Path, path: str | Path) 
     fig, axes = plt.subplots(1, max(len(pols), 1), figsize=(3.3 * max(len(pols), 1), 3.6), squeeze=False)
     names = ["same server", "same edge", "same pod", "cross pod"]
     for ax, pol in zip(axes[0], pols):
-        rm = {r["id"]: r for r in m.read_requests(pol) if r["status"] == "completed"}
-        re_ = {r["id"]: r for r in e.read_requests(pol) if r["status"] == "completed"}
+        pairs = [p for p in transfer_pairs(m, e, pol) if p[3] > 0]  # log axes
         lo, hi = np.inf, 0.0
         for tier in range(4):
-            pts = [
-                (rm[i]["transfer_s"], re_[i]["transfer_s"])
-                for i in rm.keys() & re_.keys()
-                if rm[i]["tier"] == tier
-                and (rm[i]["prefill"], rm[i]["decode"]) == (re_[i]["prefill"], re_[i]["decode"])
-                and rm[i]["transfer_s"]
-                and re_[i]["transfer_s"]
-            ]
+            pts = [(p[2], p[3]) for p in pairs if p[1] == tier]
             if pts:
                 x, y = np.array(pts).T
                 ax.scatter(x * 1e3, y * 1e3, s=9, label=names[tier], color=f"C{tier}")
@@ -122,6 +115,70 @@ def fidelity_plot(model_dir: str | Path, emu_dir: str | Path, path: str | Path) 
     axes[0][0].set_ylabel("emulated (ms)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("KV transfer time per request: emulated vs flow model (same choices)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fidelity_sweep_plot(conditions: dict[str, dict], path: str | Path) -> Path:
+    """Per condition and policy, each KV transfer's emulated / model time (log scale) with its median
+    and p95 error marked; conditions the fidelity guard flagged are shaded and labelled excluded.
+    `conditions`: name -> fidelity report (fidelity.json, with its "model" and "emulated" run dirs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(conditions)
+    pols = sorted({p for rep in conditions.values() for p in rep["policies"]})
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 4.2))
+    width = 0.8 / max(len(pols), 1)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for ci, name in enumerate(names):
+        rep = conditions[name]
+        m, e = RunDir(Path(rep["model"])), RunDir(Path(rep["emulated"]))
+        if (rep.get("guard") or {}).get("flagged"):
+            ax.axvspan(ci - 0.45, ci + 0.45, color="0.85", zorder=0)
+            ax.text(
+                ci, 0.97, "flagged:\nexcluded", transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7
+            )
+        for pi, pol in enumerate(pols):
+            if pol not in rep["policies"]:
+                continue
+            ratio = np.array([p[3] / p[2] for p in transfer_pairs(m, e, pol) if p[3] > 0])
+            if not len(ratio):
+                continue
+            x = ci + (pi - (len(pols) - 1) / 2) * width
+            ax.scatter(
+                x + rng.uniform(-0.3, 0.3, len(ratio)) * width,
+                ratio,
+                s=5,
+                color=f"C{pi}",
+                alpha=0.5,
+                label=pol if ci == 0 else None,
+            )
+            t = rep["policies"][pol]["transfer"]
+            ax.text(
+                x,
+                0.03,
+                f"{100 * t['rel_p50']:.0f}/{100 * t['rel_p95']:.0f}%",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                fontsize=6,
+                color=f"C{pi}",
+            )
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhspan(0.7, 1.3, color="C2", alpha=0.08, zorder=0)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace(", ", ",\n") for n in names], fontsize=8)
+    ax.set_ylabel("emulated / flow model, per KV transfer")
+    ax.set_title("Fidelity per condition (labels: |error| median / p95; band: within 30%)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,10 @@
 # next run (--force redoes everything). Emulated parts need root (the emulated fabric); as another
 # user, or with --sim-only, they are left out and the script says so: the staleness and oracle
 # figures then hold simulated points only, and the demo's fidelity figure, the emulated publish
-# delays and the probe runs are not made. Times (this project's 2-vCPU VM): 14.4 min in all as root
-# before the reproduction step (5.2 min on its own) was added, ~20 min with it, ~32 min with the
-# emulated publish delays (9.5 min) and probe runs (2.5 min); ~7 min --sim-only.
+# delays, the probe runs and the fidelity sweep are not made. Times (this project's 2-vCPU VM): 14.4
+# min in all as root before the reproduction step (5.2 min on its own) was added, ~20 min with it,
+# ~32 min with the emulated publish delays (9.5 min) and probe runs (2.5 min), ~51 min with the
+# fidelity sweep (19 min); ~7 min --sim-only.
 # A failing step stops the script with its exit code (no retries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,7 @@ STEPS=(
   "probes|150|1|$NETKV emulate experiments/staleness.toml --set telemetry.oracle=probe --policy cache_load_aware --policy netkv --out results/probes --no-fidelity"
   "oracles|30|0|ORACLE_EMU"
   "fidelity-demo|300|1|$NETKV emulate experiments/demo.toml --policy round_robin --policy netkv --requests 40 --set emulation.time_dilation=4 --out results/fidelity-demo"
+  "fidelity-sweep|1140|1|$PY scripts/fidelity_sweep.py --out results/fidelity-sweep --docs docs/figures"
 )
 
 total=0

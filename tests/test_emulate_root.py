@@ -88,6 +88,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
         assert [b["delivered_gbps_on"] > 50 for b in summ[pol]["background"]] == [True, True], summ[pol]["background"]
     meta = json.loads((run.root / "meta.json").read_text())
     assert meta["partial"] is False and "fidelity" in meta
+    # the guard judged the samples taken while the 32 transfers moved, and kept its samples
+    assert meta["fidelity"]["during_transfers"]["samples"] >= 1
+    assert (run.root / "logs" / "guard.csv").read_text().count("\n") == meta["fidelity"]["samples"] + 1
 
     # the same file in the simulator: same result files and columns
     sim, _ = simulate_experiment(exp, out=tmp_path / "sim", progress=False, log=lambda *a: None)

@@ -5,6 +5,9 @@ import json
 
 import pytest
 
+from netkv.results import RunDir
+from netkv.scheduler.journal import Journal, journal_path
+
 from conftest import REPO
 
 
@@ -85,23 +88,74 @@ def test_the_oracle_accuracy_study_judges_every_oracle_on_the_same_transfers(tmp
 
 def test_the_fidelity_sweep_resumes_from_stored_reports_and_marks_flagged_runs(tmp_path, capsys):
     fs = _script("fidelity_sweep")
+    # one model run and one emulated run with three transfers (emulated 1.0x, 1.5x and 3x the model),
+    # which ran while the machine was at 30%, 60% and 99% (its guard samples; time dilation 4)
+    rows = [
+        {"id": i, "status": "completed", "prefill": 0, "decode": 5, "tier": 3, "transfer_s": 0.02} for i in range(3)
+    ]
+    (tmp_path / "model").mkdir()
+    RunDir(tmp_path / "model").write_requests("netkv", rows)
+    emu = tmp_path / "emu"
+    emu.mkdir()
+    RunDir(emu).write_requests(
+        "netkv",
+        [
+            {**r, "transfer_s": 0.02 * k, "t_prefill_end": 1.0 + 2 * i, "t_transfer_end": 1.0 + 2 * i + 0.02 * k}
+            for i, (r, k) in enumerate(zip(rows, (1.0, 1.5, 3.0)))
+        ],
+    )
+    j = Journal(journal_path(emu, "netkv"))
+    j.write({"k": "start", "t0": 1000.0})
+    j.close()
+    (emu / "meta.json").write_text(json.dumps({"emulation": {"time_dilation": 4.0}, "fidelity": {"interval_s": 0.5}}))
+    (emu / "summary.json").write_text(json.dumps({"policies": {"netkv": {}}}))
+    samples = [(1004.5, 30.0), (1006.0, 99.0), (1012.5, 60.0), (1020.5, 99.0)]  # wall s, machine %
+    (emu / "logs" / "guard.csv").write_text(
+        "wall_s,ovs_total_pct,ovs_busiest_thread_pct,machine_pct\n" + "".join(f"{t},50,10,{m}\n" for t, m in samples)
+    )
     rep = {
+        "model": str(tmp_path / "model"),
+        "emulated": str(tmp_path / "emu"),
         "policies": {
             "netkv": {"transfer": {"n": 40, "rel_p50": 0.04, "rel_p95": 0.2, "bias": 0.03}, "ttft_mean_rel": 0.008}
         },
         "same_ranking": True,
         "guard": {"flagged": True},
     }
-    for name in fs.CONDITIONS:  # every condition already done: nothing is emulated
+    for name, (rate, n, _, _) in fs.CONDITIONS.items():  # every condition already done: nothing is emulated
         d = tmp_path / name.replace(" ", "").replace(",", "-") / "run" / "fidelity"
         d.mkdir(parents=True)
         (d / "fidelity.json").write_text(json.dumps(rep))
-    assert fs.main(["--out", str(tmp_path)]) == 0
+        sets = [f"trace.rate_multiplier={rate}", f"trace.requests={n}", "trace.max_output_tokens=256"]
+        (d.parent / "meta.json").write_text(json.dumps({"overrides": [*sets, "emulation.time_dilation=4.0"]}))
+    assert fs.main(["--out", str(tmp_path), "--docs", str(tmp_path / "docs")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 + len(fs.CONDITIONS)
-    assert out[1].split()[:9] == ["load", "x1", "netkv", "40", "4.0", "20.0", "+3.0", "0.8", "yes"]
-    assert all("(guard flagged: excluded)" in x for x in out[1:-1])
-    assert set(json.loads((tmp_path / "fidelity-sweep.json").read_text())) == set(fs.CONDITIONS)
+    assert out[1].split()[:9] == ["load", "x2", "netkv", "40", "4.0", "20.0", "+3.0", "0.8", "yes"]
+    assert all("(guard flagged: excluded)" in x for x in out[1 : 1 + len(fs.DEFAULT)])
+    # the error by CPU pools the transfers of every condition run (each points at the same emulated run)
+    cpu = {tuple(c["machine_pct"]): c for c in json.loads((tmp_path / "by-cpu.json").read_text())}
+    n = len(fs.DEFAULT)
+    assert cpu[(0.0, 50.0)]["n"] == n and cpu[(0.0, 50.0)]["rel_p50"] == 0.0
+    assert cpu[(50.0, 80.0)]["n"] == n and abs(cpu[(50.0, 80.0)]["bias"] - 0.5) < 1e-9
+    assert cpu[(80.0, 95.0)]["n"] == 0
+    assert cpu[(95.0, 100.0)]["n"] == n and cpu[(95.0, 100.0)]["over_2x"] == n
+    assert list(json.loads((tmp_path / "fidelity-sweep.json").read_text())) == fs.DEFAULT
+    assert (tmp_path / "docs" / "fidelity-sweep.png").stat().st_size > 10_000
+    # a stored run made with other settings is not taken for this condition's
+    with pytest.raises(SystemExit, match="was run with"):
+        fs.main(["--out", str(tmp_path), "--max-output", "512"])
+
+
+def test_the_fidelity_sweep_s_loads_pile_requests_up_and_its_other_conditions_vary_one_thing():
+    fs = _script("fidelity_sweep")
+    loads = {n: c for n, c in fs.CONDITIONS.items() if not c[2] and not c[3]}
+    assert len(loads) >= 3  # three loads, each with the background on and no failure
+    rates = sorted(c[0] for c in loads.values())
+    assert rates[-1] >= 8 * rates[0]
+    # a heavier load replays at least as many requests (so that they pile up, not just come sooner)
+    by_rate = sorted(loads.values())
+    assert all(a[1] <= b[1] for a, b in zip(by_rate, by_rate[1:]))
+    assert any(c[2] for c in fs.CONDITIONS.values()) and any(c[3] for c in fs.CONDITIONS.values())
 
 
 def test_the_reproduction_sweep_covers_each_axis_once_and_pairs_its_gains():
