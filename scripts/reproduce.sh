@@ -6,11 +6,11 @@
 # Resumable: each step leaves results/reproduce/<step>.done when it succeeds and is skipped on the
 # next run (--force redoes everything). Emulated parts need root (the emulated fabric); as another
 # user, or with --sim-only, they are left out and the script says so: the staleness and oracle
-# figures then hold simulated points only, and the demo's fidelity figure, the emulated publish
-# delays, the probe runs and the fidelity sweep are not made. Times (this project's 2-vCPU VM): 14.4
-# min in all as root before the reproduction step (5.2 min on its own) was added, ~20 min with it,
-# ~32 min with the emulated publish delays (9.5 min) and probe runs (2.5 min), ~51 min with the
-# fidelity sweep (19 min); ~7 min --sim-only.
+# figures then hold simulated points only, and the emulated publish delays, the probe runs and the
+# fidelity sweep (with the demo's fidelity figure) are not made. Times (this project's 2-vCPU VM):
+# 14.4 min in all as root before the reproduction step (5.2 min on its own) was added, ~20 min with
+# it, ~32 min with the emulated publish delays (9.5 min) and probe runs (2.5 min), ~46 min with the
+# fidelity sweep (19 min) in place of the separate demo fidelity run (5 min); ~7 min --sim-only.
 # A failing step stops the script with its exit code (no retries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,6 @@ STEPS=(
   "staleness-delays|570|1|$PY scripts/staleness.py --seeds 1 2 3 4 5 --emulate 0.5 --emulate-delays 0 1 2 --out results/staleness-delays"
   "probes|150|1|$NETKV emulate experiments/staleness.toml --set telemetry.oracle=probe --policy cache_load_aware --policy netkv --out results/probes --no-fidelity"
   "oracles|30|0|ORACLE_EMU"
-  "fidelity-demo|300|1|$NETKV emulate experiments/demo.toml --policy round_robin --policy netkv --requests 40 --set emulation.time_dilation=4 --out results/fidelity-demo"
   "fidelity-sweep|1140|1|$PY scripts/fidelity_sweep.py --out results/fidelity-sweep --docs docs/figures"
 )
 
@@ -77,8 +76,8 @@ for s in "${STEPS[@]}"; do
       cp results/staleness-delays/staleness.png docs/figures/staleness-delays.png
       echo "  copied results/staleness-delays/staleness.png to docs/figures/staleness-delays.png"
     fi
-    if [ "$name" = fidelity-demo ]; then
-      run=$(ls -d results/fidelity-demo/demo-emu-* | sort | tail -1)
+    if [ "$name" = fidelity-sweep ]; then  # the demo's own scatter: its "load x2" condition
+      run=$(ls -d results/fidelity-sweep/loadx2/demo-emu-* | sort | tail -1)
       cp "$run/fidelity/transfers.png" docs/figures/fidelity-demo.png
       echo "  copied $run/fidelity/transfers.png to docs/figures/fidelity-demo.png"
     fi
