@@ -56,11 +56,17 @@ def run_condition(path: Path, name: str, max_output: int, dilation: float, out: 
     sets.append(f"emulation.time_dilation={dilation}")
     done = sorted(where.glob("*/fidelity/fidelity.json"))
     if done:
-        meta = json.loads((done[-1].parent.parent / "meta.json").read_text())
+        run_dir = done[-1].parent.parent
+        meta = json.loads((run_dir / "meta.json").read_text())
         if meta.get("overrides") != sets:
             raise SystemExit(
-                f"fidelity_sweep: {done[-1].parent.parent} was run with {meta.get('overrides')}, not {sets}; "
+                f"fidelity_sweep: {run_dir} was run with {meta.get('overrides')}, not {sets}; "
                 "move it away or pick another --out"
+            )
+        copy = run_dir / "experiment.toml"
+        if copy.exists() and copy.read_text() != path.read_text():
+            raise SystemExit(
+                f"fidelity_sweep: {run_dir} was run with another {path.name}; move it away or pick another --out"
             )
         return json.loads(done[-1].read_text())
     exp = load(path, sets)

@@ -141,9 +141,12 @@ def test_the_fidelity_sweep_resumes_from_stored_reports_and_marks_flagged_runs(t
     assert cpu[(95.0, 100.0)]["n"] == n and cpu[(95.0, 100.0)]["over_2x"] == n
     assert list(json.loads((tmp_path / "fidelity-sweep.json").read_text())) == fs.DEFAULT
     assert (tmp_path / "docs" / "fidelity-sweep.png").stat().st_size > 10_000
-    # a stored run made with other settings is not taken for this condition's
+    # a stored run made with other settings, or from another experiment file, is not taken for this condition's
     with pytest.raises(SystemExit, match="was run with"):
         fs.main(["--out", str(tmp_path), "--max-output", "512"])
+    (tmp_path / "loadx2" / "run" / "experiment.toml").write_text("# another file\n")
+    with pytest.raises(SystemExit, match="was run with another demo.toml"):
+        fs.main(["--out", str(tmp_path)])
 
 
 def test_the_fidelity_sweep_s_loads_pile_requests_up_and_its_other_conditions_vary_one_thing():
