@@ -10,6 +10,18 @@ from netkv.compare import transfer_pairs
 from netkv.results import RunDir
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (120 dpi, parent directories made) and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def make_plots(run_dir: str | Path) -> list[Path]:
     """Draw the standard plots of a run into RUN_DIR/plots and return their paths."""
     import matplotlib
@@ -40,10 +52,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     ax.set_title(f"TTFT CDF{tag}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "ttft_cdf.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "ttft_cdf.png"))
 
     s = doc["policies"]
     metrics = [
@@ -60,10 +69,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"per-policy summary{tag}")
-    fig.tight_layout()
-    paths.append(out / "policy_bars.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "policy_bars.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     width = 0.8 / max(len(policies), 1)
@@ -78,10 +84,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     ax.set_title(f"KV transfer time by tier{tag}")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    paths.append(out / "transfer_by_tier.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "transfer_by_tier.png"))
     return paths
 
 
@@ -116,12 +119,7 @@ def fidelity_plot(model_dir: str | Path, emu_dir: str | Path, path: str | Path) 
     axes[0][0].set_ylabel("emulated (ms)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("KV transfer time per request: emulated vs flow model (same choices)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def fidelity_sweep_plot(conditions: dict[str, dict], path: str | Path) -> Path:
@@ -180,9 +178,4 @@ def fidelity_sweep_plot(conditions: dict[str, dict], path: str | Path) -> Path:
     ax.set_title("Fidelity per condition (labels: |error| median / p95; band: within 30%)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
