@@ -21,6 +21,8 @@ class BlockIndex:
         self.holders: dict[int, int] = {}
         self._full = (1 << n_slots) - 1
         self._memo: dict[int, np.ndarray] = {}
+        self._hits_memo: dict[tuple, np.ndarray] = {}
+        self._group_memo: dict[tuple, np.ndarray] = {}
 
     def add(self, slot: int, block: int) -> None:
         self.holders[block] = self.holders.get(block, 0) | (1 << slot)
@@ -42,13 +44,12 @@ class BlockIndex:
         """Boolean mask of the slots holding one block."""
         return self._bits(self.holders.get(block, 0)).astype(bool)
 
-    def prefix_hits(self, hash_ids: Sequence[int]) -> np.ndarray:
-        """Longest cached prefix (in blocks) of `hash_ids` for every slot.
+    def prefix_drops(self, hash_ids: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """The longest cached prefix of `hash_ids` per slot, as (hit blocks, bitmask of the slots with
+        that many) pairs for the hit counts > 0 (empty: no slot holds the first block).
 
-        Walks the blocks with Python int bitmasks of the slots still matching; a slot's hit count is
-        the position where it drops out. Only the (few) positions where the set changes cost numpy
-        work, and the bit->array conversion of a mask is memoised.
-        """
+        Walks the blocks with a Python int bitmask of the slots still matching; a slot's hit count is
+        the position where it drops out."""
         alive = self._full
         get = self.holders.get
         drops = []
@@ -62,13 +63,39 @@ class BlockIndex:
                     break
         if alive and hash_ids:
             drops.append((len(hash_ids), alive))
-        if not drops:
-            return np.zeros(self.n, dtype=np.int64)
-        j, m = drops[0]
-        hits = self._bits(m) * j
-        for j, m in drops[1:]:
-            hits += self._bits(m) * j
+        return tuple(drops)
+
+    def prefix_hits(self, hash_ids: Sequence[int]) -> np.ndarray:
+        """Longest cached prefix (in blocks) of `hash_ids` for every slot (read-only: memoised)."""
+        return self.hits_of(self.prefix_drops(hash_ids))
+
+    def hits_of(self, drops: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """Per-slot hit counts of `prefix_drops`' answer. Memoised (requests share prefixes, so the
+        same few answers recur), hence read-only."""
+        hits = self._hits_memo.get(drops)
+        if hits is None:
+            hits = np.zeros(self.n, dtype=np.int64)
+            for j, m in drops:
+                hits += self._bits(m) * j
+            hits.flags.writeable = False
+            if len(self._hits_memo) >= 4096:
+                self._hits_memo.clear()
+            self._hits_memo[drops] = hits
         return hits
+
+    def groups_of(self, drops: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """Per slot, 1 + the index in `drops` of its hit count, or 0 without a hit (read-only, memoised):
+        a value computed once per distinct hit count spreads over the slots by `values[groups]`."""
+        g = self._group_memo.get(drops)
+        if g is None:
+            g = np.zeros(self.n, dtype=np.intp)
+            for k, (_, m) in enumerate(drops):
+                g += self._bits(m) * (k + 1)
+            g.flags.writeable = False
+            if len(self._group_memo) >= 4096:
+                self._group_memo.clear()
+            self._group_memo[drops] = g
+        return g
 
     def _bits(self, mask: int) -> np.ndarray:
         arr = self._memo.get(mask)

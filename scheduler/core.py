@@ -76,11 +76,15 @@ class Scheduler:
     def _prefill_finish(self, req) -> tuple[np.ndarray, np.ndarray]:
         """Per prefill slot: prefix-hit blocks, and seconds until this request's prefill would end there."""
         v = self.view
-        hits = v.prefill_index.prefix_hits(req.hash_ids)
-        if hits.any():
-            pf = v.compute.prefill_s_array(req.input_tokens - hits * BLOCK_TOKENS)
-        else:  # no instance holds a prefix (the common case): one scalar latency for all
-            pf = v.compute.prefill_s(req.input_tokens)
+        idx = v.prefill_index
+        drops = idx.prefix_drops(req.hash_ids)
+        hits = idx.hits_of(drops)
+        prefill_s = v.compute.prefill_s
+        if drops:  # one latency per distinct hit count, spread over the slots
+            vals = [prefill_s(req.input_tokens)] + [prefill_s(req.input_tokens - j * BLOCK_TOKENS) for j, _ in drops]
+            pf = np.take(vals, idx.groups_of(drops))
+        else:  # no instance holds a prefix: one scalar latency for all
+            pf = prefill_s(req.input_tokens)
         if v.prefill_alive.all():
             return hits, v.prefill_backlog_s + pf
         finish = np.where(v.prefill_alive, v.prefill_backlog_s + pf, np.inf)
@@ -95,9 +99,13 @@ class Scheduler:
         if forced is not None:
             slot = forced
         else:
-            ties = np.flatnonzero(finish == finish.min())
-            # integers(len) draws what choice(ties) would, at a fifth of its cost
-            slot = int(ties[0]) if len(ties) == 1 else int(ties[self._ties.integers(len(ties))])
+            fl = finish.tolist()  # a few dozen slots: Python's min and count beat numpy's per-call cost
+            best = min(fl)
+            if fl.count(best) == 1:
+                slot = fl.index(best)
+            else:  # integers(len) draws what choice(ties) would, at a fifth of its cost
+                ties = [i for i, x in enumerate(fl) if x == best]
+                slot = ties[int(self._ties.integers(len(ties)))]
         return slot, int(hits[slot]), float(finish[slot])
 
     def prefill_candidates(self, finish: np.ndarray, n: int) -> np.ndarray:

@@ -83,8 +83,8 @@ class Snapshot:
         """When the oldest sample on these links was taken (what a decision over them relied on)."""
         if self.link_sampled_at is None or len(links) == 0:
             return self.sampled_at
-        t = self.link_sampled_at[np.asarray(links, dtype=np.int64)]
-        oldest = t.min()  # NaN if any link was never sampled: then the oldest of the others
+        t = self.link_sampled_at.take(links)
+        oldest = np.minimum.reduce(t)  # NaN if any link was never sampled: then the oldest of the others
         if oldest == oldest:
             return float(oldest)
         return float(np.nanmin(t)) if np.isfinite(t).any() else self.sampled_at
@@ -109,17 +109,18 @@ class _RowCache:
         route_key = self.routing.version
         if ent is None or ent[0] is not dsts or ent[1] != route_key:
             paths = self.routing.path_row(src, dsts)
-            ent = [dsts, route_key, paths, None, None, self._lat[paths].sum(axis=1)]
+            dead = paths[:, -1] < 0  # unreachable
+            ent = [dsts, route_key, paths, None, None, self._lat[paths].sum(axis=1), dead if dead.any() else None]
             self._c[key] = ent
             if len(self._c) > self.size:
                 self._c.popitem(last=False)
         else:
             self._c.move_to_end(key)
         if ent[3] != bw_key:
-            paths = ent[2]
-            b = bw_ext[paths].min(axis=1)
-            b[paths[:, -1] < 0] = 0.0  # unreachable
-            ent[3], ent[4] = bw_key, (b, bool((b <= 0).any()), ent[5])
+            b = np.minimum.reduce(bw_ext.take(ent[2]), axis=1)
+            if ent[6] is not None:
+                b[ent[6]] = 0.0
+            ent[3], ent[4] = bw_key, (b, bool(np.minimum.reduce(b) <= 0), ent[5])
         return ent[4]
 
 
@@ -147,8 +148,7 @@ def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: n
     elif not links:
         return math.inf
     bottleneck = min(bw_ext[lid] for lid in links)
-    lat = routing.topo.latency_s
-    return nbytes / bottleneck + sum(float(lat[lid]) for lid in links) if bottleneck > 0 else math.inf
+    return nbytes / bottleneck + routing.path_latency(links) if bottleneck > 0 else math.inf
 
 
 @ORACLES.register(order=1)
@@ -226,7 +226,7 @@ class CounterOracle(Oracle):
         """
         if not self.count_committed or nbytes <= 0:
             return
-        links = np.array(self.routing.path(src, dst), dtype=np.int64)
+        links = self.routing.path_array(src, dst)
         ok = est_seconds > 0 and math.isfinite(est_seconds)
         rate = nbytes / est_seconds if ok else 0.0
         self.committed[key] = _Committed(links, rate, start, est_seconds if ok else 0.0)
@@ -281,7 +281,11 @@ class CounterOracle(Oracle):
             return None, None
         key = (id(snap), snap.version, self._version, at if self.committed else None)
         if self._cache_key != key:
-            self._cache_bw = np.append(self.residual(snap, at), math.inf)
+            r = self.residual(snap, at)
+            bw = np.empty(len(r) + 1)  # +inf padded for the -1 of short paths
+            bw[:-1] = r
+            bw[-1] = math.inf
+            self._cache_bw = bw
             self._cache_key = key
         return snap, self._cache_bw
 
@@ -298,10 +302,10 @@ class CounterOracle(Oracle):
         if snap is None:
             return self._static.cost(src, dst, nbytes)
         try:
-            links = self.routing.path(src, dst)
+            links = self.routing.path_array(src, dst)
         except NoPathError:
-            links = []
-        sec = _path_seconds(self.routing, src, dst, nbytes, bw, links)
+            links = np.zeros(0, dtype=np.int64)
+        sec = _path_seconds(self.routing, src, dst, nbytes, bw, links.tolist())
         return sec, max(0.0, self.clock() - snap.path_sampled_at(links))
 
 

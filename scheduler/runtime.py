@@ -70,6 +70,7 @@ class Runtime:
         self.busy_until = np.zeros(v.n_prefill)  # per prefill slot: when its running prefill ends
         self.queued_est = np.zeros(v.n_prefill)  # per prefill slot: estimated work queued behind it
         self._best_paths = self._paths_per_tier()
+        self._kv_tok = float(self.compute.model.kv_bytes_per_token)
 
     def _paths_per_tier(self) -> list[tuple[float, float]]:
         """(bottleneck bytes/s, latency s) of one routed (prefill, decode) pair per tier that exists."""
@@ -90,7 +91,7 @@ class Runtime:
         its KV over the best-placed pair's path, its first decode step in a batch of one; TBT: the
         step of that batch of one at its final context (the largest gap it would see)."""
         c = self.compute
-        nbytes = req.input_tokens * float(c.model.kv_bytes_per_token)
+        nbytes = req.input_tokens * self._kv_tok
         xfer = min(nbytes / b + lat for b, lat in self._best_paths) if nbytes > 0 else 0.0
         ttft = c.prefill_s(req.input_tokens) + xfer + c.step_s(1, req.input_tokens)
         return ttft, c.step_s(1, req.input_tokens + req.output_tokens)

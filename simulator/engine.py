@@ -156,6 +156,7 @@ class Simulation:
         self._bg_on_s = [[0.0] * len(p) for p in self.bg]
         self._bg_since = [0.0] * len(self.bg)
         self._heap: list = []
+        self._path_lat: dict[tuple[int, ...], float] = {}  # a path's summed latency, as numpy sums it
         self._gaps_todo: list[tuple[RequestRecord, int, int, int]] = []  # (record, decode slot, iterations a..b)
         self._seq = 0
         self._work = 0  # queued events that can move a request along (not periodic ones)
@@ -290,7 +291,7 @@ class Simulation:
         p.current = None
         self.rt.prefill_ended(r, slot, self.now)
         if r.dec.bytes_to_send > 0:
-            links = self.routing.path(r.dec.prefill_host, r.dec.decode_host)
+            links = self.routing.path_ids(r.dec.prefill_host, r.dec.decode_host)
             r.flow = self.net.add(self.now, links, r.dec.bytes_to_send, tag=r)
             self._ends[r.flow.id] = (r.dec.prefill_host, r.dec.decode_host)
             self.rt.transfer_started(r, self.now)
@@ -314,11 +315,13 @@ class Simulation:
             f for f in self.net.flows.values() if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)
         ]
         self.net.remove_many(f.id for f in done)
-        lat = self.topo.latency_s
         for f in done:
             self._ends.pop(f.id, None)
             # the last byte left the source; it lands after the path's hop and packet latencies
-            self._push(self.now + float(lat[f.links].sum()), KV_LANDED, f.tag)
+            lat = self._path_lat.get(f.path)
+            if lat is None:
+                lat = self._path_lat[f.path] = float(self.topo.latency_s[f.links].sum())
+            self._push(self.now + lat, KV_LANDED, f.tag)
         self._schedule_net()
 
     def _kv_landed(self, r, _):

@@ -40,13 +40,15 @@ def maxmin_rates(flow_links, capacity, demand=None) -> np.ndarray:
                 rem[lk] = float(capacity[lk])
                 n[lk] = 1
                 on[lk] = [f]
+    capped = any(math.isfinite(dem[f]) for f in rising)  # else no demand can ever be the lower bound
     while rising:
-        # the tightest link's fair share, or the smallest demand still unmet, whichever is lower
-        lk_min, share = None, math.inf
-        for lk, k in n.items():
-            if k and rem[lk] / k < share:
-                lk_min, share = lk, rem[lk] / k
-        dmin = min(dem[f] for f in rising)
+        # the tightest link's fair share, or the smallest demand still unmet, whichever is lower;
+        # `n` holds only links with rising flows (in first-use order: ties go to the first link)
+        links = list(n)
+        shares = [rem[lk] / n[lk] for lk in links]
+        share = min(shares)
+        lk_min = links[shares.index(share)]
+        dmin = min(dem[f] for f in rising) if capped else math.inf
         if dmin <= share:
             share = dmin
             frozen = [f for f in rising if dem[f] <= share]
@@ -57,6 +59,10 @@ def maxmin_rates(flow_links, capacity, demand=None) -> np.ndarray:
             rate[f] = share
             rising.discard(f)
             for lk in paths[f]:
-                n[lk] -= 1
                 rem[lk] -= share
+                k = n[lk] - 1
+                if k:
+                    n[lk] = k
+                else:
+                    del n[lk]
     return np.array(rate)

@@ -58,7 +58,7 @@ class FlowNetwork:
 
     def add(self, t: float, links, nbytes: float, demand: float = math.inf, tag=None, track: bool = False) -> Flow:
         self.advance(t)
-        path = tuple(int(x) for x in links)
+        path = links if type(links) is tuple else tuple(int(x) for x in links)
         f = Flow(self._next_id, np.array(path, dtype=np.int64), path, float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f

@@ -40,7 +40,7 @@ class Node:
     index: int = 0  # position among nodes of the same kind
     octet: int = 0  # last IP octet of a host: 1 + server * G + gpu
 
-    @property
+    @cached_property
     def name(self) -> str:
         if self.kind == "host":
             return f"h{self.pod}_{self.a}_{self.b}_{self.c}"

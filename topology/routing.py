@@ -79,7 +79,9 @@ class Routing:
         self.strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
         self.down: set[int] = set()
         self.version = 0  # bumps whenever the set of down links changes
-        self._paths: dict[tuple[int, int], list[int]] = {}  # routed paths under the current down set
+        self._paths: dict[tuple[int, int], tuple[int, ...]] = {}  # routed paths under the current down set
+        self._arrays: dict[tuple[int, int], np.ndarray] = {}  # the same as arrays
+        self._latency: dict[tuple[int, ...], float] = {}  # summed link latency per path
         self._tier_paths = np.array([topo.n_paths(t) for t in range(4)], dtype=np.int64)
 
     # ---- failures ----------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class Routing:
             self.down = new
             self.version += 1
             self._paths.clear()
+            self._arrays.clear()
 
     def mark(self, link_id: int, up: bool) -> None:
         before = len(self.down)
@@ -99,6 +102,7 @@ class Routing:
         if len(self.down) != before:
             self.version += 1
             self._paths.clear()
+            self._arrays.clear()
 
     # ---- paths -------------------------------------------------------------------------------
     def available_choices(self, src: int, dst: int) -> list[int]:
@@ -130,10 +134,32 @@ class Routing:
 
     def path(self, src: int, dst: int) -> list[int]:
         """Directed link ids of the routed path from host src to host dst."""
+        return list(self.path_ids(src, dst))
+
+    def path_ids(self, src: int, dst: int) -> tuple[int, ...]:
+        """`path` as a tuple, not copied (for the simulator's and oracles' per-request lookups)."""
         p = self._paths.get((src, dst))
         if p is None:
-            p = self._paths[(src, dst)] = self.topo.path_links(src, dst, self.choice(src, dst))
-        return list(p)
+            p = self._paths[(src, dst)] = tuple(self.topo.path_links(src, dst, self.choice(src, dst)))
+        return p
+
+    def path_latency(self, links) -> float:
+        """Summed latency of the links (seconds), left to right, memoised per path."""
+        key = tuple(links)
+        t = self._latency.get(key)
+        if t is None:
+            lat = self.topo.latency_s
+            t = self._latency[key] = sum(float(lat[lid]) for lid in key)
+        return t
+
+    def path_array(self, src: int, dst: int) -> np.ndarray:
+        """`path` as a read-only int64 array, not copied."""
+        a = self._arrays.get((src, dst))
+        if a is None:
+            a = np.array(self.path_ids(src, dst), dtype=np.int64)
+            a.flags.writeable = False
+            self._arrays[(src, dst)] = a
+        return a
 
     def switch_path(self, src: int, dst: int) -> list[tuple[str, int]]:
         return self.topo.switch_path(self.path(src, dst))

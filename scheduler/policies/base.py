@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from netkv.messages import show
@@ -82,16 +84,15 @@ class Policy:
         """Slot with the smallest cost among live decode instances; exact ties broken at random (seeded)."""
         if not view.all_alive:
             cost = np.where(view.decode_alive, cost, np.inf)
-        i = int(cost.argmin())
-        best = cost[i]
-        if not np.isfinite(best):
+        cl = cost.tolist()  # a few dozen slots: Python's min and count beat numpy's per-call cost
+        best = min(cl)
+        if not math.isfinite(best):
             # every live candidate is unreachable, or none is alive: any live slot
             live = np.flatnonzero(view.decode_alive)
             if len(live) == 0:
                 raise RuntimeError("no live decode instance")
             return int(live[self.rng.integers(len(live))])
-        eq = cost == best
-        if np.count_nonzero(eq) == 1:
-            return i
-        ties = np.flatnonzero(eq)
-        return int(ties[self.rng.integers(len(ties))])
+        if cl.count(best) == 1:
+            return cl.index(best)
+        ties = [i for i, x in enumerate(cl) if x == best]
+        return ties[int(self.rng.integers(len(ties)))]
