@@ -21,6 +21,8 @@ import numpy as np
 from netkv.scheduler.policies import Query, registry
 from netkv.trace import BLOCK_TOKENS
 
+_all = np.logical_and.reduce  # ndarray.all without its Python-level wrapper
+
 if TYPE_CHECKING:
     from netkv.scheduler.oracle import Snapshot
 
@@ -82,10 +84,10 @@ class Scheduler:
         prefill_s = v.compute.prefill_s
         if drops:  # one latency per distinct hit count, spread over the slots
             vals = [prefill_s(req.input_tokens)] + [prefill_s(req.input_tokens - j * BLOCK_TOKENS) for j, _ in drops]
-            pf = np.take(vals, idx.groups_of(drops))
+            pf = np.array(vals)[idx.groups_of(drops)]
         else:  # no instance holds a prefix: one scalar latency for all
             pf = prefill_s(req.input_tokens)
-        if v.prefill_alive.all():
+        if _all(v.prefill_alive):
             return hits, v.prefill_backlog_s + pf
         finish = np.where(v.prefill_alive, v.prefill_backlog_s + pf, np.inf)
         if not np.isfinite(finish).any():
@@ -147,6 +149,7 @@ class Scheduler:
         p_host = int(self.view.prefill_hosts[p_slot])
         d_host = int(self.view.decode_hosts[d_slot])
         nbytes = float(q.missing_bytes[d_slot])
+        d_hits = int(q.hits[d_slot])
         est, age = self.oracle.cost(p_host, d_host, nbytes, at=q.transfer_start)
         fresh_host = fresh_tier = None
         if shadow:
@@ -159,8 +162,8 @@ class Scheduler:
             decode_host=d_host,
             tier=self.topo.tier(p_host, d_host),
             prefill_hit_blocks=p_hits,
-            decode_hit_blocks=int(q.hits[d_slot]),
-            blocks_to_send=int(q.missing_blocks[d_slot]),
+            decode_hit_blocks=d_hits,
+            blocks_to_send=req.n_blocks - d_hits,
             bytes_to_send=nbytes,
             est_transfer_s=est,
             transfer_start=q.transfer_start,

@@ -148,7 +148,7 @@ def _path_seconds(routing: Routing, src: int, dst: int, nbytes: float, bw_ext: n
     elif not links:
         return math.inf
     bottleneck = min(bw_ext[lid] for lid in links)
-    return nbytes / bottleneck + routing.path_latency(links) if bottleneck > 0 else math.inf
+    return float(nbytes / bottleneck) + routing.path_latency(links) if bottleneck > 0 else math.inf
 
 
 @ORACLES.register(order=1)
@@ -215,6 +215,7 @@ class CounterOracle(Oracle):
         self._version = 0  # bumped whenever the committed set changes
         self._cache_key = None
         self._cache_bw = None
+        self._plain = type(self).residual is CounterOracle.residual  # a subclass may count committed ones otherwise
 
     # ---- the scheduler's own transfers -------------------------------------------------------
     def commit(self, key, src: int, dst: int, nbytes: float, est_seconds: float, start: float | None = None) -> None:
@@ -244,31 +245,39 @@ class CounterOracle(Oracle):
             self._version += 1
 
     # ---- queries -----------------------------------------------------------------------------
-    def residual(self, snap: Snapshot, at: float | None = None) -> np.ndarray:
+    def _unseen(self, snap: Snapshot, at: float | None) -> list[tuple[np.ndarray, float]]:
+        """(links, rate) of the committed transfers that will overlap one starting at `at` (None: now)
+        and that the snapshot does not show yet."""
+        out = []
+        per_link = snap.link_sampled_at
+        for c in self.committed.values():
+            lk = c.links
+            if c.started_at is not None:
+                # in flight: counted on the links whose sample predates its start
+                if per_link is None:
+                    use = c.started_at > snap.sampled_at
+                else:
+                    t = per_link[lk]
+                    lk = lk[~(t >= c.started_at)]  # NaN (never sampled) counts as before
+                    use = len(lk) > 0
+            else:
+                use = at is None or c.start is None or c.start <= at <= c.start + c.duration
+            if use:
+                out.append((lk, c.rate))
+        return out
+
+    def residual(self, snap: Snapshot, at: float | None = None, unseen=None) -> np.ndarray:
         """Residual bandwidth per link (real bytes/s) behind a snapshot, for a transfer starting at
-        `at` (None: now), with the committed transfers that will overlap it and are not yet visible."""
+        `at` (None: now), with the committed transfers that will overlap it and are not yet visible
+        (`unseen`: those, if already known)."""
         cap = self.topo.capacity_bps
         bw = cap - snap.rates
-        if self.committed:
-            links, rates = [], []
-            per_link = snap.link_sampled_at
-            for c in self.committed.values():
-                lk = c.links
-                if c.started_at is not None:
-                    # in flight: counted on the links whose sample predates its start
-                    if per_link is None:
-                        use = c.started_at > snap.sampled_at
-                    else:
-                        t = per_link[lk]
-                        lk = lk[~(t >= c.started_at)]  # NaN (never sampled) counts as before
-                        use = len(lk) > 0
-                else:
-                    use = at is None or c.start is None or c.start <= at <= c.start + c.duration
-                if use:
-                    links.append(lk)
-                    rates.append(np.full(len(lk), c.rate))
-            if links:
-                bw = bw - np.bincount(np.concatenate(links), np.concatenate(rates), minlength=len(cap))
+        if unseen is None:
+            unseen = self._unseen(snap, at) if self.committed else []
+        if unseen:
+            links = np.concatenate([lk for lk, _ in unseen])
+            rates = np.concatenate([np.full(len(lk), r) for lk, r in unseen])
+            bw = bw - np.bincount(links, rates, minlength=len(cap))
         bw = np.maximum(bw, self.floor)
         if snap.down:
             bw[list(snap.down)] = 0.0
@@ -279,9 +288,15 @@ class CounterOracle(Oracle):
         snap = self.source()
         if snap is None:
             return None, None
-        key = (id(snap), snap.version, self._version, at if self.committed else None)
+        if self._plain:
+            # the residual depends on the snapshot and the committed transfers it does not show: when
+            # none is to be counted (most decisions), on the snapshot alone, and so do the cached rows
+            unseen = self._unseen(snap, at) if self.committed else []
+            key = (id(snap), snap.version, self._version, at) if unseen else (id(snap), snap.version)
+        else:
+            key = (id(snap), snap.version, self._version, at if self.committed else None)
         if self._cache_key != key:
-            r = self.residual(snap, at)
+            r = self.residual(snap, at, unseen) if self._plain else self.residual(snap, at)
             bw = np.empty(len(r) + 1)  # +inf padded for the -1 of short paths
             bw[:-1] = r
             bw[-1] = math.inf

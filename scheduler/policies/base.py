@@ -13,7 +13,16 @@ from netkv.trace import BLOCK_TOKENS
 class Query:
     """One decision's inputs, with the per-candidate prefix hits computed once and shared."""
 
-    __slots__ = ("req", "prefill_slot", "view", "transfer_start", "_hits", "_missing_blocks", "_missing_bytes")
+    __slots__ = (
+        "req",
+        "prefill_slot",
+        "view",
+        "transfer_start",
+        "_drops",
+        "_hits",
+        "_missing_blocks",
+        "_missing_bytes",
+    )
 
     def __init__(self, req, prefill_slot: int, view, transfer_start: float | None = None):
         self.req = req
@@ -21,6 +30,7 @@ class Query:
         self.view = view
         self.transfer_start = transfer_start  # when the KV transfer is expected to start
         # computed on first use (plain attributes: functools.cached_property costs a lock per access)
+        self._drops: tuple = ()  # the decode index's answer behind `hits` (BlockIndex.prefix_drops)
         self._hits: np.ndarray | None = None
         self._missing_blocks: np.ndarray | None = None
         self._missing_bytes: np.ndarray | None = None
@@ -34,7 +44,9 @@ class Query:
         """Prefix blocks each decode instance already holds."""
         h = self._hits
         if h is None:
-            h = self._hits = self.view.decode_hits(self.req.hash_ids)
+            idx = self.view.decode_index
+            self._drops = idx.prefix_drops(self.req.hash_ids)
+            h = self._hits = idx.hits_of(self._drops)
         return h
 
     @property
@@ -49,8 +61,12 @@ class Query:
         """KV bytes each candidate lacks (the last block may be partial)."""
         m = self._missing_bytes
         if m is None:
+            self.hits  # noqa: B018 (sets _drops)
             kv = float(self.view.compute.model.kv_bytes_per_token)
-            m = self._missing_bytes = np.maximum(self.req.input_tokens - self.hits * BLOCK_TOKENS, 0) * kv
+            n = self.req.input_tokens
+            # one value per distinct hit count (none: group 0), spread over the slots
+            vals = [max(n, 0) * kv] + [max(n - j * BLOCK_TOKENS, 0) * kv for j, _ in self._drops]
+            m = self._missing_bytes = np.array(vals)[self.view.decode_index.groups_of(self._drops)]
         return m
 
 
