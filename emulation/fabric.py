@@ -56,6 +56,39 @@ def _signals_deferred(log):
             signal.signal(s, h)
 
 
+# TCP counters of /proc/net/{snmp,netstat} that tell how transfers lost and recovered packets
+TCP_COUNTERS = (
+    "Tcp.OutSegs",
+    "Tcp.RetransSegs",
+    "TcpExt.TCPTimeouts",
+    "TcpExt.TCPLossProbes",
+    "TcpExt.TCPSpuriousRTOs",
+)
+
+
+def parse_proc_net(text: str) -> dict[str, int]:
+    """`Proto: names` / `Proto: values` line pairs (/proc/net/snmp, /proc/net/netstat) as
+    {"Proto.name": value}."""
+    out: dict[str, int] = {}
+    lines = [ln.split() for ln in text.splitlines() if ":" in ln]
+    for names, values in zip(lines, lines[1:], strict=False):  # a header line, then its values line
+        if len(names) < 2 or names[0] != values[0] or _is_int(names[1]) or not _is_int(values[-1]):
+            continue
+        proto = names[0].rstrip(":")
+        out.update((f"{proto}.{k}", int(v)) for k, v in zip(names[1:], values[1:], strict=False) if _is_int(v))
+    return out
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+# what a FAILED-* line of a node's setup script means
+_SETUP_FAILURES = {
+    "FAILED-TC": "tc refused a command",
+}
+
+
 @dataclass
 class FabricSpec:
     """Everything needed to build one emulated fabric (wall-clock units)."""
@@ -434,16 +467,18 @@ class Fabric:
             path.write_text(body)
             files[node] = path
             node.sendCmd(f"sh {path}")
-        failed = []
+        failed, why = [], set()
         for node, path in files.items():
             out = node.waitOutput()
             path.unlink(missing_ok=True)
             if "FAILED" in out:
                 failed.append(node.name)
+                why.update(line.strip() for line in out.splitlines() if line.strip().startswith("FAILED"))
         for f in self.log_dir.glob(".fq-*"):
             f.unlink(missing_ok=True)
         if failed:
-            raise FabricError(f"{what} failed on {', '.join(failed[:4])} (tc or ip refused a command)")
+            hints = [_SETUP_FAILURES.get(w, "tc or ip refused a command") for w in sorted(why)]
+            raise FabricError(f"{what} failed on {', '.join(failed[:4])}: {'; '.join(dict.fromkeys(hints))}")
 
     def _static_arp(self) -> None:
         lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]
@@ -532,6 +567,19 @@ class Fabric:
 
     def host(self, name: str):
         return self.net.get(name)
+
+    def tcp_counters(self) -> dict[str, int]:
+        """The hosts' TCP counters (TCP_COUNTERS), summed over their network namespaces: read them
+        before and after a policy to see what its transfers (and the background) retransmitted."""
+        hosts = list(self.net.hosts)
+        for h in hosts:
+            h.sendCmd("cat /proc/net/snmp /proc/net/netstat")
+        total = dict.fromkeys(TCP_COUNTERS, 0)
+        for h in hosts:
+            got = parse_proc_net(h.waitOutput())
+            for k in TCP_COUNTERS:
+                total[k] += got.get(k, 0)
+        return total
 
     def reachability(self, pairs: list[tuple[str, str]] | None = None, timeout_s: int = 2) -> list[tuple[str, str]]:
         """Ping every (src, dst) pair (all ordered pairs by default), one prober per source host in

@@ -246,6 +246,7 @@ class _Run:
     ) -> None:
         """Replay the trace with one policy: background on, faults on the trace clock, the
         scheduler service, results collected."""
+        tcp0 = fab.tcp_counters()
         bg.start()
         if bg.pairs:
             mon.start()
@@ -296,6 +297,13 @@ class _Run:
             mon.stop()
             bg.stop()
         self.meta["wall_s"][pol] = time.monotonic() - t0
+        tcp = {k: v - tcp0[k] for k, v in fab.tcp_counters().items()}
+        self.meta.setdefault("tcp", {})[pol] = tcp
+        self.log(
+            f"policy {pol}: TCP on the hosts (KV and background): {tcp['Tcp.RetransSegs']} of "
+            f"{tcp['Tcp.OutSegs']} segments retransmitted, {tcp['TcpExt.TCPTimeouts']} retransmission timeouts, "
+            f"{tcp['TcpExt.TCPLossProbes']} tail-loss probes"
+        )
         if bg_error:
             raise BackgroundError(f"policy {pol}: {bg_error} (logs in {self.logs})")
         try:

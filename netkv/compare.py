@@ -175,9 +175,12 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
         "free_simulation", report["ranking"]["model"]
     )
     try:
-        report["guard"] = e.read_meta().get("fidelity")
+        meta = e.read_meta()
     except FileNotFoundError:
-        report["guard"] = None
+        meta = {}
+    report["guard"] = meta.get("fidelity")
+    # the hosts' TCP counters per policy (emulated runs since 2026-11-28): where a tail comes from
+    report["tcp"] = {p: meta["tcp"][p] for p in pols if p in meta.get("tcp", {})}
     return report
 
 
@@ -225,6 +228,11 @@ def format_fidelity(rep: dict) -> str:
         f"TTFT mean <= {tg['ttft_mean_rel']:.0%}): met by {len(met)} of {len(rep['policies'])} policies"
         + (f" ({', '.join(met)})" if met else "")
     )
+    for pol, c in rep.get("tcp", {}).items():
+        lines.append(
+            f"TCP on the hosts, {pol} (KV and background): {c['Tcp.RetransSegs']} of {c['Tcp.OutSegs']} segments "
+            f"retransmitted, {c['TcpExt.TCPTimeouts']} retransmission timeouts"
+        )
     g = rep.get("guard")
     if g:
         lines.append(f"fidelity guard: {g.get('note', g)}")

@@ -133,3 +133,19 @@ def test_stray_per_switch_daemons_are_leftovers_by_their_state_path():
     marker = next(m for m in cleanup.PROC_MARKERS if "ovs-" in m)
     assert marker in " ".join(d.vswitchd_cmd(1)) and marker in " ".join(d.ovsdb_cmd())
     assert marker not in "ovs-vswitchd unix:/var/run/openvswitch/db.sock --pidfile --detach"
+
+
+def test_proc_net_counters_parse_header_and_value_pairs():
+    from netkv.emulation.fabric import parse_proc_net
+
+    text = (
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm OutSegs RetransSegs MaxConn\nTcp: 1 1200 7 -1\n"
+        "TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes\nTcpExt: 0 3 5\n"
+        "IpExt: InNoRoutes\nIpExt: 0\n"
+    )
+    got = parse_proc_net(text)
+    assert got["Tcp.OutSegs"] == 1200 and got["Tcp.RetransSegs"] == 7 and got["Tcp.MaxConn"] == -1
+    assert got["TcpExt.TCPTimeouts"] == 3 and got["TcpExt.TCPLossProbes"] == 5
+    assert got["Ip.DefaultTTL"] == 64 and got["IpExt.InNoRoutes"] == 0
+    assert "Tcp.Tcp" not in got and len(got) == 10

@@ -98,3 +98,25 @@ def test_netkv_fidelity_writes_its_report_and_refuses_a_directory_that_is_not_a_
     assert (sim_run / "fidelity" / "transfers.png").stat().st_size > 10_000
     assert main(["fidelity", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
+
+
+def test_the_report_carries_the_emulated_run_s_tcp_counters(sim_run, tmp_path):
+    """An emulated run's meta has the hosts' TCP counters per policy; the report shows them per policy."""
+    import shutil
+
+    from netkv.compare import format_fidelity
+
+    emu = tmp_path / "emu"
+    shutil.copytree(sim_run, emu)
+    run = RunDir(emu)
+    meta = run.read_meta()
+    counters = {"Tcp.OutSegs": 900, "Tcp.RetransSegs": 12, "TcpExt.TCPTimeouts": 2}
+    meta["tcp"] = {"round_robin": counters}
+    run.write_meta(meta)
+    rep = fidelity(sim_run, emu)
+    assert rep["tcp"] == {"round_robin": counters}
+    text = format_fidelity(rep)
+    assert (
+        "TCP on the hosts, round_robin (KV and background): 12 of 900 segments retransmitted, 2 retransmission" in text
+    )
+    assert fidelity(sim_run, sim_run)["tcp"] == {}
