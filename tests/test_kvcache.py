@@ -75,6 +75,21 @@ def test_prefix_hits_equal_a_brute_force_over_random_caches():
         ids = [int(x) for x in rng.integers(0, 40, rng.integers(0, 10))]
         want = [caches[s].match(ids) for s in range(n)]
         assert list(idx.prefix_hits(ids)) == want
+        # the (hit count, slot mask) answer spreads one value per distinct hit count over the slots
+        drops = idx.prefix_drops(ids)
+        counts = [0] + [j for j, _ in drops]
+        assert [counts[g] for g in idx.groups_of(drops)] == want
+        assert len({j for j, _ in drops}) == len(drops) and all(j > 0 for j, _ in drops)
+
+
+def test_memoised_hit_arrays_cannot_be_changed_by_a_caller():
+    idx = BlockIndex(4)
+    cache = PrefixCache(10, 2, idx)
+    cache.insert([1, 2, 3])
+    hits = idx.prefix_hits([1, 2, 9])
+    assert list(hits) == [0, 0, 2, 0] and idx.prefix_hits([1, 2, 9]) is hits  # memoised
+    with pytest.raises(ValueError):
+        hits += 1  # a shared answer: read-only
 
 
 def _shared_prefix_trace(path, shared_blocks=12):
