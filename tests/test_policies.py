@@ -387,3 +387,18 @@ def test_netkv_checks_room_for_the_input_and_the_output_blocks():
         v.touch_all()
         pol = registry.create("netkv", {}, seed=seed)
         assert pol.choose(Query(r, 0, v), StaticOracle(TOPO, ROUTING)) == 1, seed
+
+
+def test_a_candidate_whose_cost_is_nan_is_never_chosen():
+    """0 x inf (a zero weight on an unreachable candidate's transfer) gives NaN: unpriceable, skipped."""
+    from netkv.scheduler.policies.base import Policy
+
+    class _View:
+        all_alive = True
+        decode_alive = np.ones(4, dtype=bool)
+
+    p = Policy({}, seed=0)
+    for nan_at in range(3):
+        cost = np.array([3.0, 2.0, 1.0, 5.0])
+        cost[nan_at] = np.nan
+        assert p.argmin(cost, _View()) == (2 if nan_at != 2 else 1)

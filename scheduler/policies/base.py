@@ -42,12 +42,14 @@ class Query:
     @property
     def hits(self) -> np.ndarray:
         """Prefix blocks each decode instance already holds."""
-        h = self._hits
-        if h is None:
-            idx = self.view.decode_index
-            self._drops = idx.prefix_drops(self.req.hash_ids)
-            h = self._hits = idx.hits_of(self._drops)
-        return h
+        if self._hits is None:
+            self._lookup()
+        return self._hits
+
+    def _lookup(self) -> None:
+        idx = self.view.decode_index
+        self._drops = idx.prefix_drops(self.req.hash_ids)
+        self._hits = idx.hits_of(self._drops)
 
     @property
     def missing_blocks(self) -> np.ndarray:
@@ -61,7 +63,8 @@ class Query:
         """KV bytes each candidate lacks (the last block may be partial)."""
         m = self._missing_bytes
         if m is None:
-            self.hits  # noqa: B018 (sets _drops)
+            if self._hits is None:
+                self._lookup()
             kv = float(self.view.compute.model.kv_bytes_per_token)
             n = self.req.input_tokens
             # one value per distinct hit count (none: group 0), spread over the slots
@@ -101,6 +104,8 @@ class Policy:
         if not view.all_alive:
             cost = np.where(view.decode_alive, cost, np.inf)
         cl = cost.tolist()  # a few dozen slots: Python's min and count beat numpy's per-call cost
+        if math.isnan(sum(cl)):  # costs are >= 0: only a NaN makes the sum NaN (0 x inf, a zero weight)
+            cl = [math.inf if x != x else x for x in cl]  # such a candidate cannot be priced: never chosen
         best = min(cl)
         if not math.isfinite(best):
             # every live candidate is unreachable, or none is alive: any live slot
