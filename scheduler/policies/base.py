@@ -42,14 +42,15 @@ class Query:
     @property
     def hits(self) -> np.ndarray:
         """Prefix blocks each decode instance already holds."""
-        if self._hits is None:
-            self._lookup()
-        return self._hits
+        h = self._hits
+        return self._lookup() if h is None else h
 
-    def _lookup(self) -> None:
+    def _lookup(self) -> np.ndarray:
+        """Fill the hits and the index's answer behind them (`_drops`)."""
         idx = self.view.decode_index
         self._drops = idx.prefix_drops(self.req.hash_ids)
-        self._hits = idx.hits_of(self._drops)
+        h = self._hits = idx.hits_of(self._drops)
+        return h
 
     @property
     def missing_blocks(self) -> np.ndarray:
