@@ -311,9 +311,7 @@ class Simulation:
         if version != self.net.version:
             return
         self.net.advance(self.now)
-        done = [
-            f for f in self.net.flows.values() if math.isfinite(f.remaining) and f.remaining <= max(1.0, f.rate * 1e-9)
-        ]
+        done = [f for f in self.net.finite.values() if f.remaining <= max(1.0, f.rate * 1e-9)]
         self.net.remove_many(f.id for f in done)
         for f in done:
             self._ends.pop(f.id, None)

@@ -8,6 +8,11 @@ import numpy as np
 
 
 def maxmin_rates(flow_links, capacity, demand=None) -> np.ndarray:
+    """Max-min fair rate of every flow (`maxmin_list` as an array)."""
+    return np.array(maxmin_list(flow_links, capacity, demand))
+
+
+def maxmin_list(flow_links, capacity, demand=None) -> list[float]:
     """Max-min fair rate of every flow.
 
     flow_links[f] holds the link ids flow f crosses; capacity[l] is link l's capacity; demand[f]
@@ -65,4 +70,4 @@ def maxmin_rates(flow_links, capacity, demand=None) -> np.ndarray:
                     n[lk] = k
                 else:
                     del n[lk]
-    return np.array(rate)
+    return rate

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netkv.simulator.maxmin import maxmin_rates
+from netkv.simulator.maxmin import maxmin_list
 
 
 @dataclass(slots=True)
@@ -39,6 +39,7 @@ class FlowNetwork:
         self._on_link: list[set[int]] = [set() for _ in range(len(self.capacity))]  # flow ids per link
         self.flows: dict[int, Flow] = {}
         self._tracked: dict[int, Flow] = {}  # flows whose delivered bytes are integrated (background)
+        self.finite: dict[int, Flow] = {}  # flows with a finite number of bytes to send (in `flows` order)
         self.t = 0.0
         self._next_id = 0
         self.version = 0  # bumps whenever rates change (invalidates scheduled completions)
@@ -50,7 +51,7 @@ class FlowNetwork:
         if dt > 0:
             if self.flows:
                 self.counters += self.link_rate * dt
-                for f in self.flows.values():
+                for f in self.finite.values():  # the others' remaining stays inf
                     f.remaining -= f.rate * dt
                 for f in self._tracked.values():
                     f.sent += f.rate * dt
@@ -62,6 +63,8 @@ class FlowNetwork:
         f = Flow(self._next_id, np.array(path, dtype=np.int64), path, float(nbytes), demand, tag=tag)
         self._next_id += 1
         self.flows[f.id] = f
+        if math.isfinite(f.remaining):
+            self.finite[f.id] = f
         if track:
             self._tracked[f.id] = f
         on = self._on_link
@@ -105,6 +108,7 @@ class FlowNetwork:
             if f is None:
                 continue
             self._tracked.pop(fid, None)
+            self.finite.pop(fid, None)
             self.link_flows[f.links] -= 1
             self.link_rate[f.links] -= f.rate
             for lid in f.path:
@@ -144,7 +148,7 @@ class FlowNetwork:
         key = tuple((f.path, f.demand) for f in fl)
         rates = self._memo.get(key)
         if rates is None:
-            rates = maxmin_rates([f.path for f in fl], self._cap, [f.demand for f in fl]).tolist()
+            rates = maxmin_list([f.path for f in fl], self._cap, [f.demand for f in fl])
             if len(self._memo) >= self.MEMO:
                 self._memo.clear()
             self._memo[key] = rates
@@ -176,8 +180,8 @@ class FlowNetwork:
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""
         best = None
-        for f in self.flows.values():
-            if math.isfinite(f.remaining) and f.rate > 0:
+        for f in self.finite.values():
+            if f.rate > 0:
                 t = self.t + max(f.remaining, 0.0) / f.rate
                 if best is None or t < best[0]:
                     best = (t, f)
