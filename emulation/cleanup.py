@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -145,6 +146,13 @@ def clean(verbose: bool = True, force: bool = False) -> list[str]:
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
     stale = statedir.state_entries() if force else statedir.stale_state_entries()  # a live run's entries stay
+    for f in stale:
+        if f.name.startswith(statedir.WMEM_PREFIX):  # a fabric raised net.core.wmem_default and died
+            try:
+                Path("/proc/sys/net/core/wmem_default").write_text(f.read_text().strip())
+                log(f"net.core.wmem_default back to {f.read_text().strip()}")
+            except (OSError, ValueError):
+                pass
     for f in stale:
         if f.is_dir() and not f.is_symlink():
             shutil.rmtree(f, ignore_errors=True)  # per-run socket directories

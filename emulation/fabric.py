@@ -79,8 +79,65 @@ def parse_proc_net(text: str) -> dict[str, int]:
     return out
 
 
+def parse_tc_root_drops(text: str) -> dict[str, int]:
+    """Per device, the packets its root qdisc dropped, from `tc -s qdisc show` (a root's count
+    includes its children's: the fair-queue buckets' drops show at the root)."""
+    out: dict[str, int] = {}
+    dev = None
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["qdisc"]:
+            dev = words[words.index("dev") + 1] if "dev" in words and "root" in words else None
+        elif dev is not None and "(dropped" in line:
+            out[dev] = out.get(dev, 0) + int(line.split("(dropped", 1)[1].split(",")[0])
+            dev = None
+    return out
+
+
 def _is_int(s: str) -> bool:
     return s.lstrip("-").isdigit()
+
+
+WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
+WMEM_CAP = 256 << 20
+
+
+def ovs_send_buffer_bytes(spec: FabricSpec, topo: FatTree) -> int:
+    """The send buffer an ovs-vswitchd needs so that its switch's queues, not the socket, decide
+    what is dropped. The userspace datapath sends every port's packets through one AF_PACKET socket;
+    a packet counts against that socket's buffer until its port's qdisc has sent it, and a full
+    buffer makes the send fail (EAGAIN: ovs-vswitchd drops the packet, logs "error sending Ethernet
+    packet", and no counter of the port shows it). So: every port of the busiest switch with every
+    fair-queue bucket full (twice the bytes: a frame's buffer accounting adds its skb), plus a full
+    ACK queue (1,000 packets of 2 KB) per port."""
+    from netkv.topology.mininet_fabric import emulated_mbps
+
+    q = spec.mtu + 100
+    ports: dict[str, int] = {}
+    for lk in topo.links:
+        if topo.nodes[lk.src].is_switch:
+            rate = emulated_mbps(lk.gbps, spec.bandwidth_scale) * 1e6 / 8
+            limit = max(2 * q, rate * spec.queue_ms / 1000)
+            ports[lk.src] = ports.get(lk.src, 0) + int(2 * max(1, spec.fair_buckets) * limit + 1000 * 2048)
+    return min(WMEM_CAP, max(ports.values(), default=0))
+
+
+def raise_wmem_default(need: int) -> int | None:
+    """Raise net.core.wmem_default (one value for every namespace) to `need` while the fabric lives;
+    returns the value it had, kept in the state directory until `restore_wmem_default` (a crashed
+    run leaves it for `netkv clean`), or None when it was already high enough."""
+    cur = int(WMEM_DEFAULT.read_text())
+    if cur >= need:
+        return None
+    statedir.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    (statedir.STATE_DIR / f"{statedir.WMEM_PREFIX}{os.getpid()}").write_text(str(cur))
+    WMEM_DEFAULT.write_text(str(need))
+    return cur
+
+
+def restore_wmem_default(orig: int, owner: int | None = None) -> None:
+    WMEM_DEFAULT.write_text(str(orig))
+    (statedir.STATE_DIR / f"{statedir.WMEM_PREFIX}{owner or os.getpid()}").unlink(missing_ok=True)
 
 
 # what a FAILED-* line of a node's setup script means
@@ -182,6 +239,7 @@ class Fabric:
         self._old_handlers = {}
         self._owns_state = False  # set once this instance has created anything to tear down
         self.ovs_root: Path | None = None  # per-switch OVS daemons and the OpenFlow socket
+        self._wmem_orig: int | None = None  # net.core.wmem_default before this fabric raised it
 
     @property
     def per_switch(self) -> bool:
@@ -264,6 +322,8 @@ class Fabric:
         t0 = time.monotonic()
         if self.per_switch:
             self.ovs_root = statedir.claim_ovs_dir()
+        # before any ovs-vswitchd opens its sockets; restored at teardown
+        self._wmem_orig = raise_wmem_default(ovs_send_buffer_bytes(self.spec, self.topo))
         self.start_controller()
         self._build_mininet()
         self.timings["build_s"] = time.monotonic() - t0
@@ -537,6 +597,9 @@ class Fabric:
                     pass
             shutil.rmtree(self.ovs_root, ignore_errors=True)
             self.ovs_root = None
+        if self._wmem_orig is not None:
+            restore_wmem_default(self._wmem_orig)
+            self._wmem_orig = None
         left = cleanup.find_leftovers()
         if left:
             cleanup.clean(verbose=False)
@@ -567,6 +630,30 @@ class Fabric:
 
     def host(self, name: str):
         return self.net.get(name)
+
+    def queue_drops(self) -> dict[str, int]:
+        """Packets dropped by the shaped ports' queues, summed per kind of hop ("host->server": a GPU's
+        NIC, "server->edge", "edge->agg", "agg->core", and down): where a fabric that should be
+        lossless loses packets."""
+        nodes = list(self.net.hosts) + list(self.net.switches)
+        for n in nodes:
+            n.sendCmd("tc -s qdisc show")
+        kind = {n.name: n.kind for n in self.topo.nodes.values()}
+        out: dict[str, int] = {}
+        for n in nodes:
+            for dev, dropped in parse_tc_root_drops(n.waitOutput()).items():
+                name, _, port = dev.rpartition("-eth")
+                if not port.isdigit():
+                    continue
+                if kind.get(name) == "host":
+                    hop = "host->server"
+                elif (name, int(port)) in self.topo.link_by_port:
+                    lk = self.topo.link_by_port[(name, int(port))]
+                    hop = f"{kind[lk.src]}->{kind[lk.dst]}"
+                else:
+                    continue
+                out[hop] = out.get(hop, 0) + dropped
+        return out
 
     def tcp_counters(self) -> dict[str, int]:
         """The hosts' TCP counters (TCP_COUNTERS), summed over their network namespaces: read them

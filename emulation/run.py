@@ -246,7 +246,7 @@ class _Run:
     ) -> None:
         """Replay the trace with one policy: background on, faults on the trace clock, the
         scheduler service, results collected."""
-        tcp0 = fab.tcp_counters()
+        tcp0, drops0 = fab.tcp_counters(), fab.queue_drops()
         bg.start()
         if bg.pairs:
             mon.start()
@@ -299,10 +299,13 @@ class _Run:
         self.meta["wall_s"][pol] = time.monotonic() - t0
         tcp = {k: v - tcp0[k] for k, v in fab.tcp_counters().items()}
         self.meta.setdefault("tcp", {})[pol] = tcp
+        drops = {k: v - drops0.get(k, 0) for k, v in fab.queue_drops().items()}
+        self.meta.setdefault("queue_drops", {})[pol] = drops
         self.log(
             f"policy {pol}: TCP on the hosts (KV and background): {tcp['Tcp.RetransSegs']} of "
             f"{tcp['Tcp.OutSegs']} segments retransmitted, {tcp['TcpExt.TCPTimeouts']} retransmission timeouts, "
-            f"{tcp['TcpExt.TCPLossProbes']} tail-loss probes"
+            f"{tcp['TcpExt.TCPLossProbes']} tail-loss probes; packets dropped by the queues: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none")
         )
         if bg_error:
             raise BackgroundError(f"policy {pol}: {bg_error} (logs in {self.logs})")

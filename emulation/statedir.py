@@ -77,6 +77,7 @@ def claim_run(stamp: str, what: str, run_dir: Path) -> Path:
 
 # ---- the fabric's own Open vSwitch daemons ----------------------------------------------------
 OVS_PREFIX = "ovs-"
+WMEM_PREFIX = "wmem_default.orig-"  # + pid: the value net.core.wmem_default had before a fabric raised it
 
 
 def claim_ovs_dir() -> Path:
@@ -93,7 +94,11 @@ def state_entries() -> list[Path]:
 def owner_pid(entry: Path) -> int | None:
     """PID of the process that owns a state entry: sock-<stamp>-<pid> directories carry it in their
     name, net.json in its "pid" field; None when the entry names no owner."""
-    m = re.match(r"^sock-.*-(\d+)$", entry.name) or re.match(rf"^{OVS_PREFIX}(\d+)$", entry.name)
+    m = (
+        re.match(r"^sock-.*-(\d+)$", entry.name)
+        or re.match(rf"^{OVS_PREFIX}(\d+)$", entry.name)
+        or re.match(rf"^{WMEM_PREFIX}(\d+)$", entry.name)
+    )
     if m:
         return int(m.group(1))
     if entry.name == "net.json":

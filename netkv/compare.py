@@ -181,6 +181,7 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
     report["guard"] = meta.get("fidelity")
     # the hosts' TCP counters per policy (emulated runs since 2026-11-28): where a tail comes from
     report["tcp"] = {p: meta["tcp"][p] for p in pols if p in meta.get("tcp", {})}
+    report["queue_drops"] = {p: meta["queue_drops"][p] for p in pols if p in meta.get("queue_drops", {})}
     return report
 
 
@@ -192,6 +193,12 @@ def _check_same_requests(ra: dict, rb: dict, ids: list[int], pol: str, a, b) -> 
                 f"{a} and {b} replay different requests ({pol}, request {i}: arrival, input, "
                 f"output = {ka} vs {kb}); compare runs of one experiment and trace window"
             )
+
+
+def _drops_text(drops: dict | None) -> str:
+    if drops is None:
+        return ""
+    return "; queues dropped " + (", ".join(f"{v} at {k}" for k, v in sorted(drops.items()) if v) or "nothing")
 
 
 def format_fidelity(rep: dict) -> str:
@@ -232,6 +239,7 @@ def format_fidelity(rep: dict) -> str:
         lines.append(
             f"TCP on the hosts, {pol} (KV and background): {c['Tcp.RetransSegs']} of {c['Tcp.OutSegs']} segments "
             f"retransmitted, {c['TcpExt.TCPTimeouts']} retransmission timeouts"
+            + _drops_text(rep.get("queue_drops", {}).get(pol))
         )
     g = rep.get("guard")
     if g:

@@ -149,3 +149,58 @@ def test_proc_net_counters_parse_header_and_value_pairs():
     assert got["TcpExt.TCPTimeouts"] == 3 and got["TcpExt.TCPLossProbes"] == 5
     assert got["Ip.DefaultTTL"] == 64 and got["IpExt.InNoRoutes"] == 0
     assert "Tcp.Tcp" not in got and len(got) == 10
+
+
+def test_tc_statistics_give_each_device_its_root_qdisc_drops():
+    from netkv.emulation.fabric import parse_tc_root_drops
+
+    text = (
+        "qdisc tbf 1: dev s0_0_0-eth5 root refcnt 2 rate 25Mbit burst 9100b lat 4.0ms\n"
+        " Sent 1234 bytes 10 pkt (dropped 7, overlimits 3 requeues 0)\n"
+        " backlog 0b 0p requeues 0\n"
+        "qdisc htb 10: dev s0_0_0-eth5 parent 1:1 r2q 10 default 0 direct_packets_stat 0\n"
+        " Sent 1234 bytes 10 pkt (dropped 7, overlimits 0 requeues 0)\n"  # a child: counted at the root
+        "qdisc htb 1: dev h0_0_0_0-eth0 root refcnt 2 r2q 10 default 0x1\n"
+        " Sent 99 bytes 1 pkt (dropped 12, overlimits 0 requeues 0)\n"
+    )
+    assert parse_tc_root_drops(text) == {"s0_0_0-eth5": 7, "h0_0_0_0-eth0": 12}
+
+
+def test_a_crashed_fabric_s_raised_send_buffer_default_is_restored_by_clean(tmp_path, state_only, monkeypatch):
+    """A fabric raises net.core.wmem_default and keeps the old value in the state directory under
+    its pid; once that pid is gone, `clean` writes the old value back and removes the entry."""
+    from pathlib import Path
+
+    written = {}
+    real = Path.write_text
+
+    def fake_write(self, text, *a, **k):
+        if str(self) == "/proc/sys/net/core/wmem_default":
+            written["value"] = text
+            return len(text)
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", fake_write)
+    live = tmp_path / f"{statedir.WMEM_PREFIX}{os.getpid()}"
+    live.write_text("212992")
+    assert statedir.owner_pid(live) == os.getpid() and cleanup.find_leftovers() == []
+    live.unlink()
+    (tmp_path / f"{statedir.WMEM_PREFIX}{2**22 + 3}").write_text("212992")
+    assert cleanup.clean(verbose=False) == []
+    assert written == {"value": "212992"} and list(tmp_path.iterdir()) == []
+
+
+def test_the_ovs_send_buffer_holds_the_busiest_switch_s_full_queues():
+    from netkv.emulation.fabric import WMEM_CAP, FabricSpec, ovs_send_buffer_bytes
+
+    spec = FabricSpec.for_fattree(2, 2, bandwidth_scale=16000, mtu=9000, queue_ms=20.0, fair_buckets=64)
+    topo = spec.fattree()
+    # a server switch: 2 GPU ports at 900/16000 Gbit/s, one uplink at 400/16000 (per port: 2 x 64
+    # buckets x 20 ms at the port's rate, plus 1,000 ACKs of 2 KB)
+    per_port = lambda gbps: 2 * 64 * (gbps * 1e9 / 16000 / 8 * 0.020) + 1000 * 2048  # noqa: E731
+    want = 2 * per_port(900) + per_port(400)
+    assert abs(ovs_send_buffer_bytes(spec, topo) - want) < 8
+    deeper = FabricSpec.for_fattree(2, 2, bandwidth_scale=16000, mtu=9000, queue_ms=40.0, fair_buckets=64)
+    assert ovs_send_buffer_bytes(deeper, topo) > ovs_send_buffer_bytes(spec, topo)
+    huge = FabricSpec.for_fattree(2, 2, bandwidth_scale=100, queue_ms=1000.0)
+    assert ovs_send_buffer_bytes(huge, topo) == WMEM_CAP

@@ -418,3 +418,10 @@ def test_tcp_counters_count_what_the_hosts_send_and_retransmit(fabric):
     # 2 s at 25 Mbit/s in 9000-byte frames: ~690 data segments, and the receiver's ACKs
     assert sent > 500
     assert 0 <= after["Tcp.RetransSegs"] - before["Tcp.RetransSegs"] < sent
+
+
+def test_queue_drops_are_read_from_every_shaped_port_and_named_by_hop(fabric):
+    drops = fabric.queue_drops()
+    up = ["host->server", "server->edge", "edge->agg", "agg->core"]
+    down = ["core->agg", "agg->edge", "edge->server"]
+    assert set(up + down) <= set(drops) and all(v >= 0 for v in drops.values())

@@ -100,8 +100,9 @@ def test_netkv_fidelity_writes_its_report_and_refuses_a_directory_that_is_not_a_
     assert capsys.readouterr().err.strip() == f"netkv: error: {tmp_path}: no summary.json (not a run directory)"
 
 
-def test_the_report_carries_the_emulated_run_s_tcp_counters(sim_run, tmp_path):
-    """An emulated run's meta has the hosts' TCP counters per policy; the report shows them per policy."""
+def test_the_report_carries_the_emulated_run_s_tcp_counters_and_queue_drops(sim_run, tmp_path):
+    """An emulated run's meta has the hosts' TCP counters and the queues' drops per policy; the
+    report shows them per policy."""
     import shutil
 
     from netkv.compare import format_fidelity
@@ -112,11 +113,14 @@ def test_the_report_carries_the_emulated_run_s_tcp_counters(sim_run, tmp_path):
     meta = run.read_meta()
     counters = {"Tcp.OutSegs": 900, "Tcp.RetransSegs": 12, "TcpExt.TCPTimeouts": 2}
     meta["tcp"] = {"round_robin": counters}
+    meta["queue_drops"] = {"round_robin": {"agg->core": 9, "edge->agg": 0}}
     run.write_meta(meta)
     rep = fidelity(sim_run, emu)
     assert rep["tcp"] == {"round_robin": counters}
+    assert rep["queue_drops"] == {"round_robin": {"agg->core": 9, "edge->agg": 0}}
     text = format_fidelity(rep)
     assert (
-        "TCP on the hosts, round_robin (KV and background): 12 of 900 segments retransmitted, 2 retransmission" in text
+        "TCP on the hosts, round_robin (KV and background): 12 of 900 segments retransmitted, 2 retransmission "
+        "timeouts; queues dropped 9 at agg->core" in text
     )
     assert fidelity(sim_run, sim_run)["tcp"] == {}

@@ -197,3 +197,24 @@ def test_emulate_refuses_links_mininet_cannot_shape(tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and "emulation.bandwidth_scale" in err[0] and "9000 Mbit/s" in err[0], p.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_fabric_raises_the_socket_send_buffer_default_for_its_life_only(tmp_path):
+    """ovs-vswitchd's one AF_PACKET send socket must hold the queues' bytes (else sends fail with
+    EAGAIN and packets vanish uncounted): the fabric raises net.core.wmem_default before the daemons
+    start and puts the old value back at teardown."""
+    from pathlib import Path
+
+    from netkv.emulation.fabric import ovs_send_buffer_bytes
+
+    knob = Path("/proc/sys/net/core/wmem_default")
+    before = int(knob.read_text())
+    spec = FabricSpec.for_fattree(2, 2)
+    need = ovs_send_buffer_bytes(spec, spec.fattree())
+    assert need > before  # the test means something only if the fabric has to raise it
+    with Fabric(spec, tmp_path) as fab:
+        assert int(knob.read_text()) == need
+        sw = fab.net.switches[0]
+        out = sw.cmd("ss -0 -a -m")  # the daemon's sockets, in the switch's namespace
+        assert f"tb{need}" in out, out
+    assert int(knob.read_text()) == before
