@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from netkv.emulation import cleanup, statedir
-from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.fabric import Fabric, FabricSpec, restore_wmem_default
 from netkv.topology import ovs_daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
@@ -77,6 +77,9 @@ def test_a_stray_switch_daemon_is_a_leftover_and_clean_removes_it(tmp_path):
     assert cleanup.clean(verbose=False) == []
     assert ovs_daemon.running_daemons(root) == []
     shutil.rmtree(root)  # (its owner, this test process, is alive: a real runner's would be gone)
+    if fab._wmem_orig is not None:  # likewise the send-buffer default it raised (`clean` restores a dead one's)
+        restore_wmem_default(fab._wmem_orig)
+    assert not list(statedir.STATE_DIR.glob(f"{statedir.WMEM_PREFIX}*"))
 
 
 def test_a_crashed_switch_daemon_restarts_and_its_rules_come_back(tmp_path):
