@@ -631,17 +631,21 @@ class Fabric:
     def host(self, name: str):
         return self.net.get(name)
 
+    @staticmethod
+    def _on_every_node(nodes: list, cmd: str) -> list[str]:
+        """One fixed command's output from each node (all nodes side by side)."""
+        for n in nodes:
+            n.sendCmd(cmd)
+        return [n.waitOutput() for n in nodes]
+
     def queue_drops(self) -> dict[str, int]:
         """Packets dropped by the shaped ports' queues, summed per kind of hop ("host->server": a GPU's
         NIC, "server->edge", "edge->agg", "agg->core", and down): where a fabric that should be
         lossless loses packets."""
-        nodes = list(self.net.hosts) + list(self.net.switches)
-        for n in nodes:
-            n.sendCmd("tc -s qdisc show")
         kind = {n.name: n.kind for n in self.topo.nodes.values()}
         out: dict[str, int] = {}
-        for n in nodes:
-            for dev, dropped in parse_tc_root_drops(n.waitOutput()).items():
+        for text in self._on_every_node(list(self.net.hosts) + list(self.net.switches), "tc -s qdisc show"):
+            for dev, dropped in parse_tc_root_drops(text).items():
                 name, _, port = dev.rpartition("-eth")
                 if not port.isdigit():
                     continue
@@ -658,12 +662,9 @@ class Fabric:
     def tcp_counters(self) -> dict[str, int]:
         """The hosts' TCP counters (TCP_COUNTERS), summed over their network namespaces: read them
         before and after a policy to see what its transfers (and the background) retransmitted."""
-        hosts = list(self.net.hosts)
-        for h in hosts:
-            h.sendCmd("cat /proc/net/snmp /proc/net/netstat")
         total = dict.fromkeys(TCP_COUNTERS, 0)
-        for h in hosts:
-            got = parse_proc_net(h.waitOutput())
+        for text in self._on_every_node(list(self.net.hosts), "cat /proc/net/snmp /proc/net/netstat"):
+            got = parse_proc_net(text)
             for k in TCP_COUNTERS:
                 total[k] += got.get(k, 0)
         return total
