@@ -3,13 +3,26 @@
 The Ryu app (controller/ryu_app.py) only translates OpenFlow events to calls on `FabricLogic` and
 its `Rule`s to flow mods, so everything here is testable without Ryu or Mininet.
 
-Flow table (table 0), highest priority first:
-  200  ARP                                  -> CONTROLLER   (server switches; answered from the ID scheme)
-  100  ipv4_dst = a host below this switch  -> the port towards it (downward: unique in a fat-tree)
-   50  ipv4_src, ipv4_dst (per host pair)   -> the uplink the routing function chose (edge and agg)
-   10  any IPv4                             -> the uplink (server switches: one uplink)
-    0  table-miss                           -> drop (no flooding, no packet-in storms; IPv6 is dropped)
-With this table a packet follows exactly `Routing.path(src, dst)`.
+Flow tables, highest priority first within a table:
+  table 0
+    200  ARP                                  -> CONTROLLER   (server switches; answered from the ID scheme)
+    100  ipv4_dst = a host below this switch  -> the port towards it (downward: unique in a fat-tree)
+     50  ipv4_src, ipv4_dst (one host pair)   -> an uplink: the pairs the class tables below do not
+                                                 route as the routing function does (after a link
+                                                 failure; every pair for a strategy without classes)
+     20  any IPv4                             -> table 1 (edge and aggregation switches)
+     10  any IPv4                             -> the uplink (server switches: one uplink)
+      0  table-miss                           -> drop (no flooding, no packet-in storms; IPv6 is dropped)
+  table 1  ipv4_src = a source host  -> metadata[0:16]  = its class, table 2
+  table 2  ipv4_dst = a destination  -> metadata[16:32] = its class, table 3
+  table 3  metadata = (source class, destination class) -> the uplink
+A host's class is its index mod M (M: the number of equal-cost paths across pods, a multiple of the
+number within a pod) and, for a destination, whether it is in the switch's pod: the built-in
+sum-mod and dst-mod strategies choose a path from those classes alone, so an edge or aggregation
+switch needs sources + destinations + classes^2 rules instead of one per host pair (k = 8: 60 k
+rules for the fabric instead of 483 k). The class tables are derived from the routed pairs and
+checked against every pair: a pair they would route differently gets its own rule at priority 50.
+With these tables a packet follows exactly `Routing.path(src, dst)`.
 
 Telemetry units are the emulated fabric's: bytes, Mbit/s, wall-clock seconds. Each directed link's
 rate comes from one port counter: tx_bytes of the port it leaves a switch by, or, for a host's
@@ -21,26 +34,40 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from netkv.config import parse_section
 from netkv.topology import FatTree, NoPathError, Routing
 
-P_ARP, P_DOWN, P_PAIR, P_UP, P_MISS = 200, 100, 50, 10, 0
+P_ARP, P_DOWN, P_PAIR, P_CLASS, P_UP, P_MISS = 200, 100, 50, 20, 10, 0
+T_SRC, T_DST, T_CLASS = 1, 2, 3  # tables of the class lookup
+DST_SHIFT = 16  # metadata bits 0-15: source class; 16-31: destination class
+SRC_MASK, DST_MASK = 0xFFFF, 0xFFFF0000
 CONTROLLER = "CONTROLLER"
 
 
 @dataclass(frozen=True)
 class Rule:
+    """One flow entry. `out` is a port, CONTROLLER or None; with `goto` None as well, a rule at a
+    priority above 0 deletes the entry of that match (table 0's pair rules), at 0 it drops.
+    `meta` = (value, mask) writes metadata before `goto`."""
+
     dpid: int
     priority: int
     match: tuple  # sorted (field, value) pairs in OpenFlow 1.3 OXM names
-    out: int | str | None  # port number, CONTROLLER, or None = drop
+    out: int | str | None  # port number, CONTROLLER, or None = drop / delete
+    table: int = 0
+    goto: int | None = None
+    meta: tuple[int, int] | None = None
 
     @property
     def match_dict(self) -> dict:
         return dict(self.match)
+
+    @property
+    def deletes(self) -> bool:
+        return self.out is None and self.goto is None and self.priority != P_MISS
 
 
 def _m(**kw) -> tuple:
@@ -85,7 +112,10 @@ class FabricLogic:
         self.replies = 0
         self.last_reply_at: float | None = None
         self.started_at = clock()
-        self._pair_rules = self._compute_pair_rules()
+        self._n_classes = topo.n_paths(3)  # a multiple of n_paths(2)
+        pairs = self._compute_pair_ports()
+        self._build_class_tables(pairs)
+        self._overrides = self._overrides_of(pairs)  # the pair rules in force (none for sum-mod)
         # counter source per link: (dpid, port, "tx"|"rx") and the reverse map
         self.counter_of: dict[tuple[int, int, str], int] = {}
         for lk in topo.links:
@@ -110,10 +140,11 @@ class FabricLogic:
         )
 
     # ---- rules -------------------------------------------------------------------------------
-    def _compute_pair_rules(self) -> dict[tuple[int, str, str], int]:
-        """(dpid, src ip, dst ip) -> uplink port at edge and aggregation switches."""
+    def _compute_pair_ports(self) -> dict[int, dict[tuple[int, int], int]]:
+        """dpid -> {(src host, dst host): uplink port} at edge and aggregation switches, for the
+        pairs the routing function sends up through them under the current link states."""
         t = self.topo
-        out = {}
+        out: dict[int, dict[tuple[int, int], int]] = {}
         for s in t.hosts:
             for d in t.hosts:
                 if s.index == d.index or t.tier(s.index, d.index) < 2:
@@ -125,10 +156,48 @@ class FabricLogic:
                 for name, port in hops:
                     node = t.nodes[name]
                     if node.kind == "edge" and node.name == t.edge_of(s.index).name:
-                        out[(node.dpid, s.ip, d.ip)] = port
+                        out.setdefault(node.dpid, {})[(s.index, d.index)] = port
                     elif node.kind == "agg" and node.pod == s.pod and t.tier(s.index, d.index) == 3:
-                        out[(node.dpid, s.ip, d.ip)] = port
+                        out.setdefault(node.dpid, {})[(s.index, d.index)] = port
         return out
+
+    def _dst_class(self, pod: int, d: int) -> int:
+        return (d % self._n_classes) * 2 + (self.topo.hosts[d].pod == pod)
+
+    def _build_class_tables(self, pairs: dict[int, dict[tuple[int, int], int]]) -> None:
+        """Per switch: the sources and destinations it routes up, and the port most of the pairs
+        of each (source class, destination class) take (the routing function's when it uses
+        classes only, as sum-mod and dst-mod do)."""
+        M = self._n_classes
+        self._srcs: dict[int, list[int]] = {}
+        self._dsts: dict[int, list[int]] = {}
+        self._class_port: dict[int, dict[tuple[int, int], int]] = {}
+        for dpid, ports in pairs.items():
+            pod = self.topo.switch_by_dpid(dpid).pod
+            votes: dict[tuple[int, int], Counter] = {}
+            for (s, d), port in ports.items():
+                votes.setdefault((s % M, self._dst_class(pod, d)), Counter())[port] += 1
+            self._srcs[dpid] = sorted({s for s, _ in ports})
+            self._dsts[dpid] = sorted({d for _, d in ports})
+            self._class_port[dpid] = {key: c.most_common(1)[0][0] for key, c in votes.items()}
+
+    def _overrides_of(self, pairs: dict[int, dict[tuple[int, int], int]]) -> dict[int, dict[tuple[int, int], int]]:
+        """dpid -> {(src, dst): port} for the pairs the class tables would not send out that port."""
+        M = self._n_classes
+        out: dict[int, dict[tuple[int, int], int]] = {}
+        for dpid, ports in pairs.items():
+            pod = self.topo.switch_by_dpid(dpid).pod
+            srcs, dsts = set(self._srcs.get(dpid, ())), set(self._dsts.get(dpid, ()))
+            table = self._class_port.get(dpid, {})
+            for (s, d), port in ports.items():
+                via = table.get((s % M, self._dst_class(pod, d))) if s in srcs and d in dsts else None
+                if via != port:
+                    out.setdefault(dpid, {})[(s, d)] = port
+        return out
+
+    def _pair_rule(self, dpid: int, s: int, d: int, port: int | None) -> Rule:
+        h = self.topo.hosts
+        return Rule(dpid, P_PAIR, _m(eth_type=0x0800, ipv4_src=h[s].ip, ipv4_dst=h[d].ip), port)
 
     def _below(self, sw) -> list:
         t = self.topo
@@ -159,10 +228,23 @@ class FabricLogic:
             rules.append(Rule(dpid, P_ARP, _m(eth_type=0x0806), CONTROLLER))
             rules.append(Rule(dpid, P_UP, _m(eth_type=0x0800), self.topo.gpus_per_server + 1))
         elif sw.kind in ("edge", "agg"):
-            for (d, src, dst), port in self._pair_rules.items():
-                if d == dpid:
-                    rules.append(Rule(dpid, P_PAIR, _m(eth_type=0x0800, ipv4_src=src, ipv4_dst=dst), port))
+            rules += [self._pair_rule(dpid, s, d, port) for (s, d), port in self._overrides.get(dpid, {}).items()]
+            rules += self._class_rules(dpid)
         return rules
+
+    def _class_rules(self, dpid: int) -> list[Rule]:
+        """Table 0's jump and tables 1-3 of one edge or aggregation switch."""
+        pod, M, h = self.topo.switch_by_dpid(dpid).pod, self._n_classes, self.topo.hosts
+        ip = (("eth_type", 0x0800),)
+        out = [Rule(dpid, P_CLASS, ip, None, goto=T_SRC)]
+        for s in self._srcs.get(dpid, ()):
+            out.append(Rule(dpid, P_PAIR, _m(eth_type=0x0800, ipv4_src=h[s].ip), None, T_SRC, T_DST, (s % M, SRC_MASK)))
+        for d in self._dsts.get(dpid, ()):
+            meta = (self._dst_class(pod, d) << DST_SHIFT, DST_MASK)
+            out.append(Rule(dpid, P_PAIR, _m(eth_type=0x0800, ipv4_dst=h[d].ip), None, T_DST, T_CLASS, meta))
+        for (sc, dc), port in sorted(self._class_port.get(dpid, {}).items()):
+            out.append(Rule(dpid, P_PAIR, _m(metadata=sc | dc << DST_SHIFT), port, T_CLASS))
+        return out
 
     def all_rules(self) -> list[Rule]:
         return [r for s in self.topo.switches for r in self.rules(s.dpid)]
@@ -201,14 +283,16 @@ class FabricLogic:
             self.routing.mark(lid, cable_up)
         if not changed:
             return []
-        old = self._pair_rules
-        new = self._compute_pair_rules()
-        self._pair_rules = new
+        old = self._overrides
+        new = self._overrides = self._overrides_of(self._compute_pair_ports())
         out = []
-        for key in old.keys() | new.keys():
-            if old.get(key) != new.get(key):
-                d, src, dst = key
-                out.append(Rule(d, P_PAIR, _m(eth_type=0x0800, ipv4_src=src, ipv4_dst=dst), new.get(key)))
+        for dpid in sorted(old.keys() | new.keys()):
+            o, n = old.get(dpid, {}), new.get(dpid, {})
+            out += [
+                self._pair_rule(dpid, *key, n.get(key))
+                for key in sorted(o.keys() | n.keys())
+                if o.get(key) != n.get(key)
+            ]
         return out
 
     # ---- telemetry ---------------------------------------------------------------------------

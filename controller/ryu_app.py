@@ -78,10 +78,11 @@ class NetKVController(app_manager.RyuApp):
     def _flow_mod(self, dp, rule: Rule):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         match = parser.OFPMatch(**rule.match_dict)
-        if rule.out is None and rule.priority != 0:  # delete a pair rule
+        if rule.deletes:  # a pair rule no longer needed
             dp.send_msg(
                 parser.OFPFlowMod(
                     dp,
+                    table_id=rule.table,
                     command=ofp.OFPFC_DELETE_STRICT,
                     priority=rule.priority,
                     match=match,
@@ -90,13 +91,16 @@ class NetKVController(app_manager.RyuApp):
                 )
             )
             return
-        if rule.out is None:
-            inst = []  # table-miss: drop
-        else:
+        inst = []  # no instruction: drop
+        if rule.meta is not None:
+            inst.append(parser.OFPInstructionWriteMetadata(*rule.meta))
+        if rule.goto is not None:
+            inst.append(parser.OFPInstructionGotoTable(rule.goto))
+        elif rule.out is not None:
             port = ofp.OFPP_CONTROLLER if rule.out == CONTROLLER else rule.out
             actions = [parser.OFPActionOutput(port, ofp.OFPCML_NO_BUFFER)]
-            inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
-        dp.send_msg(parser.OFPFlowMod(dp, priority=rule.priority, match=match, instructions=inst))
+            inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+        dp.send_msg(parser.OFPFlowMod(dp, table_id=rule.table, priority=rule.priority, match=match, instructions=inst))
 
     # ---- telemetry ---------------------------------------------------------------------------
     def _poll_loop(self):
