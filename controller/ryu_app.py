@@ -70,8 +70,10 @@ class NetKVController(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state(self, ev):
         dp = ev.datapath
-        if ev.state == DEAD_DISPATCHER and dp.id is not None:
-            self.datapaths.pop(dp.id, None)
+        # a switch that reconnects may say hello again before its old connection is seen dead:
+        # forget it only if the dead connection is the one in use
+        if ev.state == DEAD_DISPATCHER and dp.id is not None and self.datapaths.get(dp.id) is dp:
+            self.datapaths.pop(dp.id)
             self.logic.connected.discard(dp.id)
             self.logic.installed.discard(dp.id)
 

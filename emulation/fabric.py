@@ -327,7 +327,8 @@ class Fabric:
         self.start_controller()
         self._build_mininet()
         self.timings["build_s"] = time.monotonic() - t0
-        self.wait_ready(timeout=120)
+        # the controller writes every switch's rules: ~0.1 s each at k = 8 on this VM
+        self.wait_ready(timeout=max(120.0, 1.0 * len(self.topo.switches)), progress_s=15)
         self.timings["ready_s"] = time.monotonic() - t0
         self.log(
             f"fabric up: {len(self.topo.switches)} switches, {self.topo.n_hosts} hosts, "
@@ -463,6 +464,12 @@ class Fabric:
         else:
             switch = UserOVSSwitch
             controller = lambda name: RemoteController(name, ip="127.0.0.1", port=s.of_port)  # noqa: E731
+        t = self.topo
+        self.log(
+            f"building the fabric: {len(t.switches)} switches"
+            + (" (an ovsdb-server and an ovs-vswitchd each)" if self.per_switch else "")
+            + f", {t.n_hosts} hosts, {len(t.links) // 2} links"
+        )
         self.net = Mininet(
             topo=mtopo,
             switch=switch,
@@ -471,10 +478,14 @@ class Fabric:
             controller=controller,
             waitConnected=False,
         )
+        t0 = time.monotonic()
         self.net.build()
+        self.log(f"  nodes and links built in {time.monotonic() - t0:.1f} s; starting the switches")
         self.net.start()  # OVSSwitch.start re-applies Mininet's tc config, so tune afterwards
+        self.log(f"  switches started at {time.monotonic() - t0:.1f} s; shaping and tuning every interface")
         self._tune_interfaces()
         self._static_arp()
+        self.log(f"  interfaces tuned at {time.monotonic() - t0:.1f} s; waiting for the controller's routes")
 
     def _tune_interfaces(self) -> None:
         """MTU and offloads off on every interface, TCP settings in every GPU's namespace, and the
@@ -578,6 +589,9 @@ class Fabric:
 
     def _stop(self) -> None:
         t0 = time.monotonic()
+        # the controller first: every link Mininet removes is a port-status event, and rerouting
+        # around each one costs the controller seconds of CPU at k = 8 while teardown needs it
+        self.stop_controller()
         if self.net is not None:
             self._kill_host_processes()
             try:
@@ -585,7 +599,6 @@ class Fabric:
             except Exception as e:  # keep cleaning even if Mininet trips
                 self.log(f"warning: Mininet stop failed: {e}")
             self.net = None
-        self.stop_controller()
         if self.ovs_root is not None:
             from netkv.topology import ovs_daemon
 
@@ -613,8 +626,11 @@ class Fabric:
     def health(self) -> dict:
         return http_json(f"{self.rest}/health")
 
-    def wait_ready(self, timeout: float = 60) -> dict:
+    def wait_ready(self, timeout: float = 60, progress_s: float = 0) -> dict:
+        """Poll the controller's health until every switch is connected and routed; with
+        `progress_s`, log how many are every so often."""
         deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + progress_s
         h = {}
         while time.monotonic() < deadline:
             try:
@@ -623,6 +639,12 @@ class Fabric:
                     return h
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
+            if progress_s and h and time.monotonic() >= next_note:
+                next_note += progress_s
+                self.log(
+                    f"  {h['switches_connected']}/{h['switches_expected']} switches connected, "
+                    f"{h['routes_installed']} routed"
+                )
             if self.ctrl is not None and self.ctrl.poll() is not None:
                 raise FabricError(f"the controller died; see {self.log_dir / 'controller.log'}")
             time.sleep(0.3)

@@ -69,13 +69,15 @@ def _spawn_agent(fab: Fabric, exp_json: Path, role: str, name: str, sock_dir: Pa
 
 
 def _wait_agents(procs: dict[str, subprocess.Popen], sock_dir: Path, log_dir: Path) -> None:
-    deadline = time.monotonic() + 120
+    # each agent's start (Python, numpy) costs ~0.15 s of CPU: 512 of them take a minute on 2 cores
+    limit = 120 + 0.5 * len(procs)
+    deadline = time.monotonic() + limit
     for name, p in procs.items():
         while not (sock_dir / f"{name}.sock").exists():
             if p.poll() is not None:
                 raise RuntimeError(f"agent {name} exited at start; see {log_dir / f'agent-{name}.log'}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"agent {name} did not open its socket within 120 s")
+                raise RuntimeError(f"agent {name} did not open its socket within {limit:.0f} s")
             time.sleep(0.1)
 
 

@@ -445,6 +445,8 @@ def main(argv=None) -> int:
     from netkv.trace import TraceError
 
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a log file or a pipe as it happens
     try:
         return args.fn(args)
     except (UsageError, ConfigError, TraceError, ProfileError, RunDirError, CompareError) as e:
