@@ -418,10 +418,15 @@ def emulate_experiment(
     try:
         with Fabric(r.spec, r.logs, log=log) as fab:
             r.meta["fabric_up_s"] = fab.timings.get("ready_s")
+            n, t0 = fab.topo.n_hosts, time.monotonic()
             failed = fab.reachability()
             if failed:
                 raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
+            log(f"all {n * (n - 1)} host pairs answered ping ({time.monotonic() - t0:.1f} s); starting {n} agents")
+            t0 = time.monotonic()
             agents = start_agents(fab, r.exp_json, cluster.prefill_hosts, cluster.decode_hosts, sock_dir, r.logs)
+            r.meta["agents_up_s"] = round(time.monotonic() - t0, 1)
+            log(f"agents listening ({r.meta['agents_up_s']:.1f} s)")
             guard.start()
             bg = BackgroundTraffic(fab, cluster.exp, r.logs, env=AGENT_ENV)
             mon = BackgroundMonitor(fab.rest, r.spec.poll_interval)

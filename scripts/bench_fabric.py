@@ -212,6 +212,40 @@ def plain_mininet(k: int, gpus: int, scale: float, mtu: int) -> tuple[float, flo
     return up, time.monotonic() - t1
 
 
+def bench_build(a, layout: str, mtu: int) -> None:
+    """Fabric up (controller, every switch routed, every pair pinged) and teardown, then plain
+    Mininet building and stopping the same topology; stage times as the fabric logs them."""
+    spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, ovs_daemons=layout)
+    stages: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.monotonic()
+        fab = Fabric(spec, Path(d), log=lambda *x: stages.append(" ".join(map(str, x)).strip()))
+        fab.__enter__()
+        try:
+            ready = time.monotonic() - t0
+            unreachable = fab.reachability()
+            up = time.monotonic() - t0
+        finally:
+            t1 = time.monotonic()
+            fab.__exit__(None, None, None)
+            down = time.monotonic() - t1
+    left = cleanup.find_leftovers()
+    base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
+    n = fab.topo.n_hosts
+    print(f"k={a.k} x {a.gpus} GPUs ({len(fab.topo.switches)} switches), bandwidth_scale {a.scale:g}, MTU {mtu}, "
+          f"ovs_daemons={layout}:")  # fmt: skip
+    print("  " + "\n  ".join(stages))
+    print(
+        f"  fabric ready {ready:.1f} s, up with all {n * (n - 1)} pairs pinged {up:.1f} s "
+        f"({len(unreachable)} unreachable), teardown {down:.1f} s, leftovers: {left or 'none'}"
+    )
+    print(
+        f"  plain Mininet, same topology: up {base_up:.1f} s, stop {base_down:.1f} s -> "
+        f"ready {ready / base_up:.2f}x, up {up / base_up:.2f}x, teardown {down / base_down:.2f}x",
+        flush=True,
+    )
+
+
 def bench_one(a, layout: str, mtu: int) -> None:
     spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout)
     with tempfile.TemporaryDirectory() as d:
@@ -274,9 +308,18 @@ def main() -> int:
     ap.add_argument(
         "--transfers", type=int, nargs="*", default=[15000, 60000, 240000, 960000], help="probe sizes, bytes"
     )
+    ap.add_argument(
+        "--build-only",
+        action="store_true",
+        help="only fabric up / teardown beside plain Mininet (for large k, where the traffic tests take long)",
+    )
     a = ap.parse_args()
     if cleanup.find_leftovers():
         raise SystemExit("leftovers on the machine; run `netkv clean` first")
+    if a.build_only:
+        for layout in a.ovs_daemons:
+            bench_build(a, layout, a.mtus[0])
+        return 0
     for layout in a.ovs_daemons:
         for mtu in a.mtus:
             bench_one(a, layout, mtu)

@@ -70,6 +70,29 @@ def test_fabric_up_time_and_full_reachability(fabric):
     assert fabric.reachability() == []  # all 64 x 63 ordered pairs
 
 
+def test_reachability_reports_what_does_not_answer(fabric):
+    """The one-process pinger names a pair whose destination does not answer: an address no host
+    has, and a host whose interface is down."""
+    from netkv.emulation.ping import ping_pairs
+
+    t = fabric.topo
+    ips = {0: t.hosts[0].ip, 1: t.hosts[1].ip, 63: t.hosts[63].ip, 99: "10.99.0.1"}
+    src = {0: fabric.host(t.hosts[0].name).pid}
+    t0 = time.monotonic()
+    assert ping_pairs(src, [(0, 1), (0, 99), (0, 63)], ips.__getitem__, timeout_s=1, rounds=2) == [(0, 99)]
+    assert time.monotonic() - t0 < 5
+    last = fabric.host(t.hosts[63].name)
+    last.cmd(f"ip link set {last.defaultIntf().name} down")
+    try:
+        assert fabric.reachability([(t.hosts[0].name, t.hosts[63].name), (t.hosts[0].name, t.hosts[1].name)]) == [
+            (t.hosts[0].name, t.hosts[63].name)
+        ]
+    finally:
+        last.cmd(f"ip link set {last.defaultIntf().name} up")
+        time.sleep(1)  # the switch sees the carrier again; later tests need the host
+    assert fabric.reachability([(t.hosts[0].name, t.hosts[63].name)]) == []
+
+
 def test_installed_flows_realise_the_routing_function(fabric):
     tables = {name: parse_dump(txt) for name, txt in fabric.dump_flows().items()}
     assert all(tables.values())

@@ -124,7 +124,14 @@ class SwitchDaemon:
         # the controller is a local Unix socket: a dead one shows as EOF at once, while a busy one
         # (writing ~60 k rules to 208 switches at k = 8) missed the default 5 s echo and every switch
         # it dropped reconnected and was rewritten, keeping it busy
-        args += ["--", "set", "controller", self.name, "connection-mode=out-of-band", f"inactivity_probe={INACTIVITY_PROBE_MS}"]
+        args += [
+            "--",
+            "set",
+            "controller",
+            self.name,
+            "connection-mode=out-of-band",
+            f"inactivity_probe={INACTIVITY_PROBE_MS}",
+        ]
         return self.vsctl(*args, wait=True)
 
     def pids(self) -> list[int]:
