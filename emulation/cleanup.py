@@ -44,7 +44,9 @@ def ovs_bridges() -> list[str]:
 
 
 def veths() -> list[str]:
-    p = _run(["ip", "-o", "link", "show"])
+    # waits for the kernel's one rtnl lock: right after a k = 8 fabric's 720 namespaces end, the
+    # kernel holds it for tens of seconds deleting their veths (20 s was not enough once)
+    p = _run(["ip", "-o", "link", "show"], timeout=300)
     out = []
     for line in p.stdout.splitlines():
         parts = line.split(":", 2)

@@ -419,6 +419,7 @@ def emulate_experiment(
         with Fabric(r.spec, r.logs, log=log) as fab:
             r.meta["fabric_up_s"] = fab.timings.get("ready_s")
             n, t0 = fab.topo.n_hosts, time.monotonic()
+            log(f"pinging all {n * (n - 1)} host pairs (each pair's first packets set up flows in every switch)")
             failed = fab.reachability()
             if failed:
                 raise RuntimeError(f"{len(failed)} host pairs unreachable after bring-up, e.g. {failed[:3]}")
