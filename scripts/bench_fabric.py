@@ -16,6 +16,7 @@ Prints every figure; the ratios are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import subprocess
@@ -212,23 +213,33 @@ def plain_mininet(k: int, gpus: int, scale: float, mtu: int) -> tuple[float, flo
     return up, time.monotonic() - t1
 
 
+@contextlib.contextmanager
+def timed_fabric(spec: FabricSpec, log=lambda *x: None):
+    """The fabric up for the block; yields (fabric, times): times["t0"] is when its start began,
+    times["down"] its teardown's seconds, set once the block is left."""
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        times["t0"] = time.monotonic()
+        fab = Fabric(spec, Path(d), log=log)
+        fab.__enter__()
+        try:
+            yield fab, times
+        finally:
+            t1 = time.monotonic()
+            fab.__exit__(None, None, None)
+            times["down"] = time.monotonic() - t1
+
+
 def bench_build(a, layout: str, mtu: int) -> None:
     """Fabric up (controller, every switch routed, every pair pinged) and teardown, then plain
     Mininet building and stopping the same topology; stage times as the fabric logs them."""
     spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, ovs_daemons=layout)
     stages: list[str] = []
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.monotonic()
-        fab = Fabric(spec, Path(d), log=lambda *x: stages.append(" ".join(map(str, x)).strip()))
-        fab.__enter__()
-        try:
-            ready = time.monotonic() - t0
-            unreachable = fab.reachability()
-            up = time.monotonic() - t0
-        finally:
-            t1 = time.monotonic()
-            fab.__exit__(None, None, None)
-            down = time.monotonic() - t1
+    with timed_fabric(spec, log=lambda *x: stages.append(" ".join(map(str, x)).strip())) as (fab, times):
+        ready = time.monotonic() - times["t0"]
+        unreachable = fab.reachability()
+        up = time.monotonic() - times["t0"]
+    down = times["down"]
     left = cleanup.find_leftovers()
     base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
     n = fab.topo.n_hosts
@@ -248,25 +259,18 @@ def bench_build(a, layout: str, mtu: int) -> None:
 
 def bench_one(a, layout: str, mtu: int) -> None:
     spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout)
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.monotonic()
-        fab = Fabric(spec, Path(d), log=lambda *x: None)
-        fab.__enter__()
-        try:
-            unreachable = fab.reachability()
-            up = time.monotonic() - t0  # controller, switches, routes installed, every pair pinged
-            cpu = controller_cpu(fab, 10.0)
-            rtt = idle_rtt_ms(fab)
-            xfers = run_transfers(fab, a.transfers) if a.transfers else []
-            inc_cpu, inc_good, inc_pred = run_incast(fab, a.seconds)
-            perm = permutation(fab.topo.n_hosts, a.seed)
-            with FidelityGuard() as guard:
-                got, pred, goods = run_permutation(fab, perm, a.seconds)
-            rep = guard.report()
-        finally:
-            t1 = time.monotonic()
-            fab.__exit__(None, None, None)
-            down = time.monotonic() - t1
+    with timed_fabric(spec) as (fab, times):
+        unreachable = fab.reachability()
+        up = time.monotonic() - times["t0"]  # controller, switches, routes installed, every pair pinged
+        cpu = controller_cpu(fab, 10.0)
+        rtt = idle_rtt_ms(fab)
+        xfers = run_transfers(fab, a.transfers) if a.transfers else []
+        inc_cpu, inc_good, inc_pred = run_incast(fab, a.seconds)
+        perm = permutation(fab.topo.n_hosts, a.seed)
+        with FidelityGuard() as guard:
+            got, pred, goods = run_permutation(fab, perm, a.seconds)
+        rep = guard.report()
+    down = times["down"]
     left = cleanup.find_leftovers()
     base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
     print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}:")
