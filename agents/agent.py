@@ -36,6 +36,12 @@ from netkv.config import ConfigError, load_json
 from netkv.kvcache import PrefixCache
 from netkv.trace import BLOCK_TOKENS
 
+# a prefill agent opens its idle KV connections this many at a time at reset: at k = 8 it holds
+# one to each of 256 decode agents, and 256 prefill agents open them at once (65,536 handshakes)
+PEER_CONNECT_PARALLEL = 8
+# accept queue of a decode agent's KV port: every prefill agent may connect at the same moment
+KV_BACKLOG = 1024
+
 
 class Agent:
     """Control-socket server shared by both roles.
@@ -169,12 +175,17 @@ class PrefillAgent(Agent):
         self.reset()
 
     async def connect_peers(self, peers: list[str]) -> None:
-        for ip in peers:
-            if not self._pool.get(ip):
+        """Open one idle connection to each peer that has none, PEER_CONNECT_PARALLEL at a time."""
+        gate = asyncio.Semaphore(PEER_CONNECT_PARALLEL)
+
+        async def one(ip: str) -> None:
+            async with gate:
                 try:
                     self._release(ip, *(await self._open(ip)))
                 except (TimeoutError, OSError) as e:  # the transfer that needs it will fail and say why
                     self.emit("peer_unreachable", ip=ip, reason=f"{type(e).__name__}: {e}")
+
+        await asyncio.gather(*(one(ip) for ip in dict.fromkeys(peers) if not self._pool.get(ip)))
 
     async def _open(self, ip: str):
         conn = await asyncio.wait_for(asyncio.open_connection(ip, KV_PORT), 10)
@@ -315,7 +326,9 @@ class DecodeAgent(Agent):
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def start(self) -> None:
-        await asyncio.start_server(self._kv_conn, host="0.0.0.0", port=KV_PORT)  # noqa: S104 (inside the host)
+        await asyncio.start_server(  # noqa: S104 (inside the host)
+            self._kv_conn, host="0.0.0.0", port=KV_PORT, backlog=KV_BACKLOG
+        )
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 

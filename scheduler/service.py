@@ -46,6 +46,11 @@ def clock_file(sock_dir: Path, policy: str) -> Path:
     return Path(sock_dir) / f"clock-{policy}.json"
 
 
+def reset_timeout_s(pairs: int) -> float:
+    """How long the agents get to reset: 30 s, plus 5 ms per prefill-decode KV connection to open."""
+    return 30.0 + 0.005 * pairs
+
+
 def probes_file(run_root: Path, policy: str) -> Path:
     """Where the prober writes a policy's packet trains (one JSON line each; netkv.agents.prober)."""
     return Path(run_root) / policy / "probes.jsonl"
@@ -178,13 +183,41 @@ class SchedulerService:
             readers[h] = r
         # prefill agents keep long-lived KV connections to every decode agent (opened at reset)
         peers = [self.topo.host(h).ip for h, (role, _) in self.host_slot.items() if role == "decode"]
+        n_prefill = sum(role == "prefill" for role, _ in self.host_slot.values())
         for h, w in self.writers.items():
             await send_msg(w, {"op": "reset", "peers": peers if self.host_slot[h][0] == "prefill" else []})
-        for h, r in readers.items():
-            msg = await asyncio.wait_for(read_msg(r), 30)
+        await self._await_resets(readers, reset_timeout_s(n_prefill * len(peers)))
+        self._readers = readers
+
+    async def _await_resets(self, readers: dict, timeout: float, progress_s: float = 15.0) -> None:
+        """Wait for every agent's reset_done (prefill agents first connect to every decode agent)."""
+
+        async def one(h: str, r) -> None:
+            while (msg := await read_msg(r)) and msg.get("ev") == "peer_unreachable":
+                # no idle connection to that peer: the first transfer to it opens one (and fails if it must)
+                self.log(f"[netkv] {h}: KV peer {msg.get('ip')} not reached at reset: {msg.get('reason')}")
             if not msg or msg.get("ev") != "reset_done":
                 raise RuntimeError(f"agent {h} did not reset: {msg}")
-        self._readers = readers
+
+        tasks = {asyncio.ensure_future(one(h, r)): h for h, r in readers.items()}
+        deadline = time.monotonic() + timeout
+        pending = set(tasks)
+        try:
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(
+                        f"{len(pending)} of {len(tasks)} agents did not reset within {timeout:.0f} s "
+                        f"(first: {sorted(tasks[t] for t in pending)[0]}); their logs are in the run's agents/ folder"
+                    )
+                done, pending = await asyncio.wait(pending, timeout=min(progress_s, left))
+                for t in done:
+                    t.result()  # an agent that answered something else
+                if pending and len(tasks) > 1:
+                    self.log(f"[netkv] agents reset: {len(tasks) - len(pending)}/{len(tasks)}")
+        finally:
+            for t in pending:
+                t.cancel()
 
     async def _open_agent(self, h: str, tries: int = 300):
         """Connect to agent h's control socket (retrying every 0.1 s) and read its hello."""
