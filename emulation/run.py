@@ -281,7 +281,12 @@ class _Run:
         try:
             if on_running is not None:
                 on_running(fab, agents, pol)
+            rebased = False
             while (rc := svc.poll()) is None:
+                if not rebased and clock.exists():
+                    # the replay has started: count from here, not from the agents' reset (the first
+                    # policy's reset opens every KV connection, a storm of handshakes at k = 8)
+                    tcp0, drops0, rebased = fab.tcp_counters(), fab.queue_drops(), True
                 bg_error = bg.error() or faults.error() or _prober_error(prober, self.logs, pol)
                 if bg_error:
                     svc.signal(signal.SIGINT)  # it writes what it has, marked partial
