@@ -50,7 +50,12 @@ def _accept_unix_datapaths() -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="controller JSON config (written by the network runner)")
-    ap.add_argument("--of-port", type=int, default=6653, help="OpenFlow listen port on 127.0.0.1")
+    ap.add_argument("--of-port", type=int, default=6653, help="OpenFlow listen port (on --of-host)")
+    ap.add_argument(
+        "--of-host",
+        default="127.0.0.1",
+        help="OpenFlow listen address: 127.0.0.1, or the cluster's private address when switches run on other servers",
+    )
     ap.add_argument("--of-socket", default="", help="serve OpenFlow on this Unix socket path instead")
     ap.add_argument("--rest-port", type=int, default=8080, help="REST API port on 127.0.0.1")
     ap.add_argument("--verbose", action="store_true")
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
         _accept_unix_datapaths()
     args = [
         "--ofp-listen-host",
-        os.path.abspath(a.of_socket) if a.of_socket else "127.0.0.1",
+        os.path.abspath(a.of_socket) if a.of_socket else a.of_host,
         "--ofp-tcp-listen-port",
         str(a.of_port),
         "--wsapi-host",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from netkv.emulation import statedir
+from netkv.emulation import cluster, statedir
 
 NODE_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)$")
 INTF_RE = re.compile(r"^(h\d+_\d+_\d+_\d+|s\d+_\d+_\d+|e\d+_\d+|a\d+_\d+|c\d+_\d+)-eth\d+$")
@@ -108,6 +108,7 @@ def find_leftovers() -> list[str]:
     procs = processes() + mininet_shells()
     if procs:
         items.append(f"{len(procs)} processes (pids {', '.join(str(p.pid) for p in procs[:6])})")
+    items += cluster.leftovers()
     stale = statedir.stale_state_entries()
     if stale:
         items.append(
@@ -147,6 +148,8 @@ def clean(verbose: bool = True, force: bool = False) -> list[str]:
         _run(["ip", "link", "del", v])
     if vs:
         log(f"deleted {len(vs)} veth interfaces")
+    if n := cluster.clean():
+        log(f"removed {n} namespace-server leftovers (daemons, namespaces, bridge)")
     stale = statedir.state_entries() if force else statedir.stale_state_entries()  # a live run's entries stay
     for f in stale:
         if f.name.startswith(statedir.WMEM_PREFIX):  # a fabric raised net.core.wmem_default and died

@@ -77,6 +77,7 @@ def claim_run(stamp: str, what: str, run_dir: Path) -> Path:
 
 # ---- the fabric's own Open vSwitch daemons ----------------------------------------------------
 OVS_PREFIX = "ovs-"
+CLUSTER_PREFIX = "cluster-"  # + pid: the keys, configs and Open vSwitch files of namespace servers
 WMEM_PREFIX = "wmem_default.orig-"  # + pid: the value net.core.wmem_default had before a fabric raised it
 
 
@@ -98,6 +99,7 @@ def owner_pid(entry: Path) -> int | None:
         re.match(r"^sock-.*-(\d+)$", entry.name)
         or re.match(rf"^{OVS_PREFIX}(\d+)$", entry.name)
         or re.match(rf"^{WMEM_PREFIX}(\d+)$", entry.name)
+        or re.match(rf"^{CLUSTER_PREFIX}(\d+)$", entry.name)
     )
     if m:
         return int(m.group(1))

@@ -8,7 +8,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${NETKV_VENV:-$here/.venv}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_pkgs=(mininet openvswitch-switch iperf3 ethtool iputils-ping tcpdump python3-venv python3-dev python3-numpy)
+# openssh-server and sudo: Mininet's cluster edition logs in to each server over SSH and runs its
+# commands with sudo (the cluster test's stand-in servers run their own sshd on a link-local address)
+apt_pkgs=(mininet openvswitch-switch iperf3 ethtool iputils-ping tcpdump python3-venv python3-dev python3-numpy
+  openssh-server sudo)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # no package may start its service here (openssh-server would listen on every address)
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+  fi
   apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 stamp="$venv/.netkv-setup"

@@ -1,0 +1,383 @@
+"""The fat-tree across machines with Mininet's cluster edition: placement, tunnels, test servers.
+
+`mininet.examples.cluster` (MininetCluster, RemoteHost, RemoteOVSSwitch, RemoteLink) runs every
+node on the server its topology entry names, over SSH, and joins links that cross servers with a
+tunnel. Here:
+- `placement`: the fat-tree cut along its structure, whole pods per server and the core on the
+  machine that runs the controller ("localhost"), so tunnels carry only aggregation-core links.
+- `VXLANLink`: Mininet's GRE link with a VXLAN device instead (this VM's kernel has no GRE module;
+  VXLAN is in every stock kernel), one VNI per link, MTU kept (jumbo frames need an underlay MTU
+  50 bytes larger).
+- `NamespaceServers`: stand-in servers for tests on one machine: each a network namespace on a
+  link-local bridge (169.254.100.0/24, never routed off this machine) with its own sshd (key login,
+  that address only) and its own ovsdb-server + ovs-vswitchd (its own /run/openvswitch, bind-mounted
+  in a private mount namespace), as a real server has.
+
+docs/scaling.md, "Across machines", has the multi-VM recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from netkv.emulation import statedir
+from netkv.topology import FatTree
+
+LOCAL = "localhost"
+BRIDGE = "nkc-br"
+SUBNET = "169.254.100"  # link-local: one address per namespace server, .1 is this machine
+NS_PREFIX = "nkc"
+UNDERLAY_MTU = 9100  # the fabric's 9000-byte frames plus VXLAN's 50 bytes
+SSH_OPTS = ("-o", "BatchMode=yes", "-o", "LogLevel=ERROR")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be set up (the message names the server and the step)."""
+
+
+def placement(topo: FatTree, servers: Sequence[str]) -> dict[str, str]:
+    """Node name -> server: pods in contiguous blocks over `servers`, the core on LOCAL."""
+    if not servers:
+        raise ClusterError("placement: no servers given")
+    pods = topo.k
+    out = {}
+    for n in [*topo.hosts, *topo.switches]:
+        out[n.name] = LOCAL if n.kind == "core" else servers[n.pod * len(servers) // pods]
+    return out
+
+
+def _run(cmd: list[str], what: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise ClusterError(f"{what}: {' '.join(cmd[:4])}... exited {r.returncode}: {r.stderr.strip()[:300]}")
+    return r
+
+
+@dataclass
+class NamespaceServers:
+    """`n` stand-in servers on this machine, each reached over SSH at 169.254.100.(i+2)."""
+
+    n: int
+    root: Path
+    addresses: list[str] = field(default_factory=list)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def key(self) -> Path:
+        return self.root / "id_ed25519"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh_config"
+
+    def ns(self, i: int) -> str:
+        return f"{NS_PREFIX}{i}"
+
+    def __enter__(self) -> NamespaceServers:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if leftovers():
+            raise ClusterError(f"namespace servers left from an earlier run: {leftovers()}; run `netkv clean`")
+        if not Path("/usr/sbin/sshd").exists():
+            raise ClusterError("openssh-server is not installed (scripts/setup.sh installs it)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], "client key")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        _run(["ip", "link", "add", BRIDGE, "mtu", str(UNDERLAY_MTU), "type", "bridge"], "bridge")
+        _run(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE], "bridge address")
+        _run(["ip", "link", "set", BRIDGE, "up"], "bridge up")
+        lines = []
+        for i in range(1, self.n + 1):
+            addr = f"{SUBNET}.{i + 1}"
+            self._start_one(i, addr)
+            self.addresses.append(addr)
+            lines.append(f"Host {addr}\n  User root\n  IdentityFile {self.key}\n")
+        lines.append("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+        self.ssh_config.write_text("".join(lines))
+        for addr in self.addresses:
+            self._wait_ssh(addr)
+
+    def _start_one(self, i: int, addr: str) -> None:
+        ns, d = self.ns(i), self.root / f"srv{i}"
+        (d / "ovs").mkdir(parents=True, exist_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], f"{ns}: host key")
+        _run(["ip", "netns", "add", ns], f"{ns}: namespace")
+        _run(["ip", "link", "add", f"{ns}-h", "mtu", str(UNDERLAY_MTU), "type", "veth", "peer", "name", f"{ns}-s"], ns)
+        _run(["ip", "link", "set", f"{ns}-h", "master", BRIDGE, "up"], ns)
+        _run(["ip", "link", "set", f"{ns}-s", "netns", ns], ns)
+        _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", f"{ns}-s"], ns)
+        _run(["ip", "-n", ns, "link", "set", f"{ns}-s", "mtu", str(UNDERLAY_MTU), "up"], ns)
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"], ns)
+        (d / "sshd_config").write_text(
+            f"ListenAddress {addr}\nHostKey {d / 'hostkey'}\nPidFile {d / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {self.key}.pub\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\n"
+            "StrictModes no\nMaxSessions 1000\nMaxStartups 1000\n"
+        )
+        ovs = d / "ovs"
+        # the server's own Open vSwitch where OVS looks for it, then sshd in the same namespaces
+        script = (
+            f"mount --bind {ovs} /run/openvswitch"
+            f" && ovsdb-tool create {ovs}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+            f" && ovsdb-server {ovs}/conf.db --remote=punix:/run/openvswitch/db.sock"
+            f" --pidfile=/run/openvswitch/ovsdb-server.pid --detach --log-file={d}/ovsdb-server.log"
+            " && ovs-vsctl --no-wait init"
+            f" && ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid --detach --log-file={d}/ovs-vswitchd.log"
+            f" && exec /usr/sbin/sshd -D -e -f {d}/sshd_config"
+        )
+        log = open(d / "server.log", "wb")
+        self._procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        log.close()
+
+    def ssh(self, addr: str) -> list[str]:
+        return ["ssh", "-F", str(self.ssh_config), *SSH_OPTS, addr]
+
+    def _wait_ssh(self, addr: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run([*self.ssh(addr), "ovs-vsctl", "show"], capture_output=True, timeout=15)
+            if r.returncode == 0:
+                return
+            for p in self._procs:
+                if p.poll() is not None:
+                    raise ClusterError(f"a namespace server exited at start; see {self.root}/srv*/server.log")
+            time.sleep(0.3)
+        raise ClusterError(f"{addr}: no SSH login with Open vSwitch within {timeout:.0f} s; see {self.root}")
+
+    def stop(self) -> None:
+        """Stop each server's daemons and sshd, delete the namespaces and the bridge; idempotent."""
+        for i in range(1, self.n + 1):
+            d = self.root / f"srv{i}"
+            for pidfile in (d / "ovs/ovs-vswitchd.pid", d / "ovs/ovsdb-server.pid", d / "sshd.pid"):
+                _kill_pidfile(pidfile)
+        for p in self._procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(10)
+        self._procs.clear()
+        for i in range(1, self.n + 1):
+            _run(["ip", "link", "del", f"{self.ns(i)}-h"], "veth", check=False)  # now, not when the kernel gets to it
+            _run(["ip", "netns", "del", self.ns(i)], "namespace", check=False)
+        _run(["ip", "link", "del", BRIDGE], "bridge", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_pidfile(path: Path, timeout: float = 5.0) -> None:
+    try:
+        pid = int(path.read_text().split()[0])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def default_root() -> Path:
+    """This process's directory for namespace servers (a state entry `netkv clean` knows)."""
+    return statedir.STATE_DIR / f"{statedir.CLUSTER_PREFIX}{os.getpid()}"
+
+
+def _namespaces() -> list[str]:
+    lines = _run(["ip", "netns", "list"], "netns list", check=False).stdout.splitlines()
+    return [line.split()[0] for line in lines if line.startswith(NS_PREFIX)]
+
+
+def _server_processes() -> list[psutil.Process]:
+    """sshd and Open vSwitch daemons of namespace servers (their command lines name a cluster dir)."""
+    mark = f"{statedir.STATE_DIR}/{statedir.CLUSTER_PREFIX}"
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if mark in cmd and p.pid != os.getpid():
+            out.append(p)
+    return out
+
+
+def _links() -> list[str]:
+    return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(NS_PREFIX) and n != BRIDGE)
+
+
+def leftovers() -> list[str]:
+    """Namespaces, links and daemons that namespace servers left behind (`netkv clean` removes them)."""
+    out = [f"netns {n}" for n in _namespaces()] + [f"link {n}" for n in _links()]
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        out.append(f"bridge {BRIDGE}")
+    out += [f"process {p.pid} ({p.name()})" for p in _server_processes()]
+    return out
+
+
+def clean() -> int:
+    """Remove what namespace servers left (daemons, namespaces, bridge); returns how many items."""
+    procs = _server_processes()
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    links = _links()
+    for n in links:
+        _run(["ip", "link", "del", n], "link", check=False)
+    names = _namespaces()
+    for n in names:
+        _run(["ip", "netns", "del", n], "netns", check=False)
+    bridge = Path(f"/sys/class/net/{BRIDGE}").exists()
+    if bridge:
+        _run(["ip", "link", "del", BRIDGE], "bridge", check=False)
+    return len(procs) + len(links) + len(names) + int(bridge)
+
+
+def mininet_classes(ssh_config: Path):
+    """Mininet's remote node and link classes, logging in with `ssh -F ssh_config`."""
+    from mininet.examples.cluster import MininetCluster, RemoteGRELink, RemoteHost, RemoteOVSSwitch
+    from mininet.util import quietRun
+
+    cfg = ["-F", str(ssh_config)]
+
+    class Host(RemoteHost):
+        sshbase = ["ssh", *cfg, "-q", *SSH_OPTS, "-tt"]
+
+    class Switch(RemoteOVSSwitch):
+        sshbase = ["ssh", *cfg, "-q", *SSH_OPTS, "-tt"]
+
+    class Cluster(MininetCluster):
+        sshcmd = ["ssh", *cfg, *SSH_OPTS]
+
+    class VXLANLink(RemoteGRELink):
+        """RemoteGRELink's tunnel as a VXLAN device (no GRE module here), MTU left as set."""
+
+        VNI = 0
+
+        def makeIntfPair(self, intfname1, intfname2, addr1=None, addr2=None, node1=None, node2=None, deleteIntfs=True):  # noqa: N802 (Mininet's)
+            node1 = self.node1 if node1 is None else node1
+            node2 = self.node2 if node2 is None else node2
+            if getattr(node1, "server", LOCAL) == getattr(node2, "server", LOCAL):  # a veth, MTU untouched
+                from mininet.link import Link
+
+                return Link.makeIntfPair(intfname1, intfname2, addr1, addr2, node1, node2, deleteIntfs=deleteIntfs)
+            self.makeTunnel(node1, node2, intfname1, intfname2, addr1, addr2)
+            self.tunnel = 1
+            return None
+
+        def makeTunnel(self, node1, node2, intfname1, intfname2, addr1=None, addr2=None):  # noqa: N802
+            if node2.server == LOCAL:
+                return self.makeTunnel(node2, node1, intfname2, intfname1, addr2, addr1)
+            ip1, ip2 = node1.serverIP, node2.serverIP
+            if node1.server == LOCAL:
+                ip1 = quietRun(f"ip route get {ip2}").split(" src ")[1].split()[0]
+            VXLANLink.VNI += 1
+            for node, name, addr, here, there in (
+                (node1, intfname1, addr1, ip1, ip2),
+                (node2, intfname2, addr2, ip2, ip1),
+            ):
+                node.rcmd(f"ip link delete {name}")
+                err = node.rcmd(
+                    f"ip link add name {name} type vxlan id {VXLANLink.VNI} local {here} remote {there} dstport 4789"
+                )
+                if err:
+                    raise ClusterError(f"VXLAN tunnel {name} on {node.server}: {err.strip()}")
+                if addr:
+                    node.rcmd(f"ip link set {name} address {addr}")
+                node.rcmd(f"ip link set dev {name} up")
+                if not self.moveIntf(name, node):
+                    raise ClusterError(f"could not move {name} into {node} on {node.server}")
+            return None
+
+    return Cluster, Host, Switch, VXLANLink
+
+
+def controller_command(config: Path, of_host: str, of_port: int, rest_port: int) -> list[str]:
+    """The controller for a cluster fabric: OpenFlow on the address the servers reach, REST local."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "netkv.controller.launcher",
+        "--config",
+        str(config),
+        "--of-host",
+        of_host,
+        "--of-port",
+        str(of_port),
+        "--rest-port",
+        str(rest_port),
+    ]
+
+
+def build_net(topo: FatTree, servers: Sequence[str], ssh_config: Path, of_host: str, of_port: int, mtu: int = 9000):
+    """A MininetCluster of the fat-tree, placed by `placement`, every switch a userspace OVS bridge
+    of its server's Open vSwitch, pointed at the controller at of_host:of_port (not started)."""
+    from mininet.node import RemoteController
+    from mininet.topo import Topo
+
+    cluster, host_cls, switch_cls, link_cls = mininet_classes(ssh_config)
+    place = placement(topo, servers)
+
+    class Placed(Topo):
+        def build(self):
+            for s in topo.switches:
+                self.addSwitch(s.name, dpid=s.dpid_str, datapath="user", server=place[s.name])
+            for h in topo.hosts:
+                self.addHost(h.name, ip=f"{h.ip}/8", mac=h.mac, server=place[h.name])
+            seen = set()
+            for lk in topo.links:
+                if frozenset((lk.src, lk.dst)) not in seen:
+                    seen.add(frozenset((lk.src, lk.dst)))
+                    self.addLink(lk.src, lk.dst, port1=lk.src_port or None, port2=lk.dst_port or None)
+
+    net = cluster(
+        topo=Placed(),
+        servers=[LOCAL, *servers],
+        host=host_cls,
+        switch=switch_cls,
+        link=link_cls,
+        controller=lambda name: RemoteController(name, ip=of_host, port=of_port),
+        user="root",
+        build=False,
+        autoSetMacs=False,
+        waitConnected=False,
+    )
+    net.build()
+    for node in [*net.hosts, *net.switches]:
+        for intf in node.intfList():
+            if intf.name != "lo":
+                node.cmd(f"ip link set dev {intf.name} mtu {mtu}")
+    return net
