@@ -391,14 +391,6 @@ class Fabric:
                 self.ctrl.wait(5)
         self.ctrl = None
 
-    def restart_controller(self) -> float:
-        """Stop and start the controller (flows stay: fail mode secure); returns seconds it was away."""
-        t0 = time.monotonic()
-        self.stop_controller()
-        self.start_controller()
-        self.wait_ready(timeout=60)
-        return time.monotonic() - t0
-
     def kill_controller(self) -> None:
         """SIGKILL the controller (a crash; the switches keep their rules: fail mode secure)."""
         if self.ctrl is not None and self.ctrl.poll() is None:
