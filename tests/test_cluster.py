@@ -35,3 +35,46 @@ def test_pods_stay_whole_and_only_agg_core_links_cross_servers(k, servers):
 def test_placement_needs_a_server():
     with pytest.raises(ClusterError, match="no servers"):
         placement(_topo(2), [])
+
+
+class _FakeSwitch:
+    """What Mininet's OVSSwitch.batchStartup reads of a switch, with a recording shell."""
+
+    def __init__(self, name, server, lines):
+        self.name, self.server, self.intfs, self.lines, self.pid = name, server, {}, lines, 1
+        self.commands = [f"-- add-br {name} -- set bridge {name} other_config:datapath-id={'0' * 16} " + "x" * 300]
+
+    def isOldOVS(self):  # noqa: N802 (Mininet's)
+        return False
+
+    def cmd(self, line, **_kw):
+        self.lines.append((self.server, line))
+
+    rcmd = cmd
+
+    def terminate(self):
+        pass
+
+    def __str__(self):
+        return self.name
+
+
+def test_remote_switch_batches_fit_a_terminal_line(tmp_path):
+    """A remote command goes through ssh's pty, which keeps 4095 bytes of a line: every batched
+    ovs-vsctl line must fit, on its own server, and every bridge's commands must be sent."""
+    pytest.importorskip("mininet.examples.cluster")  # Debian's python3-mininet; setup installs it
+    from netkv.emulation.cluster import mininet_classes
+
+    _, _, switch_cls, _ = mininet_classes(tmp_path / "ssh_config")
+    lines = []
+    sws = [_FakeSwitch(f"s{i}", "A" if i % 2 else "B", lines) for i in range(40)]  # ~14 KB a server
+    switch_cls.batchStartup(sws)
+    assert lines and all(len(line) < 4095 for _, line in lines)
+    for sw in sws:
+        sent = [line for server, line in lines if f"add-br {sw.name} " in line]
+        assert len(sent) == 1 and (sw.server, sent[0]) in lines
+    lines.clear()
+    switch_cls.batchShutdown(sws)
+    dels = " ".join(line for _, line in lines if "del-br" in line)
+    assert all(len(line) < 4095 for _, line in lines)
+    assert all(f"del-br {sw.name} " in dels + " " for sw in sws)
