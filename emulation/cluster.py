@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -276,13 +277,27 @@ def _by_server(nodes) -> list[tuple]:
 def mininet_classes(ssh_config: Path):
     """Mininet's remote node and link classes, logging in with `ssh -F ssh_config`."""
     from mininet.examples.cluster import MininetCluster, RemoteGRELink, RemoteHost, RemoteOVSSwitch
-    from mininet.node import OVSSwitch
+    from mininet.node import Node, OVSSwitch
     from mininet.util import quietRun
 
     cfg = ["-F", str(ssh_config)]
 
     class Host(RemoteHost):
         sshbase = ["ssh", *cfg, "-q", *SSH_OPTS, "-tt"]
+
+        def popen(self, *args, **kwargs):
+            """A process in this host, over SSH with a terminal: when the local ssh ends (terminate,
+            kill) the terminal hangs up and the remote process gets SIGHUP, which Mininet's popen
+            (no terminal, detached) never delivers. Arguments are quoted for the remote shell, and of
+            `env` only NETKV_* and PYTHON* travel (ssh carries no environment)."""
+            if not self.isRemote:
+                return super().popen(*args, **kwargs)
+            cmd = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+            env = kwargs.pop("env", None) or {}
+            keep = [f"{k}={v}" for k, v in env.items() if k.startswith(("NETKV_", "PYTHON"))]
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
+            argv = [shlex.quote(str(a)) for a in ["env", *keep, *cmd]]
+            return Node.popen(self, *argv, mncmd=["mnexec", "-a", str(self.pid)], tt=True, **kwargs)
 
     class Switch(RemoteOVSSwitch):
         """A remote OVS bridge whose batched ovs-vsctl lines fit a terminal line: a remote command
@@ -360,25 +375,6 @@ def mininet_classes(ssh_config: Path):
             return None
 
     return Cluster, Host, Switch, VXLANLink
-
-
-def controller_command(config: Path, of_host: str, of_port: int, rest_port: int) -> list[str]:
-    """The controller for a cluster fabric: OpenFlow on the address the servers reach, REST local."""
-    import sys
-
-    return [
-        sys.executable,
-        "-m",
-        "netkv.controller.launcher",
-        "--config",
-        str(config),
-        "--of-host",
-        of_host,
-        "--of-port",
-        str(of_port),
-        "--rest-port",
-        str(rest_port),
-    ]
 
 
 def build_net(topo: FatTree, servers: Sequence[str], ssh_config: Path, of_host: str, of_port: int, mtu: int = 9000):

@@ -163,6 +163,7 @@ class FabricSpec:
     fair_buckets: int = 64  # per-flow fair queueing at switch ports (0: plain drop-tail)
     tcp_cc: str = "cubic"
     ovs_daemons: str = "switch"  # "switch": one ovs-vswitchd per switch; "shared": the system's
+    servers: int = 0  # 0: this machine; N: across N stand-in servers (emulation/cluster.py)
     max_link_mbps: float = 1000.0
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
@@ -183,6 +184,7 @@ class FabricSpec:
             fair_buckets=em.fair_queue_buckets,
             tcp_cc=em.tcp_congestion_control,
             ovs_daemons=em.ovs_daemons,
+            servers=em.servers,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
             poll_interval=te.poll_interval_s * em.time_dilation,
             publish_delay=te.publish_delay_s * em.time_dilation,
@@ -230,8 +232,39 @@ def require_root(system_ovs: bool = True) -> None:
         )
 
 
+def controller_command(
+    config: Path, rest_port: int, of_port: int, of_host: str = "127.0.0.1", of_socket: Path | None = None
+) -> list[str]:
+    """The controller's command line: OpenFlow on a Unix socket, or on of_host:of_port (a cluster's
+    switches reach it over the servers' network); REST always on 127.0.0.1."""
+    listen = (
+        ["--of-socket", str(of_socket)] if of_socket is not None else ["--of-host", of_host, "--of-port", str(of_port)]
+    )
+    return [
+        sys.executable,
+        "-m",
+        "netkv.controller.launcher",
+        "--config",
+        str(config),
+        *listen,
+        "--rest-port",
+        str(rest_port),
+    ]
+
+
+def make_fabric(spec: FabricSpec, log_dir: Path, log=print) -> Fabric:
+    """The fabric the spec asks for: on this machine, or across stand-in servers."""
+    if spec.servers:
+        from netkv.emulation.cluster_fabric import ClusterFabric
+
+        return ClusterFabric(spec, log_dir, log=log)
+    return Fabric(spec, log_dir, log=log)
+
+
 class Fabric:
     """One controller + one Mininet fat-tree; use as a context manager."""
+
+    of_host = "127.0.0.1"  # where the switches reach the controller (no Unix socket)
 
     def __init__(self, spec: FabricSpec, log_dir: Path, log=print):
         self.spec = spec
@@ -329,6 +362,7 @@ class Fabric:
             self.ovs_root = statedir.claim_ovs_dir()
         # before any ovs-vswitchd opens its sockets; restored at teardown
         self._wmem_orig = raise_wmem_default(ovs_send_buffer_bytes(self.spec, self.topo))
+        self._before_controller()
         self.start_controller()
         self._build_mininet()
         self.timings["build_s"] = time.monotonic() - t0
@@ -347,20 +381,8 @@ class Fabric:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.of_socket is not None:
             self.of_socket.unlink(missing_ok=True)
-            listen = ["--of-socket", str(self.of_socket)]
-        else:
-            listen = ["--of-port", str(self.spec.of_port)]
         self.ctrl = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "netkv.controller.launcher",
-                "--config",
-                str(cfg),
-                *listen,
-                "--rest-port",
-                str(self.spec.rest_port),
-            ],
+            controller_command(cfg, self.spec.rest_port, self.spec.of_port, self.of_host, self.of_socket),
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=env,
@@ -618,6 +640,7 @@ class Fabric:
             except Exception as e:  # keep cleaning even if Mininet trips
                 self.log(f"warning: Mininet stop failed: {e}")
             self.net = None
+        self._after_nodes_stopped()
         self.timings["teardown_nodes_s"] = time.monotonic() - t0
         if self.ovs_root is not None:
             from netkv.topology import ovs_daemon
@@ -641,6 +664,12 @@ class Fabric:
         self._owns_state = False
         if left:
             self.log("warning: leftovers after teardown: " + "; ".join(left) + f"; {cleanup.CLEAN_HINT}")
+
+    def _before_controller(self) -> None:
+        """What a subclass starts before the controller (e.g. the network it listens on)."""
+
+    def _after_nodes_stopped(self) -> None:
+        """What a subclass stops once the nodes are gone, before the leftover check."""
 
     # ---- checks ------------------------------------------------------------------------------
     def health(self) -> dict:

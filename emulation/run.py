@@ -30,7 +30,7 @@ from netkv.emulation.background import (
     delivered_report,
     format_report,
 )
-from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.fabric import Fabric, FabricSpec, make_fabric
 from netkv.emulation.faults import FaultInjector
 from netkv.emulation.fidelity import FidelityGuard
 from netkv.results import RunDir, format_summary
@@ -204,7 +204,7 @@ class _Run:
         self.cluster, self.exp, self.policies, self.log = cluster, exp, policies, log
         self.reqs = window_from_config(exp)
         self.spec = FabricSpec.from_experiment(exp)
-        Fabric(self.spec, Path("."), log=log).preflight()  # refuse before writing anything
+        make_fabric(self.spec, Path("."), log=log).preflight()  # refuse before writing anything
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run = RunDir.create(out, f"{exp.name}-emu", stamp, exp.path)
         self.logs = self.run.root / "logs"
@@ -421,7 +421,7 @@ def emulate_experiment(
     agents: dict[str, subprocess.Popen] = {}
     sock_dir = statedir.claim_run(r.stamp, f"netkv emulate {cluster.exp.path}", r.run.root)
     try:
-        with Fabric(r.spec, r.logs, log=log) as fab:
+        with make_fabric(r.spec, r.logs, log=log) as fab:
             r.meta["fabric_up_s"] = fab.timings.get("ready_s")
             n, t0 = fab.topo.n_hosts, time.monotonic()
             log(f"pinging all {n * (n - 1)} host pairs (each pair's first packets set up flows in every switch)")

@@ -188,6 +188,10 @@ class EmulationCfg:
     # "switch": every switch has its own ovs-vswitchd in its own network namespace (as a real switch
     # has its own forwarding plane); "shared": the whole fabric in the system's ovs-vswitchd
     ovs_daemons: str = "switch"
+    # 0: the fabric on this machine; N >= 2: across N stand-in servers (network namespaces reached
+    # over SSH, Mininet's cluster edition), whole pods per server, the core here; each server runs
+    # one Open vSwitch, so it needs ovs_daemons = "shared" (docs/scaling.md, "Across machines")
+    servers: int = 0
     kv_checksum: bool = False  # pattern payloads with a CRC-32 per block, checked on arrival
     layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
     drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
@@ -476,6 +480,13 @@ def _check_emulation(where: str, em: EmulationCfg) -> None:
         _fail(where, "emulation.tcp_congestion_control", "must be cubic, reno or bbr")
     if em.ovs_daemons not in ("switch", "shared"):
         _fail(where, "emulation.ovs_daemons", f"must be 'switch' or 'shared', got '{em.ovs_daemons}'")
+    if em.servers != 0:
+        if em.servers < 2:
+            _fail(where, "emulation.servers", f"must be 0 (this machine) or at least 2, got {em.servers}")
+        if em.ovs_daemons != "shared":
+            _fail(where, "emulation.servers", "needs emulation.ovs_daemons = 'shared' (one Open vSwitch per server)")
+        if em.fair_queue_buckets == 0:
+            _fail(where, "emulation.servers", "needs emulation.fair_queue_buckets > 0 (they shape the cluster's links)")
     _positive(where, "emulation.drain_timeout_s", em.drain_timeout_s)
     if not 576 <= em.mtu <= 9000:
         _fail(where, "emulation.mtu", f"must be within 576..9000, got {em.mtu}")

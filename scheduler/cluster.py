@@ -66,6 +66,10 @@ class Cluster:
             except ValueError as e:
                 raise exp.error(f"background[{i}]", str(e)) from None
         faults = [_fault_target(exp, topo, pre + dec, i, f) for i, f in enumerate(exp.faults)]
+        if exp.emulation.servers > topo.k:
+            raise exp.error(
+                "emulation.servers", f"{exp.emulation.servers} servers for {topo.k} pods: a server holds whole pods"
+            )
         return cls(exp, topo, pre, dec, bg, compute, faults)
 
 

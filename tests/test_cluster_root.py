@@ -12,7 +12,7 @@ import pytest
 
 from netkv.controller.client import http_json
 from netkv.emulation import cleanup, cluster
-from netkv.emulation.fabric import FabricSpec
+from netkv.emulation.fabric import FabricSpec, controller_command
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def test_fat_tree_across_two_namespace_servers(tmp_path):
         cfg.write_text(json.dumps(spec.controller_config()))
         with open(tmp_path / "controller.log", "wb") as log:
             ctrl = subprocess.Popen(
-                cluster.controller_command(cfg, f"{cluster.SUBNET}.1", OF, REST),
+                controller_command(cfg, REST, OF, f"{cluster.SUBNET}.1"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
