@@ -78,3 +78,12 @@ def test_remote_switch_batches_fit_a_terminal_line(tmp_path):
     dels = " ".join(line for _, line in lines if "del-br" in line)
     assert all(len(line) < 4095 for _, line in lines)
     assert all(f"del-br {sw.name} " in dels + " " for sw in sws)
+
+
+def test_more_servers_than_pods_is_refused():
+    from netkv.config import ConfigError, from_dict
+    from netkv.scheduler.cluster import Cluster
+
+    exp = from_dict({"topology": {"k": 2}, "emulation": {"servers": 4, "ovs_daemons": "shared"}}, None)
+    with pytest.raises(ConfigError, match=r"emulation.servers: 4 servers for 2 pods: a server holds whole pods"):
+        Cluster.build(exp)

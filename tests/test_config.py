@@ -200,6 +200,18 @@ BAD = [
     ({"emulation": {"fair_queue_buckets": 512}}, "emulation.fair_queue_buckets: must be 0 or a power of two up to 256"),
     ({"emulation": {"ovs_daemons": "pod"}}, "emulation.ovs_daemons: must be 'switch' or 'shared', got 'pod'"),
     (
+        {"emulation": {"servers": 1, "ovs_daemons": "shared"}},
+        "emulation.servers: must be 0 (this machine) or at least 2, got 1",
+    ),
+    (
+        {"emulation": {"servers": 2}},
+        "emulation.servers: needs emulation.ovs_daemons = 'shared' (one Open vSwitch per server)",
+    ),
+    (
+        {"emulation": {"servers": 2, "ovs_daemons": "shared", "fair_queue_buckets": 0}},
+        "emulation.servers: needs emulation.fair_queue_buckets > 0 (they shape the cluster's links)",
+    ),
+    (
         {"emulation": {"tcp_congestion_control": "vegas"}},
         "emulation.tcp_congestion_control: must be cubic, reno or bbr",
     ),
