@@ -28,8 +28,10 @@ class ClusterFabric(Fabric):
     def preflight(self) -> None:
         if self.spec.ovs_daemons != "shared" or self.spec.fair_buckets <= 0:
             raise FabricError("emulation.servers needs ovs_daemons = 'shared' and fair_queue_buckets > 0")
-        if self.spec.servers > self.topo.k:
-            raise FabricError(f"emulation.servers: {self.spec.servers} servers for {self.topo.k} pods")
+        if not 2 <= self.spec.servers <= self.topo.k:
+            raise FabricError(
+                f"emulation.servers: {self.spec.servers} servers for {self.topo.k} pods (2 to {self.topo.k})"
+            )
         super().preflight()  # root, the system's Open vSwitch (the core runs here), no leftovers
         if not Path("/usr/sbin/sshd").exists() or shutil.which("sudo") is None:
             raise FabricError("emulation.servers needs openssh-server and sudo (scripts/setup.sh installs them)")

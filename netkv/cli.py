@@ -187,6 +187,8 @@ def _spec_from_args(a):
     spec.of_port = a.of_port
     if a.ovs_daemons is not None:
         spec.ovs_daemons = a.ovs_daemons
+    if a.servers is not None:
+        spec.servers = a.servers
     return spec
 
 
@@ -195,13 +197,13 @@ def cmd_net_up(a) -> int:
     import time
 
     from netkv.emulation import statedir
-    from netkv.emulation.fabric import Fabric, FabricError
+    from netkv.emulation.fabric import FabricError, make_fabric
     from netkv.emulation.fidelity import FidelityGuard
 
     spec = _spec_from_args(a)
     log_dir = Path(a.log_dir)
     try:
-        with Fabric(spec, log_dir) as fab:
+        with make_fabric(spec, log_dir) as fab:
             failed = [] if a.no_check else fab.reachability()
             n_pairs = fab.topo.n_hosts * (fab.topo.n_hosts - 1)
             if a.no_check:
@@ -402,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ovs-daemons",
         choices=["switch", "shared"],
         help="one ovs-vswitchd per switch (default) or the system's for the whole fabric",
+    )
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=None,
+        help="across N stand-in servers (namespaces over SSH; needs --ovs-daemons shared); 0: this machine",
     )
     p.add_argument("--log-dir", default="results/net")
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI")
