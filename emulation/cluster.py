@@ -10,8 +10,10 @@ tunnel. Here:
   50 bytes larger).
 - `NamespaceServers`: stand-in servers for tests on one machine: each a network namespace on a
   link-local bridge (169.254.100.0/24, never routed off this machine) with its own sshd (key login,
-  that address only) and its own ovsdb-server + ovs-vswitchd (its own /run/openvswitch, bind-mounted
-  in a private mount namespace), as a real server has.
+  that address only) and its own ovsdb-server + ovs-vswitchd (its own /run/openvswitch), in its own
+  PID namespace and mount namespace, where this machine's /run/netkv and the run directories it is
+  given are empty: what runs there sees what a separate machine would, so code that leans on a
+  shared process table or file system fails on stand-ins as it would on real servers.
 
 docs/scaling.md, "Across machines", has the multi-VM recipe.
 """
@@ -73,6 +75,7 @@ class NamespaceServers:
 
     n: int
     root: Path
+    private_dirs: Sequence[Path] = ()  # directories of this machine each server sees empty (its own)
     addresses: list[str] = field(default_factory=list)
     _procs: list[subprocess.Popen] = field(default_factory=list)
 
@@ -138,21 +141,10 @@ class NamespaceServers:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\n"
             "StrictModes no\nMaxSessions 1000\nMaxStartups 1000\n"
         )
-        ovs = d / "ovs"
-        # the server's own Open vSwitch where OVS looks for it, then sshd in the same namespaces
-        script = (
-            f"mount --bind {ovs} /run/openvswitch"
-            f" && ovsdb-tool create {ovs}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
-            f" && ovsdb-server {ovs}/conf.db --remote=punix:/run/openvswitch/db.sock"
-            f" --pidfile=/run/openvswitch/ovsdb-server.pid --detach --log-file={d}/ovsdb-server.log"
-            " && ovs-vsctl --no-wait init"
-            f" && ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid --detach --log-file={d}/ovs-vswitchd.log"
-            f" && exec /usr/sbin/sshd -D -e -f {d}/sshd_config"
-        )
         log = open(d / "server.log", "wb")
         self._procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                self.server_argv(ns, d),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -160,8 +152,38 @@ class NamespaceServers:
         )
         log.close()
 
+    def server_argv(self, ns: str, d: Path) -> list[str]:
+        """The command that runs server `ns` (its files in d): in its network namespace, a PID and a
+        mount namespace of its own, its files private, its Open vSwitch, then its sshd."""
+        ovs = d / "ovs"
+        # a file system of its own: the given run directories empty, this machine's state directory
+        # too but for the servers' own directory (a fresh tmpfs holding a bind of it, moved over the
+        # state directory); then the server's own Open vSwitch where OVS looks for it, and sshd
+        hide = "".join(
+            f"mkdir -p {shlex.quote(str(p))} && mount -t tmpfs netkv-server {shlex.quote(str(p))} && "
+            for p in self.private_dirs
+        )
+        if self.root.is_relative_to(statedir.STATE_DIR):
+            new = self.root / ".state"
+            keep = new / self.root.relative_to(statedir.STATE_DIR)
+            hide += (
+                f"mkdir -p {new} && mount -t tmpfs netkv-server {new} && mkdir -p {keep}"
+                f" && mount --bind {self.root} {keep} && mount --move {new} {statedir.STATE_DIR} && "
+            )
+        script = (
+            f"{hide}mount --bind {ovs} /run/openvswitch"
+            f" && ovsdb-tool create {ovs}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+            f" && ovsdb-server {ovs}/conf.db --remote=punix:/run/openvswitch/db.sock"
+            f" --pidfile=/run/openvswitch/ovsdb-server.pid --detach --log-file={d}/ovsdb-server.log"
+            " && ovs-vsctl --no-wait init"
+            f" && ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid --detach --log-file={d}/ovs-vswitchd.log"
+            f" && exec /usr/sbin/sshd -D -e -f {d}/sshd_config"
+        )
+        ns_opts = ["--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc"]
+        return ["ip", "netns", "exec", ns, "unshare", *ns_opts, "sh", "-c", script]
+
     def ssh(self, addr: str) -> list[str]:
-        return ["ssh", "-F", str(self.ssh_config), *SSH_OPTS, addr]
+        return ["ssh", "-F", str(self.ssh_config), *SSH_OPTS, f"root@{addr}"]
 
     def _wait_ssh(self, addr: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -176,15 +198,19 @@ class NamespaceServers:
         raise ClusterError(f"{addr}: no SSH login with Open vSwitch within {timeout:.0f} s; see {self.root}")
 
     def stop(self) -> None:
-        """Stop each server's daemons and sshd, delete the namespaces and the bridge; idempotent."""
-        for i in range(1, self.n + 1):
-            d = self.root / f"srv{i}"
-            for pidfile in (d / "ovs/ovs-vswitchd.pid", d / "ovs/ovsdb-server.pid", d / "sshd.pid"):
-                _kill_pidfile(pidfile)
+        """Stop each server (ending its PID namespace's first process ends every process in it: sshd,
+        Open vSwitch, Mininet's shells, agents), delete the namespaces and the bridge; idempotent."""
+        spaces = {_pid_namespace(c.pid) for p in self._procs for c in _children(p.pid)} - {None}
         for p in self._procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)  # unshare and sshd, the namespace's init
             p.wait(10)
+        deadline = time.monotonic() + 10
+        while spaces and time.monotonic() < deadline:  # the kernel ends the rest of each namespace
+            if not any(_pid_namespace(q.pid) in spaces for q in psutil.process_iter()):
+                break
+            time.sleep(0.05)
         self._procs.clear()
         for i in range(1, self.n + 1):
             _run(["ip", "link", "del", f"{self.ns(i)}-h"], "veth", check=False)  # now, not when the kernel gets to it
@@ -193,23 +219,60 @@ class NamespaceServers:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _kill_pidfile(path: Path, timeout: float = 5.0) -> None:
+@dataclass
+class RemoteServers:
+    """Machines that hold the fabric's pods, reached over SSH as root (keys, no prompt): each runs
+    Open vSwitch and has this repository and its virtual environment at the same paths as here."""
+
+    addresses: list[str]
+    ssh_config: Path | None = None  # ssh -F; None: ssh's own configuration (~/.ssh/config)
+
+    def ssh(self, addr: str) -> list[str]:
+        cfg = ["-F", str(self.ssh_config)] if self.ssh_config else []
+        return ["ssh", *cfg, *SSH_OPTS, "-o", "ConnectTimeout=10", f"root@{addr}"]
+
+    def start(self) -> None:
+        """Check every server can run the fabric's part; the error names the server and what is missing."""
+        import sys
+
+        checks = (
+            (["true"], "no SSH login as root without a prompt (authorise this machine's key: ssh-copy-id root@ADDRESS)"),
+            (["ovs-vsctl", "--timeout=5", "show"], "Open vSwitch is not running (ovs-ctl start; scripts/setup.sh installs it)"),
+            (["mnexec", "-v"], "Mininet is missing (scripts/setup.sh)"),
+            ([sys.executable, "-c", "import netkv.agents.agent"], f"no {sys.executable} with this project (clone it at the same path and run scripts/setup.sh)"),
+        )  # fmt: skip
+        from netkv.emulation.cleanup import NODE_RE
+
+        for addr in self.addresses:
+            for argv, why in checks:
+                r = subprocess.run(
+                    [*self.ssh(addr), *map(shlex.quote, argv)], capture_output=True, text=True, timeout=60
+                )
+                if r.returncode != 0:
+                    raise ClusterError(f"server {addr}: {why}: {r.stderr.strip()[:200]}")
+            r = subprocess.run([*self.ssh(addr), "ovs-vsctl", "list-br"], capture_output=True, text=True, timeout=60)
+            left = [b for b in r.stdout.split() if NODE_RE.match(b)]
+            if left:
+                raise ClusterError(
+                    f"server {addr}: {len(left)} bridges of an earlier fabric ({', '.join(left[:3])}): run `netkv clean` there"
+                )
+
+    def stop(self) -> None:
+        """Nothing of the servers' own: the fabric removes its nodes from them."""
+
+
+def _children(pid: int) -> list[psutil.Process]:
     try:
-        pid = int(path.read_text().split()[0])
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError, IndexError):
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
-        time.sleep(0.05)
+        return psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _pid_namespace(pid: int) -> int | None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
     except OSError:
-        pass
+        return None
 
 
 def default_root() -> Path:
@@ -237,8 +300,20 @@ def _links() -> list[str]:
     return sorted(n for n in os.listdir("/sys/class/net") if n.startswith(NS_PREFIX) and n != BRIDGE)
 
 
+def _live_owner() -> bool:
+    """Whether a live process owns namespace servers now (its state directory, its pid running)."""
+    for e in statedir.state_entries():
+        pid = statedir.owner_pid(e) if e.name.startswith(statedir.CLUSTER_PREFIX) else None
+        if pid is not None and psutil.pid_exists(pid):
+            return True
+    return False
+
+
 def leftovers() -> list[str]:
-    """Namespaces, links and daemons that namespace servers left behind (`netkv clean` removes them)."""
+    """Namespaces, links and daemons that namespace servers left behind (`netkv clean` removes them);
+    none while their owner lives (servers standing in for machines while a fabric runs on them)."""
+    if _live_owner():
+        return []
     out = [f"netns {n}" for n in _namespaces()] + [f"link {n}" for n in _links()]
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         out.append(f"bridge {BRIDGE}")
@@ -274,13 +349,13 @@ def _by_server(nodes) -> list[tuple]:
     return [tuple(g) for _, g in groupby(sorted(nodes, key=key), key)]
 
 
-def mininet_classes(ssh_config: Path):
-    """Mininet's remote node and link classes, logging in with `ssh -F ssh_config`."""
+def mininet_classes(ssh_config: Path | None):
+    """Mininet's remote node and link classes, logging in with `ssh -F ssh_config` (None: ssh's own)."""
     from mininet.examples.cluster import MininetCluster, RemoteGRELink, RemoteHost, RemoteOVSSwitch
     from mininet.node import Node, OVSSwitch
     from mininet.util import quietRun
 
-    cfg = ["-F", str(ssh_config)]
+    cfg = ["-F", str(ssh_config)] if ssh_config else []
 
     class Host(RemoteHost):
         sshbase = ["ssh", *cfg, "-q", *SSH_OPTS, "-tt"]
@@ -377,7 +452,9 @@ def mininet_classes(ssh_config: Path):
     return Cluster, Host, Switch, VXLANLink
 
 
-def build_net(topo: FatTree, servers: Sequence[str], ssh_config: Path, of_host: str, of_port: int, mtu: int = 9000):
+def build_net(
+    topo: FatTree, servers: Sequence[str], ssh_config: Path | None, of_host: str, of_port: int, mtu: int = 9000
+):
     """A MininetCluster of the fat-tree, placed by `placement`, every switch a userspace OVS bridge
     of its server's Open vSwitch, pointed at the controller at of_host:of_port (not started)."""
     from mininet.node import RemoteController

@@ -148,7 +148,13 @@ def restore_wmem_default(orig: int, owner: int | None = None) -> None:
 # what a FAILED-* line of a node's setup script means
 _SETUP_FAILURES = {
     "FAILED-TC": "tc refused a command",
+    "FAILED-ARP": "ip refused a static ARP entry",
 }
+
+
+def _batch(tool: str, lines: list[str], failed: str) -> str:
+    """Shell lines running `tool -batch` over `lines` (a here-document: the script carries them)."""
+    return f"{tool} -batch - >/dev/null 2>&1 <<'NETKV_BATCH' || echo {failed}\n" + "\n".join(lines) + "\nNETKV_BATCH\n"
 
 
 @dataclass
@@ -164,6 +170,9 @@ class FabricSpec:
     tcp_cc: str = "cubic"
     ovs_daemons: str = "switch"  # "switch": one ovs-vswitchd per switch; "shared": the system's
     servers: int = 0  # 0: this machine; N: across N stand-in servers (emulation/cluster.py)
+    server_hosts: tuple[str, ...] = ()  # or across these machines (SSH as root)
+    cluster_address: str = ""  # this machine's address on their network (the controller's)
+    ssh_config: str = ""  # ssh -F for reaching them ("": ssh's own defaults)
     max_link_mbps: float = 1000.0
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
@@ -185,6 +194,9 @@ class FabricSpec:
             tcp_cc=em.tcp_congestion_control,
             ovs_daemons=em.ovs_daemons,
             servers=em.servers,
+            server_hosts=tuple(em.server_hosts),
+            cluster_address=em.cluster_address,
+            ssh_config=em.ssh_config,
             # telemetry is specified in real-cluster seconds; the emulation runs time_dilation slower
             poll_interval=te.poll_interval_s * em.time_dilation,
             publish_delay=te.publish_delay_s * em.time_dilation,
@@ -253,8 +265,8 @@ def controller_command(
 
 
 def make_fabric(spec: FabricSpec, log_dir: Path, log=print) -> Fabric:
-    """The fabric the spec asks for: on this machine, or across stand-in servers."""
-    if spec.servers:
+    """The fabric the spec asks for: on this machine, or across servers (stand-ins or machines)."""
+    if spec.servers or spec.server_hosts:
         from netkv.emulation.cluster_fabric import ClusterFabric
 
         return ClusterFabric(spec, log_dir, log=log)
@@ -265,9 +277,13 @@ class Fabric:
     """One controller + one Mininet fat-tree; use as a context manager."""
 
     of_host = "127.0.0.1"  # where the switches reach the controller (no Unix socket)
+    socket_poll_s = 0.1  # how often sockets_ready is asked while agents start
 
     def __init__(self, spec: FabricSpec, log_dir: Path, log=print):
         self.spec = spec
+        # this run's directories (results, agent sockets): on other servers they are not shared
+        # (share() copies into them); stand-in servers see them empty, as another machine would
+        self.run_dirs: list[Path] = []
         self.topo = spec.fattree()
         self.log_dir = Path(log_dir)
         self.log = log
@@ -424,8 +440,6 @@ class Fabric:
         """SIGKILL one switch's ovs-vswitchd (a crash: its datapath goes with it)."""
         if not self.per_switch:
             raise FabricError("killing one switch needs emulation.ovs_daemons = 'switch'")
-        import psutil
-
         d = self.net.get(name).daemon
         pid = int(d.pidfile("ovs-vswitchd").read_text().split()[0])
         proc = psutil.Process(pid)
@@ -522,9 +536,7 @@ class Fabric:
             dels = "".join(f"tc qdisc del dev {n} root >/dev/null 2>&1\n" for n in names)  # Mininet's HTB, if any
             for n in names:
                 lines += fair_queue_batch(n, mbps_of(n), mtu, s.queue_ms, s.fair_buckets, host=host)
-            batch = self.log_dir / f".fq-{node.name}"
-            batch.write_text("\n".join(lines) + "\n")
-            return dels + f"tc -batch {batch} >/dev/null 2>&1 || echo FAILED-TC\n"
+            return dels + _batch("tc", lines, "FAILED-TC")
 
         def switch_port_mbps(n: str) -> float:
             sw, port = n.rsplit("-eth", 1)
@@ -549,13 +561,15 @@ class Fabric:
             scripts[sw] = body + fair_queues(sw, names, switch_port_mbps, host=False)
         self._run_on_nodes(scripts, "interface setup")
 
+    def _write_node_files(self, files: dict) -> None:
+        """Write {node: (path, text)} where each node's shell reads it (here: this machine)."""
+        for path, text in files.values():
+            path.write_text(text)
+
     def _run_on_nodes(self, scripts: dict, what: str) -> None:
         """Run one shell script per Mininet node, SETUP_PARALLEL at a time; a line FAILED* fails it."""
-        files = {}
-        for node, body in scripts.items():
-            path = self.log_dir / f".setup-{node.name}.sh"
-            path.write_text(body)
-            files[node] = path
+        files = {node: self.log_dir / f".setup-{node.name}.sh" for node in scripts}
+        self._write_node_files({node: (files[node], body) for node, body in scripts.items()})
         failed, why = [], set()
         pending, running = deque(files), deque()
         width = SETUP_PARALLEL
@@ -570,41 +584,39 @@ class Fabric:
             if "FAILED" in out:
                 failed.append(done.name)
                 why.update(line.strip() for line in out.splitlines() if line.strip().startswith("FAILED"))
-        for f in self.log_dir.glob(".fq-*"):
-            f.unlink(missing_ok=True)
         if failed:
             hints = [_SETUP_FAILURES.get(w, "tc or ip refused a command") for w in sorted(why)]
             raise FabricError(f"{what} failed on {', '.join(failed[:4])}: {'; '.join(dict.fromkeys(hints))}")
 
     def _static_arp(self) -> None:
         lines = [f"neigh replace {h.ip} lladdr {h.mac} dev {{dev}} nud permanent" for h in self.topo.hosts]
+        scripts = {}
         for h in self.net.hosts:
             dev = h.defaultIntf().name
-            body = "\n".join(x.format(dev=dev) for x in lines) + "\n"
-            path = self.log_dir / f".arp-{h.name}"
-            path.write_text(body)
-            h.cmd(f"ip -batch {path}")
-            path.unlink()
+            scripts[h] = _batch("ip", [x.format(dev=dev) for x in lines], "FAILED-ARP")
+        self._run_on_nodes(scripts, "static ARP")
 
     def _kill_host_processes(self) -> None:
         """SIGKILL whatever still runs in a host's network namespace besides its shell (a process
         started in a host outlives Mininet's stop and keeps the namespace, e.g. a script's iperf3)."""
-        shells = {h.pid for h in self.net.hosts if h.pid}
-        spaces = set()
-        for pid in shells:
-            try:
-                spaces.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
-            except OSError:
-                pass
-        spaces.discard(os.stat("/proc/self/ns/net").st_ino)  # never the namespace this process runs in
-        for p in psutil.process_iter(["pid"]):
-            if p.pid in shells or p.pid == os.getpid():
-                continue
-            try:
-                if os.stat(f"/proc/{p.pid}/ns/net").st_ino in spaces:
-                    p.kill()
-            except (OSError, psutil.Error):
-                pass
+        from netkv.emulation.remote import kill_in_namespaces
+
+        kill_in_namespaces([h.pid for h in self.net.hosts if h.pid])
+
+    # ---- files and sockets of the machines that hold the hosts (here: this one) ------------------
+    def share(self, files: list[Path] = (), dirs: list[Path] = ()) -> None:
+        """Make these files readable and these directories exist at the same paths wherever hosts
+        run (here they already are)."""
+
+    def forget_socket(self, sock_dir: Path, name: str) -> None:
+        """Remove agent `name`'s socket before it starts (a killed agent's file stays behind)."""
+        (sock_dir / f"{name}.sock").unlink(missing_ok=True)
+
+    def sockets_ready(self, sock_dir: Path, names: list[str]) -> list[str]:
+        """Those of `names` whose agent socket this machine can connect to."""
+        from netkv.emulation.remote import sockets_present
+
+        return sockets_present(sock_dir, names)
 
     def _stop_namespaces(self) -> None:
         """Stop every switch's daemons, then end every node's shell: each node is a network
@@ -743,16 +755,20 @@ class Fabric:
     def reachability(self, pairs: list[tuple[str, str]] | None = None, timeout_s: int = 2) -> list[tuple[str, str]]:
         """Ping every (src, dst) pair (all ordered pairs by default) from one process (raw sockets in
         the hosts' namespaces, `emulation/ping.py`); returns the pairs that never answered."""
-        from netkv.emulation.ping import ping_pairs
-
         t = self.topo
         if pairs is None:
             idx = [(s, d) for s in range(t.n_hosts) for d in range(t.n_hosts) if s != d]
         else:
             idx = [(t.host_index[s], t.host_index[d]) for s, d in pairs]
+        return [(t.hosts[s].name, t.hosts[d].name) for s, d in self._ping(idx, timeout_s)]
+
+    def _ping(self, idx: list[tuple[int, int]], timeout_s: float) -> list[tuple[int, int]]:
+        """The (src, dst) host-index pairs that never answered."""
+        from netkv.emulation.ping import ping_pairs
+
+        t = self.topo
         sources = {s: self.host(t.hosts[s].name).pid for s in {s for s, _ in idx}}
-        failed = ping_pairs(sources, idx, lambda h: t.hosts[h].ip, timeout_s=timeout_s)
-        return [(t.hosts[s].name, t.hosts[d].name) for s, d in failed]
+        return ping_pairs(sources, idx, lambda h: t.hosts[h].ip, timeout_s=timeout_s)
 
     def dump_flows(self) -> dict[str, str]:
         out = {}

@@ -48,17 +48,18 @@ EXPERIMENT_JSON = "experiment.json"  # the validated experiment every process of
 def start_agents(fab: Fabric, exp_json: Path, pre, dec, sock_dir: Path, log_dir: Path) -> dict[str, subprocess.Popen]:
     """Start the prefill and decode agents in their hosts; returns once every one listens."""
     sock_dir.mkdir(parents=True, exist_ok=True)
+    fab.share(files=[exp_json], dirs=[sock_dir])  # other servers: the experiment, a socket directory
     procs = {}
     for role, hosts in (("prefill", pre), ("decode", dec)):
         for h in hosts:
             name = fab.topo.hosts[h].name
             procs[name] = _spawn_agent(fab, exp_json, role, name, sock_dir, log_dir)
-    _wait_agents(procs, sock_dir, log_dir)
+    _wait_agents(fab, procs, sock_dir, log_dir)
     return procs
 
 
 def _spawn_agent(fab: Fabric, exp_json: Path, role: str, name: str, sock_dir: Path, log_dir: Path):
-    (sock_dir / f"{name}.sock").unlink(missing_ok=True)  # a killed agent's socket file stays behind
+    fab.forget_socket(sock_dir, name)  # a killed agent's socket file stays behind
     with open(log_dir / f"agent-{name}.log", "ab") as logf:
         return fab.host(name).popen(
             agent_command(role, name, exp_json, sock_dir),
@@ -68,17 +69,22 @@ def _spawn_agent(fab: Fabric, exp_json: Path, role: str, name: str, sock_dir: Pa
         )
 
 
-def _wait_agents(procs: dict[str, subprocess.Popen], sock_dir: Path, log_dir: Path) -> None:
+def _wait_agents(fab: Fabric, procs: dict[str, subprocess.Popen], sock_dir: Path, log_dir: Path) -> None:
     # each agent's start (Python, numpy) costs ~0.15 s of CPU: 512 of them take a minute on 2 cores
     limit = 120 + 0.5 * len(procs)
     deadline = time.monotonic() + limit
-    for name, p in procs.items():
-        while not (sock_dir / f"{name}.sock").exists():
+    pending = dict(procs)
+    while True:
+        for name in fab.sockets_ready(sock_dir, list(pending)):
+            del pending[name]
+        if not pending:
+            return
+        for name, p in pending.items():
             if p.poll() is not None:
                 raise RuntimeError(f"agent {name} exited at start; see {log_dir / f'agent-{name}.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent {name} did not open its socket within {limit:.0f} s")
-            time.sleep(0.1)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agent {next(iter(pending))} did not open its socket within {limit:.0f} s")
+        time.sleep(fab.socket_poll_s)
 
 
 def start_prober(fab: Fabric, cluster: Cluster, out: Path, log_dir: Path, label: str) -> subprocess.Popen:
@@ -345,7 +351,7 @@ class _Run:
         h = self.cluster.topo.host_index[host]
         role = "prefill" if h in self.cluster.prefill_hosts else "decode"
         p = _spawn_agent(fab, self.exp_json, role, host, sock_dir, self.logs)
-        _wait_agents({host: p}, sock_dir, self.logs)
+        _wait_agents(fab, {host: p}, sock_dir, self.logs)
         return p
 
     def _background(self, pol: str, bg: BackgroundTraffic, mon: BackgroundMonitor) -> None:
@@ -421,7 +427,9 @@ def emulate_experiment(
     agents: dict[str, subprocess.Popen] = {}
     sock_dir = statedir.claim_run(r.stamp, f"netkv emulate {cluster.exp.path}", r.run.root)
     try:
-        with make_fabric(r.spec, r.logs, log=log) as fab:
+        fabric = make_fabric(r.spec, r.logs, log=log)
+        fabric.run_dirs = [r.run.root, sock_dir]
+        with fabric as fab:
             r.meta["fabric_up_s"] = fab.timings.get("ready_s")
             n, t0 = fab.topo.n_hosts, time.monotonic()
             log(f"pinging all {n * (n - 1)} host pairs (each pair's first packets set up flows in every switch)")

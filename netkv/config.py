@@ -8,8 +8,10 @@ experiments/*.toml. Units: link rates in Gbit/s, times in seconds, all in real-c
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -192,6 +194,11 @@ class EmulationCfg:
     # over SSH, Mininet's cluster edition), whole pods per server, the core here; each server runs
     # one Open vSwitch, so it needs ovs_daemons = "shared" (docs/scaling.md, "Across machines")
     servers: int = 0
+    # or across these machines (SSH as root; each runs Open vSwitch and has this repository and its
+    # virtual environment at the same path), with this machine's address on their network
+    server_hosts: list[str] = field(default_factory=list)
+    cluster_address: str = ""
+    ssh_config: str = ""  # ssh -F for reaching them ("": ssh's own configuration)
     kv_checksum: bool = False  # pattern payloads with a CRC-32 per block, checked on arrival
     layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
     drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
@@ -480,16 +487,48 @@ def _check_emulation(where: str, em: EmulationCfg) -> None:
         _fail(where, "emulation.tcp_congestion_control", "must be cubic, reno or bbr")
     if em.ovs_daemons not in ("switch", "shared"):
         _fail(where, "emulation.ovs_daemons", f"must be 'switch' or 'shared', got '{em.ovs_daemons}'")
-    if em.servers != 0:
-        if em.servers < 2:
-            _fail(where, "emulation.servers", f"must be 0 (this machine) or at least 2, got {em.servers}")
+    if em.servers != 0 and em.servers < 2:
+        _fail(where, "emulation.servers", f"must be 0 (this machine) or at least 2, got {em.servers}")
+    _check_server_hosts(where, em)
+    key = "emulation.server_hosts" if em.server_hosts else "emulation.servers"
+    if em.servers or em.server_hosts:
         if em.ovs_daemons != "shared":
-            _fail(where, "emulation.servers", "needs emulation.ovs_daemons = 'shared' (one Open vSwitch per server)")
+            _fail(where, key, "needs emulation.ovs_daemons = 'shared' (one Open vSwitch per server)")
         if em.fair_queue_buckets == 0:
-            _fail(where, "emulation.servers", "needs emulation.fair_queue_buckets > 0 (they shape the cluster's links)")
+            _fail(where, key, "needs emulation.fair_queue_buckets > 0 (they shape the cluster's links)")
     _positive(where, "emulation.drain_timeout_s", em.drain_timeout_s)
     if not 576 <= em.mtu <= 9000:
         _fail(where, "emulation.mtu", f"must be within 576..9000, got {em.mtu}")
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")  # an address or a host name, never an ssh option
+
+
+def _check_server_hosts(where: str, em: EmulationCfg) -> None:
+    if not em.server_hosts:
+        for k in ("cluster_address", "ssh_config"):
+            if getattr(em, k):
+                _fail(where, f"emulation.{k}", "only means something with emulation.server_hosts")
+        return
+    if em.servers:
+        _fail(
+            where, "emulation.server_hosts", "give emulation.servers (stand-ins) or server_hosts (machines), not both"
+        )
+    for i, h in enumerate(em.server_hosts):
+        if not _HOST_RE.match(h):
+            _fail(where, f"emulation.server_hosts[{i}]", f"expected an address or a host name, got {show(h)}")
+    if len(set(em.server_hosts)) != len(em.server_hosts):
+        _fail(where, "emulation.server_hosts", "a machine is listed twice")
+    try:
+        ipaddress.ip_address(em.cluster_address)
+    except ValueError:
+        _fail(
+            where,
+            "emulation.cluster_address",
+            f"expected this machine's IP address on the servers' network, got {show(em.cluster_address)}",
+        )
+    if em.ssh_config and not Path(em.ssh_config).is_file():
+        _fail(where, "emulation.ssh_config", f"no such file: {em.ssh_config}")
 
 
 # name -> (section class, its checks); checks that need the built topology or a registry of the

@@ -66,10 +66,14 @@ class Cluster:
             except ValueError as e:
                 raise exp.error(f"background[{i}]", str(e)) from None
         faults = [_fault_target(exp, topo, pre + dec, i, f) for i, f in enumerate(exp.faults)]
-        if exp.emulation.servers > topo.k:
-            raise exp.error(
-                "emulation.servers", f"{exp.emulation.servers} servers for {topo.k} pods: a server holds whole pods"
-            )
+        em = exp.emulation
+        n_servers, key = (
+            (len(em.server_hosts), "emulation.server_hosts") if em.server_hosts else (em.servers, "emulation.servers")
+        )
+        if n_servers > topo.k:
+            raise exp.error(key, f"{n_servers} servers for {topo.k} pods: a server holds whole pods")
+        if n_servers and exp.telemetry.oracle == "probe":
+            raise exp.error(key, "the probe oracle's prober runs on this machine only (telemetry.oracle = 'probe')")
         return cls(exp, topo, pre, dec, bg, compute, faults)
 
 

@@ -87,3 +87,42 @@ def test_more_servers_than_pods_is_refused():
     exp = from_dict({"topology": {"k": 2}, "emulation": {"servers": 4, "ovs_daemons": "shared"}}, None)
     with pytest.raises(ConfigError, match=r"emulation.servers: 4 servers for 2 pods: a server holds whole pods"):
         Cluster.build(exp)
+
+
+def test_more_machines_than_pods_and_the_probe_oracle_are_refused():
+    from netkv.config import ConfigError, from_dict
+    from netkv.scheduler.cluster import Cluster
+
+    em = {"server_hosts": ["a", "b", "c"], "cluster_address": "10.0.0.1", "ovs_daemons": "shared"}
+    with pytest.raises(ConfigError, match=r"emulation.server_hosts: 3 servers for 2 pods"):
+        Cluster.build(from_dict({"topology": {"k": 2}, "emulation": em}, None))
+    exp = from_dict(
+        {"topology": {"k": 2}, "emulation": {"servers": 2, "ovs_daemons": "shared"}, "telemetry": {"oracle": "probe"}},
+        None,
+    )
+    with pytest.raises(ConfigError, match=r"emulation.servers: the probe oracle's prober runs on this machine only"):
+        Cluster.build(exp)
+
+
+def test_a_machine_without_login_is_named():
+    from netkv.emulation.cluster import RemoteServers
+
+    with pytest.raises(ClusterError, match=r"server netkv-no-such-host.invalid: no SSH login as root without a prompt"):
+        RemoteServers(["netkv-no-such-host.invalid"]).start()
+
+
+def test_stand_in_servers_get_their_own_processes_and_files(tmp_path):
+    """A stand-in server's command: its own PID and mount namespaces, the run directories and the
+    state directory empty there, the servers' own directory kept (what makes it a separate machine;
+    tests/test_cluster_root.py checks it on running servers)."""
+    from netkv.emulation import cluster, statedir
+
+    root = statedir.STATE_DIR / "cluster-1"
+    srv = cluster.NamespaceServers(2, root, private_dirs=[tmp_path / "run dir"])
+    argv = srv.server_argv("nkc1", root / "srv1")
+    assert argv[:5] == ["ip", "netns", "exec", "nkc1", "unshare"]
+    assert {"--pid", "--fork", "--mount-proc", "--mount"} <= set(argv)
+    script = argv[-1]
+    assert f"mount -t tmpfs netkv-server '{tmp_path / 'run dir'}'" in script
+    assert f"mount --bind {root} {root}/.state/cluster-1 && mount --move {root}/.state {statedir.STATE_DIR}" in script
+    assert script.index("mount --move") < script.index("sshd")

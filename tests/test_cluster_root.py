@@ -11,9 +11,9 @@ import pytest
 
 from netkv.compare import compare_runs
 from netkv.config import load
-from netkv.emulation import cleanup, cluster
+from netkv.emulation import cleanup, cluster, statedir
 from netkv.emulation.cluster_fabric import ClusterFabric
-from netkv.emulation.fabric import FabricSpec
+from netkv.emulation.fabric import FabricError, FabricSpec
 from netkv.emulation.run import emulate_experiment
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
@@ -22,8 +22,23 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean
 def test_fat_tree_k4_across_two_namespace_servers(tmp_path):
     """k = 4: a pod's batched ovs-vsctl is ~9 KB, more than ssh's terminal takes on one line."""
     spec = FabricSpec.for_fattree(4, 2, ovs_daemons="shared", servers=2)
-    with ClusterFabric(spec, tmp_path, log=print) as fab:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "here-only").write_text("x")
+    fab = ClusterFabric(spec, tmp_path, log=print)
+    fab.run_dirs = [tmp_path / "run"]
+    with fab:
         topo, srv = fab.topo, fab.servers
+        # a stand-in server shares neither processes nor this run's files with this machine: its
+        # own PID namespace, the run directory and the state directory empty there
+        for addr in srv.addresses:
+            got = subprocess.run(
+                [*srv.ssh(addr), f"ls -A {tmp_path / 'run'} {statedir.STATE_DIR}; ps -e -o pid=,comm="],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+            assert "here-only" not in got and "sock-" not in got
+            assert {"1 sshd"} <= {" ".join(x.split()) for x in got.splitlines()}, got  # sshd is its first process
         assert fab.health()["switches_connected"] == len(topo.switches) == 36
         # each server's own Open vSwitch holds its pods' switches, this machine's the core
         place = cluster.placement(topo, srv.addresses)
@@ -95,19 +110,60 @@ def _agent_ancestors() -> dict[str, list[str]]:
     return out
 
 
-def test_experiment_across_two_servers_agrees_with_one_machine(tmp_path):
+def _left_on_server(srv, addr: str) -> list[str]:
+    """What a fabric left on a server: bridges, Mininet interfaces or tunnels, processes beyond
+    the server's own (sshd, Open vSwitch) and this check's shell."""
+    got = subprocess.run(
+        [*srv.ssh(addr), "ovs-vsctl list-br; echo ==; ip -o link show; echo ==; ps -e -o comm="],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    brs, links, procs = got.split("==\n")
+    out = [f"bridge {b}" for b in brs.split()]
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if cleanup.INTF_RE.match(name) or "vxlan" in line:
+            out.append(f"link {name}")
+    own = {"sshd", "ovsdb-server", "ovs-vswitchd", "sh", "bash", "ps"}
+    return out + [f"process {p}" for p in procs.split() if p not in own]
+
+
+def test_experiment_across_two_machines_agrees_with_one_machine(tmp_path):
+    """The path for real machines (emulation.server_hosts): two stand-in servers play them, each
+    with its own processes and without this run's files, so the run works only if its files are
+    copied over SSH and the agents' sockets are forwarded by SSH, as between separate machines."""
     path = tmp_path / "exp.toml"
-    path.write_text(EXPERIMENT)
+    path.write_text(EXPERIMENT.replace("servers = 2", ""))
     seen = {}
 
     def where_agents_run(fab, agents, pol):
         seen.update(_agent_ancestors())
 
-    run2, summ2 = emulate_experiment(load(path), out=tmp_path / "two", log=print, on_running=where_agents_run)
+    with cluster.NamespaceServers(2, cluster.default_root(), private_dirs=[tmp_path]) as srv:
+        machines = [
+            f"emulation.server_hosts={srv.addresses}".replace("'", '"'),
+            f"emulation.cluster_address={cluster.SUBNET}.1",
+            f"emulation.ssh_config={srv.ssh_config}",
+        ]
+        # a machine holding a bridge of an earlier fabric is refused, named, with what to do
+        add = [*srv.ssh(srv.addresses[1]), "ovs-vsctl add-br s0_0_0 -- set bridge s0_0_0 datapath_type=netdev"]
+        subprocess.run(add, check=True, timeout=30)
+        with pytest.raises(
+            FabricError,
+            match=rf"server {srv.addresses[1]}: 1 bridges of an earlier fabric \(s0_0_0\): run `netkv clean` there",
+        ):
+            emulate_experiment(load(path, machines), out=tmp_path / "refused", log=print)
+        subprocess.run([*srv.ssh(srv.addresses[1]), "ovs-vsctl del-br s0_0_0"], check=True, timeout=30)
+        run2, summ2 = emulate_experiment(
+            load(path, machines), out=tmp_path / "two", log=print, on_running=where_agents_run
+        )
+        assert cleanup.find_leftovers() == []
+        assert [x for addr in srv.addresses for x in _left_on_server(srv, addr)] == []
     assert cluster.leftovers() == [] and cleanup.find_leftovers() == []
     # every agent was started over SSH on its server (sshd is its ancestor), not from this process
     assert len(seen) == 8 and all("sshd" in anc for anc in seen.values()), seen
-    run1, summ1 = emulate_experiment(load(path, ["emulation.servers=0"]), out=tmp_path / "one", log=print)
+    run1, summ1 = emulate_experiment(load(path), out=tmp_path / "one", log=print)
     assert cleanup.find_leftovers() == []
     for run in (run1, run2):
         assert all(r["status"] == "completed" for r in run.read_requests("round_robin"))

@@ -212,6 +212,34 @@ BAD = [
         "emulation.servers: needs emulation.fair_queue_buckets > 0 (they shape the cluster's links)",
     ),
     (
+        {"emulation": {"server_hosts": ["10.0.0.2"], "cluster_address": "10.0.0.1"}},
+        "emulation.server_hosts: needs emulation.ovs_daemons = 'shared' (one Open vSwitch per server)",
+    ),
+    (
+        {"emulation": {"server_hosts": ["-oProxyCommand=x"], "cluster_address": "10.0.0.1", "ovs_daemons": "shared"}},
+        "emulation.server_hosts[0]: expected an address or a host name, got '-oProxyCommand=x'",
+    ),
+    (
+        {"emulation": {"server_hosts": ["a", "a"], "cluster_address": "10.0.0.1", "ovs_daemons": "shared"}},
+        "emulation.server_hosts: a machine is listed twice",
+    ),
+    (
+        {"emulation": {"server_hosts": ["vm1", "vm2"], "ovs_daemons": "shared"}},
+        "emulation.cluster_address: expected this machine's IP address on the servers' network, got ''",
+    ),
+    (
+        {"emulation": {"server_hosts": ["vm1"], "servers": 2, "cluster_address": "10.0.0.1", "ovs_daemons": "shared"}},
+        "emulation.server_hosts: give emulation.servers (stand-ins) or server_hosts (machines), not both",
+    ),
+    (
+        {"emulation": {"server_hosts": ["vm1"], "cluster_address": "10.0.0.1", "ssh_config": "/nonexistent/cfg"}},
+        "emulation.ssh_config: no such file: /nonexistent/cfg",
+    ),
+    (
+        {"emulation": {"cluster_address": "10.0.0.1"}},
+        "emulation.cluster_address: only means something with emulation.server_hosts",
+    ),
+    (
         {"emulation": {"tcp_congestion_control": "vegas"}},
         "emulation.tcp_congestion_control: must be cubic, reno or bbr",
     ),
