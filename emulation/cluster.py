@@ -37,6 +37,7 @@ import psutil
 
 from netkv.emulation import statedir
 from netkv.topology import FatTree
+from netkv.topology.ovs_daemon import MALLOC_TUNABLES
 
 LOCAL = "localhost"
 BRIDGE = "nkc-br"
@@ -176,7 +177,8 @@ class NamespaceServers:
             f" && ovsdb-server {ovs}/conf.db --remote=punix:/run/openvswitch/db.sock"
             f" --pidfile=/run/openvswitch/ovsdb-server.pid --detach --log-file={d}/ovsdb-server.log"
             " && ovs-vsctl --no-wait init"
-            f" && ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid --detach --log-file={d}/ovs-vswitchd.log"
+            f" && GLIBC_TUNABLES={MALLOC_TUNABLES} ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid"
+            f" --detach --log-file={d}/ovs-vswitchd.log"
             f" && exec /usr/sbin/sshd -D -e -f {d}/sshd_config"
         )
         ns_opts = ["--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc"]

@@ -174,6 +174,9 @@ class FabricSpec:
     cluster_address: str = ""  # this machine's address on their network (the controller's)
     ssh_config: str = ""  # ssh -F for reaching them ("": ssh's own defaults)
     max_link_mbps: float = 1000.0
+    # per-switch daemons keep the memory they free (topology/ovs_daemon.py MALLOC_TUNABLES); False
+    # only for benchmarks that measure glibc's default beside it
+    ovs_keep_memory: bool = True
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
     floor_fraction: float = 0.25
@@ -492,7 +495,9 @@ class Fabric:
         )
         if self.per_switch:
             root, target = str(self.ovs_root), f"unix:{self.of_socket}"
-            switch = functools.partial(DaemonOVSSwitch, run_root=root, controller=target)
+            switch = functools.partial(
+                DaemonOVSSwitch, run_root=root, controller=target, keep_memory=self.spec.ovs_keep_memory
+            )
             controller = None  # each switch's own daemon is pointed at the controller's socket
         else:
             switch = UserOVSSwitch

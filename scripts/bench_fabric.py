@@ -257,8 +257,11 @@ def bench_build(a, layout: str, mtu: int) -> None:
     )
 
 
-def bench_one(a, layout: str, mtu: int) -> None:
-    spec = FabricSpec.for_fattree(a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout)
+def bench_one(a, layout: str, mtu: int, malloc: str = "keep") -> None:
+    spec = FabricSpec.for_fattree(
+        a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout,
+        ovs_keep_memory=malloc == "keep",
+    )  # fmt: skip
     with timed_fabric(spec) as (fab, times):
         unreachable = fab.reachability()
         up = time.monotonic() - times["t0"]  # controller, switches, routes installed, every pair pinged
@@ -273,7 +276,8 @@ def bench_one(a, layout: str, mtu: int) -> None:
     down = times["down"]
     left = cleanup.find_leftovers()
     base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
-    print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}:")
+    mem = f", ovs malloc={malloc}" if layout == "switch" else ""
+    print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}{mem}:")
     print(
         f"  fabric up {up:.1f} s (controller, routes, {len(unreachable)} pairs unreachable), teardown "
         f"{down:.1f} s, leftovers after "
@@ -307,6 +311,13 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=4000, help="bandwidth_scale (400G -> 100 Mbit/s at 4000)")
     ap.add_argument("--mtus", type=int, nargs="+", default=[9000])
     ap.add_argument("--ovs-daemons", nargs="+", default=["switch", "shared"], choices=["switch", "shared"])
+    ap.add_argument(
+        "--ovs-malloc",
+        nargs="+",
+        default=["keep"],
+        choices=["keep", "glibc"],
+        help="per-switch daemons: keep freed memory (the fabric's default) or glibc's default trimming",
+    )
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
@@ -326,7 +337,8 @@ def main() -> int:
         return 0
     for layout in a.ovs_daemons:
         for mtu in a.mtus:
-            bench_one(a, layout, mtu)
+            for malloc in a.ovs_malloc if layout == "switch" else ["keep"]:
+                bench_one(a, layout, mtu, malloc)
     return 0
 
 

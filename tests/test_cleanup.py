@@ -135,6 +135,27 @@ def test_stray_per_switch_daemons_are_leftovers_by_their_state_path():
     assert marker not in "ovs-vswitchd unix:/var/run/openvswitch/db.sock --pidfile --detach"
 
 
+def test_switch_daemons_keep_freed_memory_unless_told_not_to():
+    """ovs-vswitchd starts with malloc tunables that glibc accepts (bench_fabric.py --ovs-malloc
+    measures the difference); keep_memory=False leaves glibc's defaults."""
+    import subprocess
+
+    from netkv.topology.ovs_daemon import MALLOC_TUNABLES, SwitchDaemon
+
+    d = SwitchDaemon("e0_0", statedir.STATE_DIR / "ovs-123" / "e0_0")
+    assert f"GLIBC_TUNABLES={MALLOC_TUNABLES}" in d.vswitchd_cmd(1)
+    plain = SwitchDaemon("e0_0", d.root, keep_memory=False).vswitchd_cmd(1)
+    assert not any(a.startswith("GLIBC_TUNABLES") for a in plain)
+    got = subprocess.run(
+        ["/lib64/ld-linux-x86-64.so.2", "--list-tunables"],
+        env={"GLIBC_TUNABLES": MALLOC_TUNABLES},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert "glibc.malloc.trim_threshold: 0x10000000" in got and "glibc.malloc.mmap_threshold: 0x400000" in got
+
+
 def test_proc_net_counters_parse_header_and_value_pairs():
     from netkv.emulation.fabric import parse_proc_net
 

@@ -215,12 +215,12 @@ class DaemonOVSSwitch(Switch):
     (topology/ovs_daemon.py says why); userspace datapath, OpenFlow 1.3, fail mode secure, and the
     controller reached over the Unix socket `controller` ("unix:PATH")."""
 
-    def __init__(self, name, run_root: str = "", controller: str = "", **params):
+    def __init__(self, name, run_root: str = "", controller: str = "", keep_memory: bool = True, **params):
         params["inNamespace"] = True
         super().__init__(name, **params)
         if not run_root or not controller:
             raise ValueError("DaemonOVSSwitch needs run_root and controller")
-        self.daemon = ovs_daemon.SwitchDaemon(name, Path(run_root) / name)
+        self.daemon = ovs_daemon.SwitchDaemon(name, Path(run_root) / name, keep_memory)
         self.controller_target = controller
 
     def start(self, controllers):  # noqa: ARG002 (Mininet's signature; batchStartup does the work)
