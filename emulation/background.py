@@ -238,6 +238,9 @@ class BackgroundTraffic:
             servers = [(k, srv) for k, srv in enumerate(self._servers) if k not in self._replacing]
         for k, srv in servers:
             if srv.poll() is not None and not self._stop.is_set():
+                with self._lock:  # ended by _fresh_server since the list was taken: not a failure
+                    if k in self._replacing or self._servers[k] is not srv:
+                        continue
                 self._fail(
                     f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): {_tail(self._log(k, 'server'))}"
                 )

@@ -218,6 +218,24 @@ def test_a_source_that_dies_is_an_error_naming_the_entry_never_retried(tmp_path)
     assert bg.restarts == 0  # never retried
 
 
+def test_a_server_replaced_while_error_looks_is_no_failure(tmp_path):
+    """error() lists the servers, then asks each whether it ended; a fresh server replacing one
+    in between (it kills the old one first) must not read as that source dying."""
+    exp = _exp(tmp_path, start_s=0.0, on_s=1.0, off_s=1.0)
+    bg = BackgroundTraffic(_LoopFab(exp_topo(exp)), exp, tmp_path / "logs")
+
+    class Replaced:
+        returncode = -9
+
+        def poll(self):  # _fresh_server runs now: marks the pair, kills this server, starts another
+            bg._replacing.add(0)
+            bg._servers[0] = object()
+            return -9
+
+    bg._servers = [Replaced()]
+    assert bg.error() is None and bg.errors == []
+
+
 def exp_topo(exp):
     t = exp.topology
     return FatTree(
