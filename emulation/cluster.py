@@ -26,6 +26,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,8 +236,6 @@ class RemoteServers:
 
     def start(self) -> None:
         """Check every server can run the fabric's part; the error names the server and what is missing."""
-        import sys
-
         checks = (
             (["true"], "no SSH login as root without a prompt (authorise this machine's key: ssh-copy-id root@ADDRESS)"),
             (["ovs-vsctl", "--timeout=5", "show"], "Open vSwitch is not running (ovs-ctl start; scripts/setup.sh installs it)"),
