@@ -73,6 +73,28 @@ def congested_snapshot(src, dst, util=1.0, spare=None):
 
 
 # a request's timeline, in the order its events must happen (simulated and emulated alike)
+# a k = 2 x 4 experiment small enough for root tests that emulate it end to end
+TINY_EXPERIMENT = """
+name = "tiny"
+seed = 5
+policies = {policies}
+[topology]
+k = 2
+gpus_per_server = 4
+server_link_gbps = 200
+edge_link_gbps = 200
+core_link_gbps = 200
+[trace]
+requests = {requests}
+rate_multiplier = {rate}
+[telemetry]
+poll_interval_s = 0.5
+[emulation]
+bandwidth_scale = 4000
+time_dilation = 1.0
+drain_timeout_s = 120
+"""
+
 TIMELINE = ("arrival_s", "t_prefill_start", "t_prefill_end", "t_transfer_end", "t_first_token", "t_done")
 
 

@@ -16,6 +16,8 @@ from netkv.emulation.cluster_fabric import ClusterFabric
 from netkv.emulation.fabric import FabricError, FabricSpec
 from netkv.emulation.run import emulate_experiment
 
+from conftest import TINY_EXPERIMENT
+
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 
 
@@ -72,25 +74,9 @@ def test_fat_tree_k4_across_two_namespace_servers(tmp_path):
     assert cleanup.find_leftovers() == []
 
 
-EXPERIMENT = """
-name = "two-servers"
-seed = 5
-policies = ["round_robin"]  # choices independent of telemetry timing, half of them across pods
-[topology]
-k = 2
-gpus_per_server = 4
-server_link_gbps = 200
-edge_link_gbps = 200
-core_link_gbps = 200
-[trace]
-requests = 32
-rate_multiplier = 1.0
-[telemetry]
-poll_interval_s = 0.5
-[emulation]
-bandwidth_scale = 4000
-time_dilation = 1.0
-drain_timeout_s = 120
+EXPERIMENT = (
+    TINY_EXPERIMENT.format(policies='["round_robin"]', requests=32, rate=1.0)
+    + """\
 # deep queues (as the lossless P/D fabric): at the default 20 ms the bursts of this window overflow
 # server->edge queues, and the retransmissions make two runs, even on one machine, differ by a few
 # transfers several times over (measured: p95 of the per-request error 22-124%, p50 3-5%)
@@ -98,6 +84,7 @@ queue_ms = 100.0
 ovs_daemons = "shared"
 servers = 2
 """
+)
 
 
 def _agent_ancestors() -> dict[str, list[str]]:

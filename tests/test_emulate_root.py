@@ -17,30 +17,10 @@ from netkv.emulation.run import emulate_experiment
 from netkv.results import REQUEST_COLUMNS
 from netkv.simulator.run import simulate_experiment
 
-from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, TIMELINE, steer_exp, to_toml
+from conftest import ELEPHANT_TO_D1, STEER_D1, STEER_D2, TIMELINE, TINY_EXPERIMENT, steer_exp, to_toml
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("clean_machine")]
 
-BASE = """
-name = "tiny"
-seed = 5
-policies = {policies}
-[topology]
-k = 2
-gpus_per_server = 4
-server_link_gbps = 200
-edge_link_gbps = 200
-core_link_gbps = 200
-[trace]
-requests = {requests}
-rate_multiplier = {rate}
-[telemetry]
-poll_interval_s = 0.5
-[emulation]
-bandwidth_scale = 4000
-time_dilation = 1.0
-drain_timeout_s = 120
-"""
 
 ELEPHANTS = """
 [[background]]
@@ -51,7 +31,7 @@ dst = ["h1_0_0_1", "h0_0_0_1"]
 
 def write_exp(tmp_path, policies=("round_robin", "netkv"), requests=16, rate=4.0, extra="", overrides=None):
     p = tmp_path / "exp.toml"
-    p.write_text(BASE.format(policies=json.dumps(list(policies)), requests=requests, rate=rate) + extra)
+    p.write_text(TINY_EXPERIMENT.format(policies=json.dumps(list(policies)), requests=requests, rate=rate) + extra)
     return load(p, overrides)
 
 
