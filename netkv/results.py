@@ -60,7 +60,7 @@ REQUEST_COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """Timeline and outcome of one request (absolute times in seconds from the window start)."""
 

@@ -134,7 +134,7 @@ class FlowNetwork:
                 if new:
                     seen |= new
                     stack.extend(new)
-        return [fid for fid in seen if fid in flows]
+        return sorted(fid for fid in seen if fid in flows)  # by id: one order (and memo key) per set
 
     def _recompute(self, fids: list[int] | None = None) -> None:
         """Max-min rates for the given flows (default: all); flows outside share no link with them."""

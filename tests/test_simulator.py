@@ -287,6 +287,41 @@ def test_removing_a_flow_frees_its_share():
     assert b.rate == pytest.approx(10.0) and net.counters == pytest.approx([20.0, 15.0])
 
 
+def test_a_recurring_component_reuses_its_max_min_rates():
+    """The same flows on the same paths get their rates from the memo, whatever ids they carry: a
+    component's flows are handed over in id order, not in the order a set happens to hold them."""
+    net = FlowNetwork(np.array([10.0, 10.0, 10.0]))
+    net.add(0.0, [2], math.inf)  # id 0: shifts the pairs below so that one straddles a set's 8 slots
+    for i in range(6):  # ids (1, 2), (3, 4), (5, 6), (7, 8), ...: {8, 7} iterates as 8, 7
+        a = net.add(float(i), [0], 100.0)
+        b = net.add(float(i), [0, 1], 100.0)
+        assert (a.rate, b.rate) == pytest.approx((5.0, 5.0))
+        net.remove_many([b.id])
+        assert a.rate == pytest.approx(10.0)
+        net.remove_many([a.id])
+    assert net.recomputes == 12 and len(net._memo) == 2  # both flows together, then one alone
+
+
+def test_the_garbage_collector_is_back_on_after_a_run_even_a_failed_one(monkeypatch):
+    import gc
+
+    exp = make_exp()
+    assert gc.isenabled()
+    Simulation(exp, "round_robin").run()
+    assert gc.isenabled()
+    sim = Simulation(exp, "round_robin")
+    monkeypatch.setattr(sim, "_prefill_done", lambda *_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        sim.run()
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        Simulation(exp, "round_robin").run()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_progress_bar_counts_finished_requests(capsys, monkeypatch):
     import tqdm
 
