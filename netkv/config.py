@@ -201,7 +201,7 @@ class EmulationCfg:
     ssh_config: str = ""  # ssh -F for reaching them ("": ssh's own configuration)
     kv_checksum: bool = False  # pattern payloads with a CRC-32 per block, checked on arrival
     layerwise: bool = False  # stream KV blocks during the prefill (overlap transfer and compute)
-    drain_timeout_s: float = 300.0  # wall seconds to wait for in-flight requests after the last arrival
+    drain_timeout_s: float = 300.0  # real-cluster seconds (x time_dilation on the wall) to wait after the last arrival
 
     @property
     def byte_scale(self) -> float:

@@ -527,13 +527,17 @@ class SchedulerService:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await self.dispatch(lv)
+            # in real-cluster seconds, like everything the trace sets: a request's decode takes D times
+            # longer on the wall clock, and so may the wait for the last ones
+            drain = self.exp.emulation.drain_timeout_s
             try:
-                await asyncio.wait_for(self._all_done.wait(), self.exp.emulation.drain_timeout_s)
+                await asyncio.wait_for(self._all_done.wait(), drain * self.D)
             except TimeoutError:
                 for lv in self.live:
                     self.fail(
                         lv,
-                        f"timeout: not finished {self.exp.emulation.drain_timeout_s:.0f} s (wall) after the last arrival",
+                        f"timeout: not finished {drain:g} s after the last arrival "
+                        f"({drain * self.D:g} s wall at time dilation {self.D:g}; emulation.drain_timeout_s)",
                     )
         finally:
             for t in tasks:

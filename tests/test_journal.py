@@ -168,3 +168,34 @@ def test_an_agent_gone_while_the_service_was_down_fails_its_requests_at_resume(t
     r1 = b.live[1]
     assert gone in b.dead and r1.rec.status == "failed" and "died" in r1.rec.fail_reason
     assert all(h != gone for h, _, _ in got)
+
+
+def test_the_wait_for_the_last_requests_is_in_real_cluster_seconds(tmp_path, monkeypatch):
+    """emulation.drain_timeout_s counts real-cluster seconds: at time dilation 8 a decode takes 8x
+    longer on the wall clock, and so does the wait after the last arrival (a fixed wall-clock wait
+    failed the longest decodes of a paper-scale run at dilation 8)."""
+    from netkv.scheduler import service as sv
+
+    cluster = Cluster.build(make_exp(trace={"requests": 3}, emulation={"time_dilation": 8.0, "drain_timeout_s": 40.0}))
+    svc = SchedulerService(cluster, "netkv", RunDir(tmp_path), tmp_path, "http://127.0.0.1:9/x", log=lambda *a: None)
+    waited = []
+
+    async def nothing(*_a, **_k):
+        return None
+
+    async def wait_for(aw, timeout):
+        aw.close()
+        waited.append(timeout)
+        raise TimeoutError
+
+    for name in ("connect", "_telemetry", "_progress", "dispatch"):
+        monkeypatch.setattr(svc, name, nothing)
+    svc._readers = {}  # no agents: nothing to listen to
+    monkeypatch.setattr(sv.asyncio, "sleep", nothing)
+    monkeypatch.setattr(sv.asyncio, "wait_for", wait_for)
+    asyncio.run(svc.run())
+    assert waited == [320.0]
+    reasons = {lv.rec.fail_reason for lv in svc.live}
+    assert reasons == {
+        "timeout: not finished 40 s after the last arrival (320 s wall at time dilation 8; emulation.drain_timeout_s)"
+    }
