@@ -72,7 +72,6 @@ def congested_snapshot(src, dst, util=1.0, spare=None):
     return Snapshot(10.0, rates, version=1)
 
 
-# a request's timeline, in the order its events must happen (simulated and emulated alike)
 # a k = 2 x 4 experiment small enough for root tests that emulate it end to end
 TINY_EXPERIMENT = """
 name = "tiny"
@@ -95,6 +94,7 @@ time_dilation = 1.0
 drain_timeout_s = 120
 """
 
+# a request's timeline, in the order its events must happen (simulated and emulated alike)
 TIMELINE = ("arrival_s", "t_prefill_start", "t_prefill_end", "t_transfer_end", "t_first_token", "t_done")
 
 
