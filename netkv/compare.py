@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,41 @@ def _rel_stats(model: np.ndarray, emu: np.ndarray) -> dict:
     }
 
 
+# sizes of an emulated transfer in frames, as the fidelity report groups them (lower bounds)
+FRAME_GROUPS = (1, 2, 4, 9, 31)
+TCP_IP_OVERHEAD = 52  # IPv4 + TCP headers with timestamps, per frame
+
+
+def frames_of(real_bytes: float, emulation: dict) -> int:
+    """Frames a transfer of `real_bytes` takes on the emulated fabric: its bytes scaled as the agents
+    scale them (time_dilation / bandwidth_scale) over the payload of one MTU-sized frame."""
+    emu_bytes = real_bytes * emulation["time_dilation"] / emulation["bandwidth_scale"]
+    return max(1, math.ceil(emu_bytes / (emulation["mtu"] - TCP_IP_OVERHEAD)))
+
+
+def _by_frames(rows: list[tuple[int, float, float]]) -> list[dict]:
+    """Emulated minus model per transfer, grouped by the transfer's size in emulated frames: n, the
+    median difference in seconds and the median relative one (from (frames, model s, emu s))."""
+    out = []
+    bounds = [*FRAME_GROUPS, math.inf]
+    for lo, nxt in zip(bounds, bounds[1:]):
+        g = [(m, e) for f, m, e in rows if lo <= f < nxt]
+        if not g:
+            continue
+        m, e = np.array([x[0] for x in g]), np.array([x[1] for x in g])
+        hi = nxt - 1
+        label = str(lo) if hi == lo else f"{lo}-{hi}" if math.isfinite(hi) else f">={lo}"
+        out.append(
+            {
+                "frames": label,
+                "n": len(g),
+                "median_diff_s": float(np.median(e - m)),
+                "median_rel": float(np.median((e - m) / m)),
+            }
+        )
+    return out
+
+
 def _ranking(run: RunDir, pols: list[str]) -> list[str]:
     s = run.read_summary()["policies"]
     return sorted(pols, key=lambda p: s[p]["ttft_s"]["mean"] if s[p].get("ttft_s") else float("inf"))
@@ -141,6 +177,12 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
     m, e = RunDir(Path(model_dir)), RunDir(Path(emu_dir))
     pols = [p for p in e.read_summary()["policies"] if p in m.read_summary()["policies"]]
     report: dict = {"model": str(m.root), "emulated": str(e.root), "targets": FIDELITY_TARGETS, "policies": {}}
+    try:
+        meta = e.read_meta()
+    except FileNotFoundError:
+        meta = {}
+    emulation = meta.get("emulation")  # an emulated run's scale, dilation and MTU
+    sized: list[tuple[int, float, float]] = []  # (emulated frames, model s, emulated s), all policies
     for pol in pols:
         rm, re_ = _completed(m, pol), _completed(e, pol)
         ids = sorted(rm.keys() & re_.keys())
@@ -155,6 +197,9 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
             res["transfer_by_tier"] = {
                 str(t): _rel_stats(xm[tiers == t], xe[tiers == t]) for t in sorted(set(tiers.tolist()))
             }
+            if emulation:
+                sent = {i: re_[i]["bytes_sent"] for i, *_ in pairs}
+                sized += [(frames_of(sent[i], emulation), a, b) for i, _, a, b in pairs]
         if ids:
             tm = float(np.mean([rm[i]["ttft_s"] for i in ids]))
             te = float(np.mean([re_[i]["ttft_s"] for i in ids]))
@@ -174,10 +219,8 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
     report["same_ranking"] = report["ranking"]["emulated"] == report["ranking"].get(
         "free_simulation", report["ranking"]["model"]
     )
-    try:
-        meta = e.read_meta()
-    except FileNotFoundError:
-        meta = {}
+    # the emulated frame is a coarse quantum: small transfers err by about one frame (docs/emulation.md)
+    report["transfer_by_frames"] = _by_frames(sized)
     report["guard"] = meta.get("fidelity")
     # the hosts' TCP counters per policy (emulated runs since 2026-11-28): where a tail comes from
     report["tcp"] = {p: meta["tcp"][p] for p in pols if p in meta.get("tcp", {})}
@@ -235,6 +278,14 @@ def format_fidelity(rep: dict) -> str:
         f"TTFT mean <= {tg['ttft_mean_rel']:.0%}): met by {len(met)} of {len(rep['policies'])} policies"
         + (f" ({', '.join(met)})" if met else "")
     )
+    if rep.get("transfer_by_frames"):
+        lines.append(
+            "by size in emulated frames (all policies; median emulated - model): "
+            + "; ".join(
+                f"{g['frames']}: {g['median_diff_s'] * 1e3:+.2f} ms / {pct(g['median_rel'])} (n={g['n']})"
+                for g in rep["transfer_by_frames"]
+            )
+        )
     for pol, c in rep.get("tcp", {}).items():
         lines.append(
             f"TCP on the hosts, {pol} (KV and background): {c['Tcp.RetransSegs']} of {c['Tcp.OutSegs']} segments "

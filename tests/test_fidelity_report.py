@@ -124,3 +124,50 @@ def test_the_report_carries_the_emulated_run_s_tcp_counters_and_queue_drops(sim_
         "timeouts; queues dropped 9 at agg->core" in text
     )
     assert fidelity(sim_run, sim_run)["tcp"] == {}
+
+
+def test_frames_follow_the_agents_byte_scaling_and_the_mtu():
+    from netkv.compare import TCP_IP_OVERHEAD, frames_of
+
+    em = {"bandwidth_scale": 16000.0, "time_dilation": 1.0, "mtu": 9000}
+    payload = 9000 - TCP_IP_OVERHEAD
+    assert frames_of(payload * 16000, em) == 1
+    assert frames_of(payload * 16000 + 16000, em) == 2
+    assert frames_of(payload * 16000, {**em, "time_dilation": 2.0}) == 2  # dilation: more emulated bytes
+    assert frames_of(payload * 16000, {**em, "mtu": 1500}) == 7
+    assert frames_of(1.0, em) == 1
+
+
+def test_the_report_groups_transfer_errors_by_their_size_in_emulated_frames(sim_run, tmp_path):
+    """One-frame transfers 20% short, all others 10% long: the report's first group says -20%, every
+    other group +10%, over every compared transfer; a simulated run (no emulation in its meta) has
+    no such groups and the printed report no such line."""
+    import shutil
+
+    import numpy as np
+
+    from netkv.compare import format_fidelity, frames_of
+
+    emu = tmp_path / "emu"
+    shutil.copytree(sim_run, emu)
+    run = RunDir(emu)
+    sent = [r["bytes_sent"] for p in ("round_robin", "netkv") for r in run.read_requests(p) if r["transfer_s"]]
+    # a scale that makes the median transfer two frames: both one-frame and larger transfers exist
+    em = {"bandwidth_scale": float(np.median(sent)) / (1.5 * (9000 - 52)), "time_dilation": 1.0, "mtu": 9000}
+    meta = run.read_meta()
+    meta["emulation"] = em
+    run.write_meta(meta)
+    for pol in run.read_summary()["policies"]:
+        rows = run.read_requests(pol)
+        for r in rows:
+            if r["transfer_s"]:
+                r["transfer_s"] *= 0.8 if frames_of(r["bytes_sent"], em) == 1 else 1.1
+        run.write_requests(pol, rows)
+    rep = fidelity(sim_run, emu)
+    groups = {g["frames"]: g for g in rep["transfer_by_frames"]}
+    assert groups["1"]["median_rel"] == pytest.approx(-0.2) and groups["1"]["median_diff_s"] < 0
+    assert len(groups) >= 2 and all(g["median_rel"] == pytest.approx(0.1) for k, g in groups.items() if k != "1")
+    assert sum(g["n"] for g in groups.values()) == sum(r["transfer"]["n"] for r in rep["policies"].values())
+    assert "by size in emulated frames (all policies; median emulated - model): 1: " in format_fidelity(rep)
+    plain = fidelity(sim_run, sim_run)
+    assert plain["transfer_by_frames"] == [] and "emulated frames" not in format_fidelity(plain)
