@@ -182,6 +182,8 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
     except FileNotFoundError:
         meta = {}
     emulation = meta.get("emulation")  # an emulated run's scale, dilation and MTU
+    if not (isinstance(emulation, dict) and {"time_dilation", "bandwidth_scale", "mtu"} <= emulation.keys()):
+        emulation = None  # a simulated run (or one written before these were recorded)
     sized: list[tuple[int, float, float]] = []  # (emulated frames, model s, emulated s), all policies
     for pol in pols:
         rm, re_ = _completed(m, pol), _completed(e, pol)
