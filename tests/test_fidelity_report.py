@@ -171,3 +171,6 @@ def test_the_report_groups_transfer_errors_by_their_size_in_emulated_frames(sim_
     assert "by size in emulated frames (all policies; median emulated - model): 1: " in format_fidelity(rep)
     plain = fidelity(sim_run, sim_run)
     assert plain["transfer_by_frames"] == [] and "emulated frames" not in format_fidelity(plain)
+    meta["emulation"] = {"bandwidth_scale": 16000.0}  # an older run's meta, without dilation or MTU
+    run.write_meta(meta)
+    assert fidelity(sim_run, emu)["transfer_by_frames"] == []
