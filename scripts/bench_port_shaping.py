@@ -48,13 +48,8 @@ def setup(rate_mbps: float, extra_ms: float) -> None:
         sh("ip", "-n", ns, "link", "set", dev, "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", check=False)
-    lines = fair_queue_batch("va", rate_mbps, mtu=MTU, queue_ms=20)
-    if extra_ms:
-        q = MTU + 100
-        extra = int(rate_mbps * 1e6 / 8 * extra_ms / 1000)
-        old = f"tbf rate {rate_mbps:f}Mbit burst {q} mtu {q}"
-        assert sum(old in ln for ln in lines) == 1, "fair_queue_batch's TBF line changed"
-        lines = [ln.replace(old, f"tbf rate {rate_mbps:f}Mbit burst {q + extra} mtu {q}") for ln in lines]
+    extra = int(rate_mbps * 1e6 / 8 * extra_ms / 1000)  # bytes the link sends in extra_ms
+    lines = fair_queue_batch("va", rate_mbps, mtu=MTU, queue_ms=20, tbf_extra_bytes=extra)
     p = subprocess.run(
         ["ip", "netns", "exec", a, "tc", "-batch", "-"], input="\n".join(lines) + "\n", text=True, capture_output=True
     )

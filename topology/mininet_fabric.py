@@ -117,7 +117,13 @@ HOST_BUCKET_PACKETS = 64  # per-flow queue at a GPU's own NIC: deep enough that 
 
 
 def fair_queue_batch(
-    dev: str, mbps: float, mtu: int = 9000, queue_ms: float = 5.0, buckets: int = 64, host: bool = False
+    dev: str,
+    mbps: float,
+    mtu: int = 9000,
+    queue_ms: float = 5.0,
+    buckets: int = 64,
+    host: bool = False,
+    tbf_extra_bytes: int = 0,
 ) -> list[str]:
     """`tc -batch` lines that make a switch port's egress a fair queue at `mbps`.
 
@@ -127,6 +133,9 @@ def fair_queue_batch(
     (guaranteed rate/buckets, ceil = rate, DRR among them) and a u32 hash on the TCP source port
     that spreads flows over the children; each child has a bfifo sized in time. Non-TCP traffic
     goes to the first child. The device must have no root qdisc yet (`tc qdisc del dev DEV root`).
+
+    `tbf_extra_bytes` deepens the TBF's bucket beyond one frame (the fabric keeps one frame;
+    scripts/bench_port_shaping.py measures what a deeper one changes).
 
     `host=True` shapes a GPU's own NIC: the same per-flow fairness (what fq gives a real host), with
     each child queue `HOST_BUCKET_PACKETS` frames deep, since a host never drops its own TCP's packets.
@@ -170,7 +179,8 @@ def fair_queue_batch(
     lines += [
         # data at the line rate, strictly: TBF never sends ahead of its tokens (HTB lets each class
         # send one frame past them, and a NIC that bursts past its rate overflows the next port's queue)
-        f"qdisc add dev {dev} parent 3:3 handle 4: tbf rate {mbps:f}Mbit burst {q} mtu {q} limit {limit}",
+        f"qdisc add dev {dev} parent 3:3 handle 4: tbf rate {mbps:f}Mbit burst {q + tbf_extra_bytes} mtu {q} "
+        f"limit {limit}",
         f"qdisc add dev {dev} parent 4:1 handle 5: htb default 10",
         f"class add dev {dev} parent 5: classid 5:1 htb rate {mbps:f}Mbit ceil {mbps:f}Mbit "
         f"burst {burst} cburst {burst} quantum {q} mtu {q}",
