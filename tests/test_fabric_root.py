@@ -352,15 +352,9 @@ def test_link_down_moves_traffic_within_two_polls_and_up_restores(fabric):
     assert min(intervals[4:6]) > LINK_MBPS / 2 and min(intervals[-4:]) > LINK_MBPS / 2, intervals
 
 
-def _probe_median(fabric, src, dst, nbytes, port):
-    """Median seconds of KV-sized transfers over one long-lived connection, the link idle between
-    them (scripts/xfer_probe.py; each includes the one-byte answer)."""
-    return _probe(fabric, src, dst, nbytes, port, 6, 2)[0]
-
-
 def _probe(fabric, src, dst, nbytes, port, reps, warmup):
-    """(median sender time to the answer, median receive span) of `reps` transfers after `warmup`
-    ones over one connection, each after 0.3 s idle (scripts/xfer_probe.py)."""
+    """(sender seconds to the answer, receive spans) of `reps` transfers after `warmup` ones over one
+    long-lived connection, each after 0.3 s idle (scripts/xfer_probe.py)."""
     import sys
 
     from conftest import REPO
@@ -385,18 +379,21 @@ def _probe(fabric, src, dst, nbytes, port, reps, warmup):
     )
     out, _ = cl.communicate(timeout=60)
     spans, _ = srv.communicate(timeout=10)
-    return float(np.median(json.loads(out))), float(np.median(json.loads(spans)[warmup:]))
+    return json.loads(out), json.loads(spans)[warmup:]
 
 
 def test_a_transfer_after_idle_takes_its_bytes_over_the_rate(fabric):
     # a real port sends at its line rate and no faster: no burst credit saved up while idle (the
-    # shaper once let 36 KB through at veth speed: a 60 KB transfer took 0.37x its bytes / rate)
+    # shaper once let 36 KB through at veth speed: a 60 KB transfer took 0.37x its bytes / rate).
+    # Every transfer must take at least ~its bytes / rate; the fastest of six at most a little more
+    # (a busy machine only adds time: a loss or a late timer on one transfer, or on most of them on
+    # a loaded CI machine, where the median once read 1.44x while the port shaped right).
     gpu_rate = fabric.topo.rates.rate("gpu") * 1e9 / 8 / SCALE  # emulated bytes/s of a GPU link
-    same = _probe_median(fabric, "h0_0_0_0", "h0_0_0_1", 60000, 5310)
-    assert 0.85 <= same / (60000 / gpu_rate) <= 1.25, same
+    same = np.array(_probe(fabric, "h0_0_0_0", "h0_0_0_1", 60000, 5310, 6, 2)[0]) / (60000 / gpu_rate)
+    assert 0.85 <= same.min() <= 1.25, same.round(2)
     link_rate = LINK_MBPS * 1e6 / 8
-    far = _probe_median(fabric, "h0_0_0_0", "h3_1_1_3", 240000, 5311)
-    assert 0.9 <= far / (240000 / link_rate) <= 1.2, far
+    far = np.array(_probe(fabric, "h0_0_0_0", "h3_1_1_3", 240000, 5311, 6, 2)[0]) / (240000 / link_rate)
+    assert 0.9 <= far.min() <= 1.2, far.round(2)
 
 
 def test_an_elephant_does_not_slow_transfers_in_the_other_direction(fabric):
@@ -409,7 +406,7 @@ def test_an_elephant_does_not_slow_transfers_in_the_other_direction(fabric):
     # without the pure-ACK class they waited behind that bucket's 20 ms queue at every shared hop.
     # Timed at the receiver, as the agents time a transfer.
     def firsts(base):
-        return [_probe(fabric, "h1_1_1_1", "h0_0_0_2", 240000, base + 64 * i, 1, 0)[1] for i in range(5)]
+        return [_probe(fabric, "h1_1_1_1", "h0_0_0_2", 240000, base + 64 * i, 1, 0)[1][0] for i in range(5)]
 
     idle = np.median(firsts(5330))
     srv = fabric.host("h1_0_0_3").popen(["iperf3", "-s", "-1", "-p", "5329"], stdout=subprocess.DEVNULL)
