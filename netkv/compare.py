@@ -200,8 +200,7 @@ def fidelity(model_dir: str | Path, emu_dir: str | Path, free_dir: str | Path | 
                 str(t): _rel_stats(xm[tiers == t], xe[tiers == t]) for t in sorted(set(tiers.tolist()))
             }
             if emulation:
-                sent = {i: re_[i]["bytes_sent"] for i, *_ in pairs}
-                sized += [(frames_of(sent[i], emulation), a, b) for i, _, a, b in pairs]
+                sized += [(frames_of(re_[i]["bytes_sent"], emulation), a, b) for i, _, a, b in pairs]
         if ids:
             tm = float(np.mean([rm[i]["ttft_s"] for i in ids]))
             te = float(np.mean([re_[i]["ttft_s"] for i in ids]))
