@@ -152,6 +152,8 @@ def delivered_report(
     for k, p in enumerate(pairs):
         m = float(np.mean(on_meas[k])) if on_meas[k] else None
         e = float(np.mean(on_exp[k])) if on_exp[k] else None
+        # window by window: the typical steady window, which a second-long machine hiccup cannot move
+        per = [a / b for a, b in zip(on_meas[k], on_exp[k]) if b > 0]
         out.append(
             {
                 "entry": p.entry,
@@ -164,6 +166,7 @@ def delivered_report(
                 "flow_model_gbps_on": e,
                 "sent_gbps_on": float(np.mean(on_sent[k])) if on_sent[k] else None,
                 "ratio": (m / e) if (m is not None and e) else None,
+                "ratio_median": float(np.median(per)) if per else None,
                 "delivered_gbps_off": float(np.mean(off_meas[k])) if off_meas[k] else None,
             }
         )
@@ -174,7 +177,7 @@ def format_report(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
         f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
-        ratio = "" if r["ratio"] is None else f" ({r['ratio']:.0%} of it)"
+        ratio = "" if r["ratio"] is None else f" ({r['ratio']:.0%} of it, median window {r['ratio_median']:.0%})"
         lines.append(
             f"background #{r['entry']} {r['src']} -> {r['dst']}: {f(r['delivered_gbps_on'])} Gbit/s delivered "
             f"while on, flow model {f(r['flow_model_gbps_on'])}{ratio}, sent {f(r['sent_gbps_on'])}; "

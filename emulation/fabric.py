@@ -28,6 +28,7 @@ import psutil
 from netkv.config import TopologyCfg, parse_section
 from netkv.controller.client import http_json
 from netkv.emulation import cleanup, statedir
+from netkv.emulation.pollidle import PollIdle
 from netkv.topology import FatTree
 
 # node setup scripts at a time: every tc, ip and ethtool call takes the kernel's one rtnl lock, and
@@ -177,6 +178,7 @@ class FabricSpec:
     # per-switch daemons keep the memory they free (topology/ovs_daemon.py MALLOC_TUNABLES); False
     # only for benchmarks that measure glibc's default beside it
     ovs_keep_memory: bool = True
+    poll_idle: bool = True  # hold the CPUs in polling idle while the fabric lives (emulation/pollidle.py)
     poll_interval: float = 1.0  # wall seconds
     publish_delay: float = 0.0  # wall seconds
     floor_fraction: float = 0.25
@@ -196,6 +198,7 @@ class FabricSpec:
             fair_buckets=em.fair_queue_buckets,
             tcp_cc=em.tcp_congestion_control,
             ovs_daemons=em.ovs_daemons,
+            poll_idle=em.poll_idle,
             servers=em.servers,
             server_hosts=tuple(em.server_hosts),
             cluster_address=em.cluster_address,
@@ -297,6 +300,7 @@ class Fabric:
         self._owns_state = False  # set once this instance has created anything to tear down
         self.ovs_root: Path | None = None  # per-switch OVS daemons and the OpenFlow socket
         self._wmem_orig: int | None = None  # net.core.wmem_default before this fabric raised it
+        self.poll_idle = PollIdle()  # held from start() to stop() when spec.poll_idle
 
     @property
     def per_switch(self) -> bool:
@@ -381,6 +385,11 @@ class Fabric:
             self.ovs_root = statedir.claim_ovs_dir()
         # before any ovs-vswitchd opens its sockets; restored at teardown
         self._wmem_orig = raise_wmem_default(ovs_send_buffer_bytes(self.spec, self.topo))
+        if self.spec.poll_idle and not self.poll_idle.acquire():
+            self.log(
+                f"warning: CPUs not held in polling idle ({self.poll_idle.error}): shaped links may run "
+                "below their rate on an idle machine (docs/emulation.md, 'Timers and idle CPUs')"
+            )
         self._before_controller()
         self.start_controller()
         self._build_mininet()
@@ -673,6 +682,7 @@ class Fabric:
         if self._wmem_orig is not None:
             restore_wmem_default(self._wmem_orig)
             self._wmem_orig = None
+        self.poll_idle.release()
         left = cleanup.find_leftovers()
         if left:
             cleanup.clean(verbose=False)

@@ -431,6 +431,8 @@ def emulate_experiment(
         fabric.run_dirs = [r.run.root, sock_dir]
         with fabric as fab:
             r.meta["fabric_up_s"] = fab.timings.get("ready_s")
+            # whether the shapers' timers could count on awake CPUs (emulation/pollidle.py)
+            r.meta["poll_idle"] = {"asked": r.spec.poll_idle, "held": fab.poll_idle.held, "error": fab.poll_idle.error}
             n, t0 = fab.topo.n_hosts, time.monotonic()
             log(f"pinging all {n * (n - 1)} host pairs (each pair's first packets set up flows in every switch)")
             failed = fab.reachability()

@@ -190,6 +190,9 @@ class EmulationCfg:
     # "switch": every switch has its own ovs-vswitchd in its own network namespace (as a real switch
     # has its own forwarding plane); "shared": the whole fabric in the system's ovs-vswitchd
     ovs_daemons: str = "switch"
+    # hold every CPU in polling idle while the fabric runs (/dev/cpu_dma_latency = 0): the shapers'
+    # timers then fire on time (emulation/pollidle.py says why)
+    poll_idle: bool = True
     # 0: the fabric on this machine; N >= 2: across N stand-in servers (network namespaces reached
     # over SSH, Mininet's cluster edition), whole pods per server, the core here; each server runs
     # one Open vSwitch, so it needs ovs_daemons = "shared" (docs/scaling.md, "Across machines")

@@ -11,7 +11,14 @@ import pytest
 
 from netkv.config import from_dict
 from netkv.emulation import background as bgmod
-from netkv.emulation.background import BackgroundError, BackgroundTraffic, BgPair, delivered_report, flow_model_shares
+from netkv.emulation.background import (
+    BackgroundError,
+    BackgroundTraffic,
+    BgPair,
+    delivered_report,
+    flow_model_shares,
+    format_report,
+)
 from netkv.topology import FatTree, LinkRates, Routing
 
 from conftest import steer_exp
@@ -40,9 +47,10 @@ def test_flow_model_shares_split_the_shared_uplink():
     assert [gbps(x) for x in flow_model_shares(topo, r, pairs, [True, True])] == pytest.approx([160, 40])
 
 
-def _snapshots(topo, routing, pairs, measured_fraction=1.0, ramp_s=0.6, until=30.0, poll=0.5):
+def _snapshots(topo, routing, pairs, measured_fraction=1.0, ramp_s=0.6, until=30.0, poll=0.5, dip=None):
     """Counter snapshots as the controller would publish them if each elephant got `measured_fraction`
-    of its max-min share, ramping up for `ramp_s` after it starts (a transient the report must skip)."""
+    of its max-min share, ramping up for `ramp_s` after it starts (a transient the report must skip);
+    `dip` = (t0, t1, f): every elephant gets f of that during [t0, t1) (a machine hiccup)."""
     snaps = []
     t = poll
     while t <= until:
@@ -55,6 +63,8 @@ def _snapshots(topo, routing, pairs, measured_fraction=1.0, ramp_s=0.6, until=30
                 continue
             start = max(a for a, b in p.on if a <= mid)
             f = measured_fraction * (0.3 if mid - start < ramp_s else 1.0)
+            if dip and dip[0] <= mid < dip[1]:
+                f *= dip[2]
             for lid in routing.path(p.src, p.dst):
                 links[lid]["rate_mbps"] += share[k] * f * 8 / 1e6 / SCALE
         snaps.append({"links": links})
@@ -72,6 +82,7 @@ def test_delivered_report_compares_steady_windows_with_the_flow_model(fraction):
     a, b = rep
     assert a["ratio"] == pytest.approx(fraction, abs=1e-9)  # ramps (first 0.6 s after a start) skipped
     assert b["ratio"] == pytest.approx(fraction, abs=1e-9)
+    assert a["ratio_median"] == pytest.approx(fraction, abs=1e-9) and b["ratio_median"] == pytest.approx(fraction)
     # A is alone for 20 of its 30 s and shares the uplink with B for 10: the expected mean mixes both
     assert 100 < a["flow_model_gbps_on"] < 200
     assert b["flow_model_gbps_on"] == pytest.approx(100)
@@ -81,6 +92,20 @@ def test_delivered_report_compares_steady_windows_with_the_flow_model(fraction):
     assert b["path"] == ["h1_0_0_2->s1_0_0", "s1_0_0->h1_0_0_3"]
     # the shared first link carries both: "sent" reads the sum while B is on
     assert a["sent_gbps_on"] > a["delivered_gbps_on"]
+
+
+def test_a_second_long_hiccup_moves_the_mean_window_not_the_median():
+    """Both elephants at half rate for 1.5 s (three windows) of their steady on-time: the mean ratio
+    reads the hiccup, the median window does not; a steady shortfall moves both (test above)."""
+    topo = _topo()
+    r = Routing(topo)
+    pairs = _pairs(topo)
+    rep = delivered_report(topo, r, pairs, _snapshots(topo, r, pairs, dip=(14.0, 15.5, 0.5)), 0.5, SCALE)
+    a, b = rep
+    assert b["on_samples"] >= 10
+    assert a["ratio"] < 0.99 and b["ratio"] < 0.95
+    assert a["ratio_median"] == pytest.approx(1.0) and b["ratio_median"] == pytest.approx(1.0)
+    assert "median window 100%" in format_report(rep)[1]
 
 
 def test_delivered_report_sees_a_missing_elephant():

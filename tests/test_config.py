@@ -188,6 +188,7 @@ BAD = [
     ),
     ({"telemetry": {"probe_interval_s": 0.0001}}, "telemetry.probe_interval_s: must be >= 0.001 s, got 0.0001"),
     ({"telemetry": {"count_committed": 1}}, "telemetry.count_committed: expected true/false, got 1"),
+    ({"emulation": {"poll_idle": "yes"}}, "emulation.poll_idle: expected true/false, got 'yes'"),
     ({"emulation": {"bandwidth_scale": 0}}, "emulation.bandwidth_scale: must be > 0, got 0.0"),
     ({"emulation": {"time_dilation": 0}}, "emulation.time_dilation: must be > 0, got 0.0"),
     ({"emulation": {"queue_ms": 0}}, "emulation.queue_ms: must be > 0, got 0.0"),

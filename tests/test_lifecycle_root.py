@@ -218,3 +218,37 @@ def test_the_fabric_raises_the_socket_send_buffer_default_for_its_life_only(tmp_
         out = sw.cmd("ss -0 -a -m")  # the daemon's sockets, in the switch's namespace
         assert f"tb{need}" in out, out
     assert int(knob.read_text()) == before
+
+
+def test_the_fabric_holds_the_cpus_in_polling_idle_for_its_life_only(tmp_path):
+    """Shaped ports release frames from kernel timers that halted CPUs serve late (emulation/pollidle.py):
+    while a fabric lives, the CPU latency QoS limit reads 0 us (cpuidle keeps only its polling state);
+    after teardown, or with emulation.poll_idle off, it is what it was."""
+    from netkv.emulation.pollidle import current_limit_us
+
+    before = current_limit_us()
+    assert before is not None and before > 0  # else nothing below could show the fabric's request
+    spec = FabricSpec.for_fattree(2, 2)
+    with Fabric(spec, tmp_path / "on") as fab:
+        assert fab.poll_idle.held and current_limit_us() == 0
+    assert current_limit_us() == before
+    spec.poll_idle = False
+    with Fabric(spec, tmp_path / "off") as fab:
+        assert not fab.poll_idle.held and current_limit_us() == before
+    assert current_limit_us() == before
+
+
+def test_a_killed_holder_leaves_no_polling_idle_request_behind():
+    """The request lives in an open file: SIGKILL the process that holds it, and the limit is back."""
+    from netkv.emulation.pollidle import current_limit_us
+
+    before = current_limit_us()
+    code = "from netkv.emulation.pollidle import PollIdle; p = PollIdle(); assert p.acquire(), p.error; print('held', flush=True); import time; time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert current_limit_us() == 0
+    finally:
+        p.kill()
+        p.wait(10)
+    assert current_limit_us() == before
