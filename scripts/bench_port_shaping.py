@@ -4,9 +4,10 @@
 Two network namespaces joined by a veth; the sending end gets the fabric's switch-port shaping
 (`fair_queue_batch`: a TBF at the link rate over per-flow fair queues, MTU 9000, 20 ms queues). One
 iperf3 flow runs for --seconds with 0..N busy loops beside it, for the TBF bucket of one frame (what
-the fabric uses) and one frame plus --extra-ms at the rate. Prints goodput / link rate per case: a
-one-frame bucket cannot bank tokens, so every late qdisc timer is bandwidth lost
-(docs/emulation.md, "Which way the frame errs"). The payload's share of a 9000-byte frame, 0.993, is
+the fabric uses) and one frame plus --extra-ms at the rate, each with and without the CPUs held in
+polling idle (emulation/pollidle.py, what a fabric does). Prints goodput / link rate per case: a
+one-frame bucket cannot bank tokens, so every late qdisc timer is bandwidth lost, and a halted CPU
+serves its timer late (docs/emulation.md, "Timers and idle CPUs"). The payload's share of a 9000-byte frame, 0.993, is
 the most a case can reach. Needs root, iperf3 and tc; leaves nothing behind.
 """
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from netkv.emulation.pollidle import PollIdle  # noqa: E402
 from netkv.topology.mininet_fabric import fair_queue_batch  # noqa: E402
 
 NS = ("netkv-shape-a", "netkv-shape-b")
@@ -92,16 +94,25 @@ def main() -> int:
     if any(h < 0 for h in a.hogs):
         print(f"bench_port_shaping: --hogs must be >= 0, got {a.hogs}", file=sys.stderr)
         return 2
+    idle = PollIdle()
     try:
         for extra in (0.0, a.extra_ms):
             setup(a.rate, extra)
             bucket = "one frame" if not extra else f"one frame + {extra:g} ms"
-            for hogs in a.hogs:
-                r = goodput(a.seconds, hogs)
-                print(
-                    f"{a.rate:g} Mbit/s, TBF bucket {bucket}, {hogs} busy loops: {r:.2f} Mbit/s = {r / a.rate:.3f} of the rate"
-                )
+            for hold in (False, True):
+                if hold and not idle.acquire():
+                    print(f"bench_port_shaping: cannot hold the CPUs in polling idle: {idle.error}", file=sys.stderr)
+                    return 1
+                cpus = "polling idle" if hold else "halting idle"
+                for hogs in a.hogs:
+                    r = goodput(a.seconds, hogs)
+                    print(
+                        f"{a.rate:g} Mbit/s, TBF bucket {bucket}, CPUs {cpus}, {hogs} busy loops: "
+                        f"{r:.2f} Mbit/s = {r / a.rate:.3f} of the rate"
+                    )
+                idle.release()
     finally:
+        idle.release()
         teardown()
     return 0
 
