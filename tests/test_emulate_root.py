@@ -111,9 +111,9 @@ ON_OFF_ALONE = {"src": ["h1_0_0_3"], "dst": ["h0_0_0_2"], "start_s": 1.0, "on_s"
 def test_netkv_steers_around_a_measured_elephant_and_the_elephants_deliver_their_share(tmp_path):
     """An always-on elephant congests the downlink of D1 only (D2 has the same static cost); an on/off
     one crosses the core towards pod 0. From the controller's counters, each elephant delivers its
-    max-min share while on (the median steady window within 10%; the mean within 25%, as a machine
-    hiccup of a second or two, seen on CI and here as ~0.8 in both elephants at once, pulls it down)
-    and ~0 while off; netkv, deciding on those counters, sends every KV transfer to D2. Without the
+    max-min share while on (the median steady window within 10%, the mean within 15%: a hiccup of a
+    second pulls the mean down; with the CPUs halting between timers both read 0.66-0.98,
+    docs/emulation.md "Timers and idle CPUs") and ~0 while off; netkv, deciding on those counters, sends every KV transfer to D2. Without the
     elephants both halves fail (no rate on the paths; the candidates tie and the seeded tie-break
     picks D1 about half the time)."""
     exp = _steer_file(tmp_path, [ELEPHANT_TO_D1, ON_OFF_ALONE], n=20)
@@ -123,7 +123,7 @@ def test_netkv_steers_around_a_measured_elephant_and_the_elephants_deliver_their
     for b in (always, onoff):
         assert b["on_samples"] >= 10, b
         assert 0.9 <= b["ratio_median"] <= 1.1, b
-        assert 0.75 <= b["ratio"] <= 1.1, b
+        assert 0.85 <= b["ratio"] <= 1.1, b
     # the on/off elephant alternates between its full path rate (200 Gbit/s) and being off
     assert onoff["flow_model_gbps_on"] == pytest.approx(200, rel=0.01)
     assert onoff["off_samples"] >= 4 and onoff["delivered_gbps_off"] < 10, onoff
