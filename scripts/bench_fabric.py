@@ -257,10 +257,10 @@ def bench_build(a, layout: str, mtu: int) -> None:
     )
 
 
-def bench_one(a, layout: str, mtu: int, malloc: str = "keep") -> None:
+def bench_one(a, layout: str, mtu: int, malloc: str = "keep", poll_idle: bool = True) -> None:
     spec = FabricSpec.for_fattree(
         a.k, a.gpus, bandwidth_scale=a.scale, mtu=mtu, poll_interval=0.1, ovs_daemons=layout,
-        ovs_keep_memory=malloc == "keep",
+        ovs_keep_memory=malloc == "keep", poll_idle=poll_idle,
     )  # fmt: skip
     with timed_fabric(spec) as (fab, times):
         unreachable = fab.reachability()
@@ -277,7 +277,10 @@ def bench_one(a, layout: str, mtu: int, malloc: str = "keep") -> None:
     left = cleanup.find_leftovers()
     base_up, base_down = plain_mininet(a.k, a.gpus, a.scale, mtu)
     mem = f", ovs malloc={malloc}" if layout == "switch" else ""
-    print(f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}{mem}:")
+    idle = "polling" if poll_idle else "halting"
+    print(
+        f"k={a.k} x {a.gpus} GPUs, bandwidth_scale {a.scale:g}, MTU {mtu}, ovs_daemons={layout}{mem}, idle CPUs {idle}:"
+    )
     print(
         f"  fabric up {up:.1f} s (controller, routes, {len(unreachable)} pairs unreachable), teardown "
         f"{down:.1f} s, leftovers after "
@@ -318,6 +321,13 @@ def main() -> int:
         choices=["keep", "glibc"],
         help="per-switch daemons: keep freed memory (the fabric's default) or glibc's default trimming",
     )
+    ap.add_argument(
+        "--poll-idle",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="hold the CPUs in polling idle while the fabric lives (the default, emulation/pollidle.py) or not",
+    )
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
@@ -338,7 +348,8 @@ def main() -> int:
     for layout in a.ovs_daemons:
         for mtu in a.mtus:
             for malloc in a.ovs_malloc if layout == "switch" else ["keep"]:
-                bench_one(a, layout, mtu, malloc)
+                for idle in a.poll_idle:
+                    bench_one(a, layout, mtu, malloc, idle == "on")
     return 0
 
 
