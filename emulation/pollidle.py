@@ -7,7 +7,8 @@ wake-up), and a one-frame bucket cannot bank the time it lost: a shaped port sen
 rate by the mean lateness over the frame time. Measured on the two-elephant steering scenario
 (tests/test_emulate_root.py, 50 Mbit/s ports, no retransmissions in most runs): the elephants at
 0.66-0.98 of their max-min share over eight runs without the request, 0.96-0.99 over nine with it
-(docs/emulation.md, "Timers and idle CPUs").
+(docs/emulation.md, "Timers and idle CPUs"). The switch daemons' and agents' wake-ups gain too:
+idle RTT across pods 2.3 -> 1.7-2.0 ms, a 64-flow permutation 0.76-0.83 -> 0.84-0.86 of max-min.
 
 The kernel's CPU latency QoS interface (Documentation/power/pm_qos_interface.rst): a process opens
 /dev/cpu_dma_latency, writes a 32-bit value in microseconds, and the request lasts while the file
@@ -22,8 +23,6 @@ import struct
 from pathlib import Path
 
 DEVICE = Path("/dev/cpu_dma_latency")
-# PM_QOS_CPU_LATENCY_DEFAULT_VALUE (include/linux/pm_qos.h): the limit when nobody asks for one
-NO_LIMIT_US = 2000 * 1000 * 1000
 
 
 def current_limit_us(device: Path = DEVICE) -> int | None:
