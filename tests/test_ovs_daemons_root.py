@@ -84,6 +84,7 @@ def test_a_stray_switch_daemon_is_a_leftover_and_clean_removes_it(tmp_path):
     shutil.rmtree(root)  # (its owner, this test process, is alive: a real runner's would be gone)
     if fab._wmem_orig is not None:  # likewise the send-buffer default it raised (`clean` restores a dead one's)
         restore_wmem_default(fab._wmem_orig)
+    fab.poll_idle.release()  # and its CPU latency request (the kernel drops a dead runner's)
     assert not list(statedir.STATE_DIR.glob(f"{statedir.WMEM_PREFIX}*"))
 
 
