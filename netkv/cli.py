@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-plots", action="store_true", help="write results only (`netkv report RUN` draws the plots later)"
     )
-    p.set_defaults(fn=cmd_simulate)
+    p.set_defaults(fn=cmd_simulate, exit_fast=True)
 
     p = sub.add_parser("emulate", help="run an experiment's policies on the emulated testbed (root)")
     _run_arguments(p)
@@ -445,7 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
+def main(argv=None, exit_fast: bool = False) -> int:
+    """Run one command; returns its exit status. `exit_fast` (the installed command): a command that
+    holds nothing but its results in memory (`simulate`) ends the process once its output is flushed,
+    without freeing its objects one by one (see `_exit_now`)."""
     from netkv.compare import CompareError
     from netkv.compute import ProfileError
     from netkv.config import ConfigError
@@ -456,7 +460,10 @@ def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a log file or a pipe as it happens
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        if exit_fast and getattr(args, "exit_fast", False):
+            _exit_now(code)
+        return code
     except (UsageError, ConfigError, TraceError, ProfileError, RunDirError, CompareError) as e:
         print(f"netkv: error: {e}", file=sys.stderr)
         return 2
@@ -470,5 +477,22 @@ def main(argv=None) -> int:
         return 130
 
 
+def _exit_now(code: int) -> None:
+    """End the process at once with `code`, its output flushed. A simulation leaves millions of
+    small objects (records, trace tuples, caches) that the interpreter would free one by one at exit:
+    ~0.2 s of a 3.5 s `netkv simulate` of the whole paper trace. Every file the command wrote is
+    closed by then (written to a temporary name and renamed); no atexit handler is needed (the same
+    shortcut Instagram takes for its web workers: "Dismissing Python Garbage Collection at
+    Instagram", 2017)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def console() -> None:
+    """The installed `netkv` command."""
+    sys.exit(main(exit_fast=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
