@@ -215,6 +215,7 @@ class CounterOracle(Oracle):
         self._version = 0  # bumped whenever the committed set changes
         self._cache_key = None
         self._cache_bw = None
+        self._asked: tuple | None = None  # the inputs of the last _current call
         self._plain = type(self).residual is CounterOracle.residual  # a subclass may count committed ones otherwise
 
     # ---- the scheduler's own transfers -------------------------------------------------------
@@ -288,6 +289,10 @@ class CounterOracle(Oracle):
         snap = self.source()
         if snap is None:
             return None, None
+        asked = (id(snap), snap.version, self._version, at)
+        if asked == self._asked:  # the same question again (a decision's row, then its chosen pair)
+            return snap, self._cache_bw
+        self._asked = asked
         if self._plain:
             # the residual depends on the snapshot and the committed transfers it does not show: when
             # none is to be counted (most decisions), on the snapshot alone, and so do the cached rows

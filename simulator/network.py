@@ -125,11 +125,15 @@ class FlowNetwork:
         flows, on = self.flows, self._on_link
         seen = set(seeds)
         stack = list(seeds)
+        links: set[int] = set()  # links whose flows are all in `seen` already (flows share links a lot)
         while stack:
             f = flows.get(stack.pop())
             if f is None:
                 continue
             for lid in f.path:
+                if lid in links:
+                    continue
+                links.add(lid)
                 new = on[lid] - seen
                 if new:
                     seen |= new
