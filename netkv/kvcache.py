@@ -173,13 +173,14 @@ class PrefixCache:
 
     def _evict(self, limit: int) -> None:
         lru = self._lru
+        pop = lru.popitem
         if self.index is None:
-            while len(lru) > limit:
-                lru.popitem(last=False)
+            for _ in range(len(lru) - limit):
+                pop(False)
             return
         holders, keep = self.index.holders, ~(1 << self.slot)
-        while len(lru) > limit:  # BlockIndex.remove inlined
-            b, _ = lru.popitem(last=False)
+        for _ in range(len(lru) - limit):  # BlockIndex.remove inlined
+            b = pop(False)[0]
             m = holders.get(b)
             if m is not None:
                 m &= keep
