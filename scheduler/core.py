@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from netkv.scheduler.oracle import Snapshot
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     prefill_slot: int
     decode_slot: int
