@@ -23,6 +23,7 @@ import struct
 from pathlib import Path
 
 DEVICE = Path("/dev/cpu_dma_latency")
+_HELD: set[PollIdle] = set()  # the requests this process holds (see held_here)
 
 
 def current_limit_us(device: Path = DEVICE) -> int | None:
@@ -64,12 +65,14 @@ class PollIdle:
             self.error = f"{self.device}: write refused: {e.strerror}"
             return False
         self._fd, self.error = fd, None
+        _HELD.add(self)
         return True
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        _HELD.discard(self)
 
     def __enter__(self) -> PollIdle:
         self.acquire()
@@ -77,3 +80,9 @@ class PollIdle:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def held_here() -> list[PollIdle]:
+    """The requests this process holds now (a fabric that was never stopped leaves one: the tests'
+    clean-machine check)."""
+    return list(_HELD)

@@ -2,7 +2,7 @@
 
 import struct
 
-from netkv.emulation.pollidle import PollIdle, current_limit_us
+from netkv.emulation.pollidle import PollIdle, current_limit_us, held_here
 
 
 def test_the_request_writes_a_32_bit_zero_and_holds_the_file_until_released(tmp_path):
@@ -34,3 +34,14 @@ def test_the_limit_reads_back_as_the_kernel_reports_it(tmp_path):
     dev.write_bytes(b"\x00\x00")
     assert current_limit_us(dev) is None
     assert current_limit_us(tmp_path / "missing") is None
+
+
+def test_the_process_knows_which_requests_it_holds(tmp_path):
+    """What the tests' clean-machine check reads: a fabric never stopped leaves its request here."""
+    dev = tmp_path / "cpu_dma_latency"
+    dev.write_bytes(b"")
+    p, q = PollIdle(dev), PollIdle(tmp_path / "missing")
+    assert p.acquire() and not q.acquire()
+    assert held_here() == [p]
+    p.release()
+    assert held_here() == []
