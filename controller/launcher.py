@@ -47,6 +47,24 @@ def _accept_unix_datapaths() -> None:
     controller.Datapath.__init__ = init
 
 
+def _exit_if_openflow_cannot_listen(where: str) -> None:
+    """Ryu opens its OpenFlow listener in a green thread, whose exception it only logs: a port in use
+    would leave a controller that answers REST and never sees a switch (the fabric then waits out its
+    ready timeout). End the process instead, saying why (the fabric reports the controller's exit)."""
+    from ryu.controller import controller
+
+    serve = controller.OpenFlowController.server_loop
+
+    def server_loop(self, *args, **kwargs):
+        try:
+            return serve(self, *args, **kwargs)
+        except OSError as e:
+            print(f"netkv controller: error: cannot listen for OpenFlow on {where}: {e.strerror or e}", flush=True)
+            os._exit(2)
+
+    controller.OpenFlowController.server_loop = server_loop
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="controller JSON config (written by the network runner)")
@@ -76,6 +94,7 @@ def main(argv=None) -> int:
             print(f"netkv controller: error: --of-socket: no directory for {a.of_socket}", file=sys.stderr)
             return 2
         _accept_unix_datapaths()
+    _exit_if_openflow_cannot_listen(a.of_socket or f"{a.of_host}:{a.of_port}")
     args = [
         "--ofp-listen-host",
         os.path.abspath(a.of_socket) if a.of_socket else a.of_host,

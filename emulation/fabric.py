@@ -100,6 +100,15 @@ def parse_tc_root_drops(text: str) -> dict[str, int]:
     return out
 
 
+def _last_error_line(log: Path) -> str:
+    """The last line of a log that says "error" (a child's own reason for exiting), or ""."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((ln.strip() for ln in reversed(lines) if "error" in ln.lower()), "")
+
+
 def _is_int(s: str) -> bool:
     return s.lstrip("-").isdigit()
 
@@ -420,8 +429,9 @@ class Fabric:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.ctrl.poll() is not None:
+                said = _last_error_line(self.log_dir / "controller.log")
                 raise FabricError(
-                    f"the controller exited at start (code {self.ctrl.returncode}); "
+                    f"the controller exited at start (code {self.ctrl.returncode}{': ' + said if said else ''}); "
                     f"see {self.log_dir / 'controller.log'}"
                 )
             try:

@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from netkv.emulation.fabric import Fabric, FabricSpec
+from netkv.emulation.fabric import Fabric, FabricError, FabricSpec
 
 from conftest import REPO
 
@@ -40,6 +40,24 @@ def test_the_controller_listens_on_loopback_only(controller):
     conns = psutil.Process(controller.ctrl.pid).net_connections(kind="inet")
     listening = {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
     assert listening == {("127.0.0.1", controller.spec.rest_port), ("127.0.0.1", controller.spec.of_port)}
+
+
+def test_a_controller_that_cannot_listen_for_openflow_exits_and_says_why(tmp_path):
+    """Ryu opens its OpenFlow listener in a green thread and only logs a failure: with the port taken,
+    the controller answered REST and never saw a switch (the fabric waited out its ready timeout).
+    Now it exits at once, and the fabric's error carries its reason."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fab = Fabric(FabricSpec.for_fattree(2, 2, rest_port=_free_port(), of_port=port), tmp_path)
+        try:
+            with pytest.raises(FabricError) as e:
+                fab.start_controller()
+        finally:
+            fab.stop_controller()
+    assert f"cannot listen for OpenFlow on 127.0.0.1:{port}: Address already in use" in str(e.value)
+    assert "exited at start (code 2" in str(e.value) and str(tmp_path / "controller.log") in str(e.value)
 
 
 @SCHEMA.parametrize()
