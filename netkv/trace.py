@@ -92,7 +92,7 @@ def parse_line(text: str, where: str) -> tuple[int, int, int, tuple[int, ...]]:
     ids = obj["hash_ids"]
     # the set of the elements' types (JSON true/false parse as bool, not int): one C-level pass
     if not isinstance(ids, list) or not set(map(type, ids)) <= {int}:
-        raise TraceError(f"{where}: field 'hash_ids' must be a list of integers")
+        raise TraceError(f"{where}: field 'hash_ids' must be a list of integers (each within 64 bits)")
     want = math.ceil(inp / BLOCK_TOKENS)
     if len(ids) != want:
         raise TraceError(f"{where}: len(hash_ids) = {len(ids)} but ceil(input_length / {BLOCK_TOKENS}) = {want}")

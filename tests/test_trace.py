@@ -96,8 +96,17 @@ def test_shipped_trace_equals_shared(data_dir):
 def test_more_malformed_lines_name_the_line(tmp_path):
     cases = [
         ("[1, 2]", "expected a JSON object"),
-        (json.dumps({**ok(5), "hash_ids": [True, 2]}), "field 'hash_ids' must be a list of integers"),
-        (json.dumps({**ok(5), "hash_ids": 7}), "field 'hash_ids' must be a list of integers"),
+        (
+            json.dumps({**ok(5), "hash_ids": [True, 2]}),
+            "field 'hash_ids' must be a list of integers (each within 64 bits)",
+        ),
+        (json.dumps({**ok(5), "hash_ids": 7}), "field 'hash_ids' must be a list of integers (each within 64 bits)"),
+        (json.dumps({**ok(5), "hash_ids": [1.0]}), "field 'hash_ids' must be a list of integers (each within 64 bits)"),
+        # the JSON parser (orjson) reads integers past 64 bits as floats
+        (
+            json.dumps({**ok(5), "hash_ids": [2**64]}),
+            "field 'hash_ids' must be a list of integers (each within 64 bits)",
+        ),
         (json.dumps({**ok(5), "input_length": 600.0}), "field 'input_length' must be an integer, got 600.0"),
         (json.dumps({**ok(5), "timestamp": 5.5}), "field 'timestamp' must be an integer, got 5.5"),
         (json.dumps({**ok(5), "output_length": True}), "field 'output_length' must be an integer, got True"),
