@@ -7,7 +7,8 @@ paper-like cluster (experiments/paper-64gpu.toml from trace second 0, one policy
 instances with its mixed_pool scheduler, the arguments of ../shared/peer/splitwise/run.sh. Each
 round runs every variant once, in alternating order, as a fresh process; the wall time includes
 interpreter start-up, imports, trace loading, the simulation and writing results (and, for the
-"with plots" variant, drawing them). Prints per variant the median and min wall seconds, peak RSS,
+"with plots" variant, drawing them), after one untimed run of each (caches warm), with Python free
+to cache bytecode as it does by default. Prints per variant the median and min wall seconds, peak RSS,
 our events/s, and how many times faster than splitwise-sim each of ours is (median over median).
 
 Needs splitwise-sim set up as ../shared/peer/splitwise/README.md says: --peer DIR (or $PEER) holding
@@ -58,11 +59,18 @@ def netkv_args(policy: str, out: Path, plots: bool) -> list[str]:
     return args + ([] if plots else ["--no-plots"])
 
 
+def child_env() -> dict[str, str]:
+    """The children's environment: ours, but Python free to cache bytecode (its default). Where
+    PYTHONDONTWRITEBYTECODE is set (as on this machine), every process of either program would
+    compile its own modules again (0.1 s of ours), which is not how either runs anywhere else."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_one(args: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB) and stdout of one process (its own rusage, by wait4)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err, text=True)
+        p = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err, text=True, env=child_env())
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -100,6 +108,10 @@ def main() -> int:
     events = 0
     with tempfile.TemporaryDirectory(prefix="bench-sw-") as tmp:
         tmpd = Path(tmp)
+        # one untimed run of each program first: bytecode and font caches, the trace files in the page cache
+        run_one(splitwise_args(peer, tmpd / "sw-warm"), cwd=peer / "splitwise-sim")
+        run_one(netkv_args(a.policy, tmpd / "nk-warm", plots=True))
+        print("warm-up: one untimed run of each", flush=True)
         for rnd in range(a.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
             for v in order:
