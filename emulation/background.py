@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netkv.messages import log_reason
 from netkv.simulator.maxmin import maxmin_rates
 
 IPERF_MAX_S = 86400  # iperf3 refuses a longer test ("test duration too long")
@@ -190,16 +191,6 @@ def format_report(rows: list[dict]) -> list[str]:
 # emulated sources
 
 
-def _tail(path: Path, n: int = 400) -> str:
-    """The last error-looking line of an iperf3 log (or its last line)."""
-    try:
-        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return "(no output)"
-    errs = [x for x in lines if "error" in x.lower()]
-    return (errs or lines or ["(no output)"])[-1][:n]
-
-
 class BackgroundTraffic:
     """The iperf3 elephants of one policy run; `start`, poll `error()`, `stop`."""
 
@@ -245,7 +236,7 @@ class BackgroundTraffic:
                     if k in self._replacing or self._servers[k] is not srv:
                         continue
                 self._fail(
-                    f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): {_tail(self._log(k, 'server'))}"
+                    f"{self._name(k)}: iperf3 server exited (code {srv.returncode}): {log_reason(self._log(k, 'server'))}"
                 )
         return self.errors[0] if self.errors else None
 
@@ -295,7 +286,7 @@ class BackgroundTraffic:
         """None once pair k's server listens; the error if it exits or the deadline passes first."""
         while b"listening" not in self._log(k, "server").read_bytes()[offset:]:
             if self._servers[k].poll() is not None or time.monotonic() > deadline:
-                return f"{self._name(k)}: iperf3 server did not start: {_tail(self._log(k, 'server'))}"
+                return f"{self._name(k)}: iperf3 server did not start: {log_reason(self._log(k, 'server'))}"
             time.sleep(0.05)
         return None
 
@@ -390,7 +381,7 @@ class BackgroundTraffic:
                     p.on[-1][1] = self.clock()
                     self._fail(
                         f"{self._name(k)}: iperf3 client exited (code {proc.returncode}): "
-                        f"{_tail(self._log(k, 'client'))}"
+                        f"{log_reason(self._log(k, 'client'))}"
                     )
                     return
                 self.restarts += 1  # a full-length test ended normally: go on seamlessly

@@ -29,6 +29,7 @@ from netkv.config import TopologyCfg, parse_section
 from netkv.controller.client import http_json
 from netkv.emulation import cleanup, statedir
 from netkv.emulation.pollidle import PollIdle
+from netkv.messages import log_reason
 from netkv.topology import FatTree
 
 # node setup scripts at a time: every tc, ip and ethtool call takes the kernel's one rtnl lock, and
@@ -98,15 +99,6 @@ def parse_tc_root_drops(text: str) -> dict[str, int]:
             out[dev] = out.get(dev, 0) + int(line.split("(dropped", 1)[1].split(",")[0])
             dev = None
     return out
-
-
-def _last_error_line(log: Path) -> str:
-    """The last line of a log that says "error" (a child's own reason for exiting), or ""."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return next((ln.strip() for ln in reversed(lines) if "error" in ln.lower()), "")
 
 
 def _is_int(s: str) -> bool:
@@ -429,9 +421,9 @@ class Fabric:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.ctrl.poll() is not None:
-                said = _last_error_line(self.log_dir / "controller.log")
+                said = log_reason(self.log_dir / "controller.log")
                 raise FabricError(
-                    f"the controller exited at start (code {self.ctrl.returncode}{': ' + said if said else ''}); "
+                    f"the controller exited at start (code {self.ctrl.returncode}: {said}); "
                     f"see {self.log_dir / 'controller.log'}"
                 )
             try:

@@ -1,6 +1,8 @@
-"""How error messages quote what a user gave: short enough to stay one readable line."""
+"""How error messages quote what a user gave or a child process said: short enough to stay one line."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def show(value, width: int = 60) -> str:
@@ -10,3 +12,14 @@ def show(value, width: int = 60) -> str:
     except ValueError:  # an int past Python's digit limit for str()
         r = f"<{type(value).__name__} too large to print>"
     return r if len(r) <= width else r[: width - 3] + "..."
+
+
+def log_reason(path: Path, width: int = 400) -> str:
+    """Why a child process stopped, from its log: the last line that says "error" (else the last
+    line, else "(no output)"), cut to `width` characters."""
+    try:
+        lines = [x.strip() for x in Path(path).read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "(no output)"
+    errs = [x for x in lines if "error" in x.lower()]
+    return (errs or lines or ["(no output)"])[-1][:width]
