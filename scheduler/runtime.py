@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from netkv.kvcache import PrefixCache
+from netkv.kvcache import BlockIndex, PrefixCache
 from netkv.results import RequestRecord
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.core import Decision, Scheduler
@@ -51,13 +51,17 @@ class Runtime:
         clock: Callable[[], float],
         telemetry: Callable[[], Snapshot | None],
         replay: dict[int, tuple[int, int]] | None = None,
+        kv_classes: tuple[type, type] = (PrefixCache, BlockIndex),
     ):
-        """`replay`: request id -> (prefill host, decode host) to take instead of choosing."""
+        """`replay`: request id -> (prefill host, decode host) to take instead of choosing.
+        `kv_classes`: (PrefixCache, BlockIndex) classes: kvcache's, or their compiled twins
+        (simulator/compiled.py)."""
         exp = cluster.exp
+        cache_cls, index_cls = kv_classes
         self.cluster, self.policy = cluster, policy
         self.topo, self.compute = cluster.topo, cluster.compute
         self.routing = Routing(self.topo, exp.topology.routing)
-        self.view = ClusterView(cluster.prefill_hosts, cluster.decode_hosts, self.compute)
+        self.view = ClusterView(cluster.prefill_hosts, cluster.decode_hosts, self.compute, index_cls)
         self.oracle = ORACLES.get(exp.telemetry.oracle).from_config(
             self.topo, self.routing, exp.telemetry, telemetry, clock
         )
@@ -65,8 +69,8 @@ class Runtime:
             policy, exp.policy_params.get(policy, {}), exp.seed, self.view, self.oracle, self.topo, replay
         )
         c, v = self.compute, self.view
-        self.prefill_caches = [PrefixCache(c.prefill_cache_blocks, i, v.prefill_index) for i in range(v.n_prefill)]
-        self.decode_caches = [PrefixCache(c.kv_blocks, i, v.decode_index) for i in range(v.n_decode)]
+        self.prefill_caches = [cache_cls(c.prefill_cache_blocks, i, v.prefill_index) for i in range(v.n_prefill)]
+        self.decode_caches = [cache_cls(c.kv_blocks, i, v.decode_index) for i in range(v.n_decode)]
         self.busy_until = np.zeros(v.n_prefill)  # per prefill slot: when its running prefill ends
         self.queued_est = np.zeros(v.n_prefill)  # per prefill slot: estimated work queued behind it
         self._best_paths = self._paths_per_tier()

@@ -18,7 +18,8 @@ from netkv.kvcache import BlockIndex
 class ClusterView:
     """Live state of prefill and decode instances, shared by all policies."""
 
-    def __init__(self, prefill_hosts, decode_hosts, compute: ComputeModel):
+    def __init__(self, prefill_hosts, decode_hosts, compute: ComputeModel, index_cls: type = BlockIndex):
+        """`index_cls`: the prefix index class (kvcache.BlockIndex or its compiled twin)."""
         self.compute = compute
         self.prefill_hosts = np.asarray(prefill_hosts, dtype=np.int64)
         self.decode_hosts = np.asarray(decode_hosts, dtype=np.int64)
@@ -27,7 +28,7 @@ class ClusterView:
         self.prefill_alive = np.ones(nP, dtype=bool)
         self.prefill_backlog_s = np.zeros(nP)  # queued + remaining prefill work, seconds
         self.prefill_queued = np.zeros(nP, dtype=np.int64)
-        self.prefill_index = BlockIndex(nP)
+        self.prefill_index = index_cls(nP)
         # decode: raw state, written by the simulator / scheduler service
         self.decode_alive = np.ones(nD, dtype=bool)
         self.active = np.zeros(nD, dtype=np.int64)  # sequences in the running batch
@@ -38,7 +39,7 @@ class ClusterView:
         self.ctx_pending = np.zeros(nD)  # input tokens of queued and inbound sequences
         self.ctx_total = np.zeros(nD)  # tokens held by the running batch
         self.remaining = np.zeros(nD)  # output tokens still to produce by the running batch
-        self.decode_index = BlockIndex(nD)
+        self.decode_index = index_cls(nD)
         # decode: derived estimates (see _refresh_slot)
         self._step = np.zeros(nD)
         self._half_step = np.zeros(nD)

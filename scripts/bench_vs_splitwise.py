@@ -105,7 +105,7 @@ def main() -> int:
     variants = ["splitwise-sim", "netkv simulate --no-plots", "netkv simulate"]
     walls: dict[str, list[float]] = {v: [] for v in variants}
     peaks: dict[str, float] = dict.fromkeys(variants, 0.0)
-    events = 0
+    events, core = 0, "?"
     with tempfile.TemporaryDirectory(prefix="bench-sw-") as tmp:
         tmpd = Path(tmp)
         # one untimed run of each program first: bytecode and font caches, the trace files in the page cache
@@ -119,15 +119,15 @@ def main() -> int:
                     w, mb, _ = run_one(splitwise_args(peer, tmpd / f"sw{rnd}"), cwd=peer / "splitwise-sim")
                 else:
                     w, mb, out = run_one(netkv_args(a.policy, tmpd / f"nk{rnd}", plots=v == "netkv simulate"))
-                    m = re.search(r"(\d+) events", out)
+                    m = re.search(r"(\d+) events \((.+)\)", out)
                     if m is None:
                         raise SystemExit(f"bench_vs_splitwise: no event count in netkv's output: {out[-200:]!r}")
-                    events = int(m.group(1))
+                    events, core = int(m.group(1)), m.group(2)
                 walls[v].append(w)
                 peaks[v] = max(peaks[v], mb)
                 print(f"round {rnd + 1}/{a.rounds}: {v:<26} {w:6.2f} s  {mb:5.0f} MB", flush=True)
     base = statistics.median(walls["splitwise-sim"])
-    print(f"\n12,031 requests, 64 instances; ours: policy {a.policy}, {events} events")
+    print(f"\n12,031 requests, 64 instances; ours: policy {a.policy}, {events} events, {core}")
     print(f"{'variant':<26} {'median s':>8} {'min s':>7} {'peak MB':>8} {'x faster':>9} {'events/s':>9}")
     for v in variants:
         med = statistics.median(walls[v])

@@ -8,10 +8,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${NETKV_VENV:-$here/.venv}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# g++: scripts/build_ext.py compiles the simulator's flow network and prefix caches (C++)
 # openssh-server and sudo: Mininet's cluster edition logs in to each server over SSH and runs its
 # commands with sudo (the cluster test's stand-in servers run their own sshd on a link-local address)
 apt_pkgs=(mininet openvswitch-switch iperf3 ethtool iputils-ping tcpdump python3-venv python3-dev python3-numpy
-  openssh-server sudo)
+  openssh-server sudo g++)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,14 +44,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Ryu 4.34 and its pins (scripts/requirements-ryu.txt)"
   "${pip[@]}" 'setuptools<61' pbr wheel
   "${pip[@]}" --no-build-isolation -r "$here/scripts/requirements-ryu.txt"
-  log "installing the netkv project (editable), test and lint tools"
-  "${pip[@]}" -e "$here[test,lint]"
+  log "installing the netkv project (editable), test and lint tools, Cython"
+  "${pip[@]}" -e "$here[test,lint,compiled]"
   echo "$want" >"$stamp"
 fi
 # bytecode for the project's own modules (an editable install leaves none): where
 # PYTHONDONTWRITEBYTECODE is set, every netkv process would compile them again (0.1 s of each);
 # a file edited since is compiled in memory as usual. Quick when nothing changed.
 "$venv/bin/python" -m compileall -q -j 0 "$here"/{netkv,topology,controller,agents,scheduler,simulator,emulation} >/dev/null
+# the compiled flow network and prefix caches (simulator/compiled.py); rebuilt when a .pyx changed
+"$venv/bin/python" "$here/scripts/build_ext.py"
 
 if [ "$(id -u)" -eq 0 ]; then
   if ! timeout 5 ovs-vsctl --timeout=3 show >/dev/null 2>&1; then

@@ -39,7 +39,7 @@ from netkv.results import RequestRecord
 from netkv.scheduler.cluster import Cluster
 from netkv.scheduler.oracle import Snapshot, probe_pairs
 from netkv.scheduler.runtime import Runtime, Tracked
-from netkv.simulator.network import FlowNetwork
+from netkv.simulator import compiled
 from netkv.topology import NoPathError
 from netkv.trace import window_from_config
 
@@ -131,12 +131,15 @@ class Simulation:
         # samples taken, not yet published: (publish at, poll group, rates, taken at)
         self._snaps: deque[tuple[float, int, np.ndarray, float]] = deque()
         self._snap: Snapshot | None = None
-        self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published, replay)
+        net_cls = compiled.flow_network()
+        kv = compiled.kv_caches(max(len(cluster.prefill_hosts), len(cluster.decode_hosts)), self.requests)
+        self.core = compiled.label(net_cls, kv[0])  # which implementation ran (simulator/compiled.py)
+        self.rt = rt = Runtime(cluster, policy, lambda: self.now, self._published, replay, kv)
         self.topo, self.compute, self.routing = rt.topo, rt.compute, rt.routing
         self.view, self.oracle, self.sched = rt.view, rt.oracle, rt.sched
         if te.compare_fresh:
             self.sched.fresh = self._fresh
-        self.net = FlowNetwork(self.topo.capacity_bps)
+        self.net = net_cls(self.topo.capacity_bps)
         self._last_counters = np.zeros(self.topo.n_links)
         self._poll_groups, self._poll_phases = _poll_plan(self.topo, te.poll_phase, self._poll, exp.seed)
         self.prefills = [

@@ -64,6 +64,7 @@ def simulate_experiment(
             s = summarize_exp(rows, exp.slo)
             s["wall_s"] = wall
             s["events"] = sim.events
+            s["core"] = sim.core
             if exp.background:
                 s["background"] = sim.background_report()
             if exp.faults:
@@ -71,7 +72,7 @@ def simulate_experiment(
             run.write_policy_summary(pol, s)
             summaries[pol] = s
             meta["wall_s"][pol] = wall
-            log(f"  {pol}: {wall:.2f} s wall, {sim.events} events")
+            log(f"  {pol}: {wall:.2f} s wall, {sim.events} events ({sim.core})")
     except KeyboardInterrupt:
         raise KeyboardInterrupt(str(run.root)) from None  # says where the partial results are
     finally:
