@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -459,6 +460,10 @@ def main(argv=None, exit_fast: bool = False) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a log file or a pipe as it happens
+    if exit_fast and getattr(args, "exit_fast", False):
+        # this process ends by _exit_now: the cyclic collector has nothing to give back before then,
+        # and its passes over a simulation's objects (trace, records, rows) cost ~2% of the command
+        gc.disable()
     try:
         code = args.fn(args)
         if exit_fast and getattr(args, "exit_fast", False):

@@ -54,13 +54,16 @@ def test_simulate_no_plots_writes_results_only_and_report_draws_them_later(tmp_p
 def test_simulate_skips_the_interpreters_teardown_and_loses_no_output(tmp_path):
     """The installed command ends `simulate` by os._exit once its output is flushed (freeing a whole
     trace's objects one by one took ~0.2 s): an atexit handler, which only a normal exit runs, tells
-    which way the process ended; the run directory and the output, to a file, are complete."""
-    marker = tmp_path / "atexit-ran"
+    which way the process ended; the run directory and the output, to a file, are complete. The
+    cyclic collector stays off through such a command (nothing to give back before the exit)."""
+    marker, gc_on = tmp_path / "atexit-ran", tmp_path / "gc-enabled-at-exit"
     code = (
-        "import atexit, pathlib, sys\n"
-        "from netkv.cli import console\n"
+        "import atexit, gc, pathlib, sys\n"
+        "import netkv.cli as cli\n"
         f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
-        "console()\n"
+        "exit_now = cli._exit_now\n"
+        f"cli._exit_now = lambda c: (pathlib.Path({str(gc_on)!r}).write_text(str(gc.isenabled())), exit_now(c))\n"
+        "cli.console()\n"
     )
     smoke = str(REPO / "experiments/smoke.toml")
     out = tmp_path / "stdout.txt"
@@ -88,6 +91,7 @@ def test_simulate_skips_the_interpreters_teardown_and_loses_no_output(tmp_path):
         )
     assert p.returncode == 0, p.stderr
     assert not marker.exists()  # os._exit: no atexit handler, no teardown
+    assert gc_on.read_text() == "False"
     (run_dir,) = list((tmp_path / "r").iterdir())
     assert out.read_text().splitlines()[-1] == f"results: {run_dir}"  # flushed before the exit
     assert json.loads((run_dir / "summary.json").read_text())["partial"] is False
