@@ -88,11 +88,13 @@ servers = 2
 
 
 def _agent_ancestors() -> dict[str, list[str]]:
-    """Each running agent's host name -> the command names of its ancestors."""
+    """Each running agent's host name -> the command names of its ancestors. Only the agents'
+    interpreters count: the local ssh client that started one carries the same arguments (seen once
+    to win the race for its host when its PID came after the agent's)."""
     out = {}
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "name"]):
         cmd = p.info["cmdline"] or []
-        if "netkv.agents.agent" in cmd and "--host" in cmd:
+        if (p.info["name"] or "").startswith("python") and "netkv.agents.agent" in cmd and "--host" in cmd:
             out[cmd[cmd.index("--host") + 1]] = [a.name() for a in p.parents()]
     return out
 
