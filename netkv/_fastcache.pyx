@@ -4,7 +4,7 @@
 
 netkv/kvcache.py is the reference (read it for what each method means); this module keeps the
 same LRU order and slot bitmasks in C++ containers, for up to 64 slots and block ids that fit a
-signed 64-bit integer (simulator/core.py falls back to the reference otherwise). Built by
+signed 64-bit integer (simulator/compiled.py falls back to the reference otherwise). Built by
 scripts/build_ext.py; tests/test_compiled_core.py holds the two equal.
 """
 import numpy as np

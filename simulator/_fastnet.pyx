@@ -5,7 +5,7 @@
 simulator/network.py is the reference (read it for what each method means); this module repeats
 its float operations in the same order over C++ containers, so that a simulation gives identical
 results with either (tests/test_compiled_core.py). Built by scripts/build_ext.py; chosen by
-simulator/core.py.
+simulator/compiled.py.
 """
 import math
 
