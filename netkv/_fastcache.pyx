@@ -7,8 +7,6 @@ same LRU order and slot bitmasks in C++ containers, for up to 64 slots and block
 signed 64-bit integer (simulator/compiled.py falls back to the reference otherwise). Built by
 scripts/build_ext.py; tests/test_compiled_core.py holds the two equal.
 """
-import numpy as np
-
 from libcpp.unordered_map cimport unordered_map
 from libcpp.list cimport list as clist
 from libc.stdint cimport int64_t, uint64_t
@@ -17,23 +15,18 @@ from cython.operator cimport dereference as deref, predecrement as dec
 MAX_SLOTS = 64
 
 
-cdef class BlockIndex:
-    """hash_id -> bitmask of the slots holding it (kvcache.BlockIndex's interface)."""
+cdef class BlockIndexCore:
+    """hash_id -> bitmask of the slots holding it (kvcache.BlockIndex's own part; the per-slot arrays
+    come from kvcache.SlotMasks, joined in simulator/compiled.py as CompiledBlockIndex)."""
     cdef public int n
-    cdef int _nbytes
     cdef unordered_map[int64_t, uint64_t] h
     cdef uint64_t _full
-    cdef dict _memo, _hits_memo, _group_memo
 
     def __init__(self, int n_slots):
         if not 0 < n_slots <= MAX_SLOTS:
             raise ValueError(f"the compiled index holds 1 to {MAX_SLOTS} slots, not {n_slots}")
         self.n = n_slots
-        self._nbytes = (n_slots + 7) // 8
         self._full = (<uint64_t>1 << n_slots) - 1 if n_slots < 64 else <uint64_t>0xFFFFFFFFFFFFFFFF
-        self._memo = {}
-        self._hits_memo = {}
-        self._group_memo = {}
 
     cdef inline uint64_t get(self, int64_t b):
         it = self.h.find(b)
@@ -63,9 +56,9 @@ cdef class BlockIndex:
         for b in blocks:
             self.remove_c(slot, b)
 
-    def holds(self, int64_t block):
-        """Boolean mask of the slots holding one block."""
-        return self._bits(self.get(block)).astype(bool)
+    def mask_of(self, int64_t block):
+        """Bitmask of the slots holding one block."""
+        return self.get(block)
 
     def prefix_drops(self, hash_ids):
         cdef uint64_t alive = self._full, nxt
@@ -85,50 +78,13 @@ cdef class BlockIndex:
             drops.append((n, alive))
         return tuple(drops)
 
-    def prefix_hits(self, hash_ids):
-        return self.hits_of(self.prefix_drops(hash_ids))
-
-    def hits_of(self, drops):
-        hits = self._hits_memo.get(drops)
-        if hits is None:
-            hits = np.zeros(self.n, dtype=np.int64)
-            for j, m in drops:
-                hits += self._bits(m) * j
-            hits.flags.writeable = False
-            if len(self._hits_memo) >= 4096:
-                self._hits_memo.clear()
-            self._hits_memo[drops] = hits
-        return hits
-
-    def groups_of(self, drops):
-        g = self._group_memo.get(drops)
-        if g is None:
-            g = np.zeros(self.n, dtype=np.intp)
-            for k, (_, m) in enumerate(drops):
-                g += self._bits(m) * (k + 1)
-            g.flags.writeable = False
-            if len(self._group_memo) >= 4096:
-                self._group_memo.clear()
-            self._group_memo[drops] = g
-        return g
-
-    def _bits(self, mask):
-        arr = self._memo.get(mask)
-        if arr is None:
-            raw = np.frombuffer(int(mask).to_bytes(self._nbytes, "little"), dtype=np.uint8)
-            arr = np.unpackbits(raw, bitorder="little")[: self.n].astype(np.int64)
-            if len(self._memo) >= 4096:
-                self._memo.clear()
-            self._memo[mask] = arr
-        return arr
-
 
 cdef class PrefixCache:
-    """An LRU set of blocks mirrored into a compiled BlockIndex (kvcache.PrefixCache's interface)."""
+    """An LRU set of blocks mirrored into a compiled index (kvcache.PrefixCache's interface)."""
     cdef public Py_ssize_t capacity
     cdef public int slot
     cdef public object index
-    cdef BlockIndex _ix
+    cdef BlockIndexCore _ix
     cdef clist[int64_t] lst
     cdef unordered_map[int64_t, clist[int64_t].iterator] pos
 
@@ -137,7 +93,7 @@ cdef class PrefixCache:
             raise ValueError("cache capacity must be >= 0")
         self.capacity = capacity
         self.slot = slot
-        if index is not None and not isinstance(index, BlockIndex):
+        if index is not None and not isinstance(index, BlockIndexCore):
             raise TypeError("a compiled PrefixCache mirrors into a compiled BlockIndex")
         self.index = index
         self._ix = index

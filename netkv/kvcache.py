@@ -12,58 +12,29 @@ from collections.abc import Sequence
 import numpy as np
 
 
-class BlockIndex:
-    """hash_id -> bitmask of instance slots holding it; answers prefix hits for all slots at once."""
+class SlotMasks:
+    """Per-slot arrays from an index's slot bitmasks (memoised): what BlockIndex and its compiled
+    twin (netkv/_fastcache.pyx, through simulator/compiled.py) share. The index supplies `n`,
+    `prefix_drops(hash_ids)` and `mask_of(block)`; `_init_masks(n_slots)` sets up the memos."""
 
-    def __init__(self, n_slots: int):
+    n: int
+
+    def _init_masks(self, n_slots: int) -> None:
         self.n = n_slots
         self._nbytes = (n_slots + 7) // 8
-        self.holders: dict[int, int] = {}
-        self._full = (1 << n_slots) - 1
         self._memo: dict[int, np.ndarray] = {}
         self._hits_memo: dict[tuple, np.ndarray] = {}
         self._group_memo: dict[tuple, np.ndarray] = {}
 
-    def add(self, slot: int, block: int) -> None:
-        self.holders[block] = self.holders.get(block, 0) | (1 << slot)
+    def prefix_drops(self, hash_ids: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        raise NotImplementedError
 
-    def remove(self, slot: int, block: int) -> None:
-        m = self.holders.get(block)
-        if m is not None:
-            m &= ~(1 << slot)
-            if m:
-                self.holders[block] = m
-            else:
-                del self.holders[block]
-
-    def clear_slot(self, slot: int, blocks) -> None:
-        for b in blocks:
-            self.remove(slot, b)
+    def mask_of(self, block: int) -> int:
+        raise NotImplementedError
 
     def holds(self, block: int) -> np.ndarray:
         """Boolean mask of the slots holding one block."""
-        return self._bits(self.holders.get(block, 0)).astype(bool)
-
-    def prefix_drops(self, hash_ids: Sequence[int]) -> tuple[tuple[int, int], ...]:
-        """The longest cached prefix of `hash_ids` per slot, as (hit blocks, bitmask of the slots with
-        that many) pairs for the hit counts > 0 (empty: no slot holds the first block).
-
-        Walks the blocks with a Python int bitmask of the slots still matching; a slot's hit count is
-        the position where it drops out."""
-        alive = self._full
-        get = self.holders.get
-        drops = []
-        for j, b in enumerate(hash_ids):
-            nxt = alive & get(b, 0)
-            if nxt != alive:
-                if j:
-                    drops.append((j, alive & ~nxt))
-                alive = nxt
-                if not alive:
-                    break
-        if alive and hash_ids:
-            drops.append((len(hash_ids), alive))
-        return tuple(drops)
+        return self._bits(self.mask_of(block)).astype(bool)
 
     def prefix_hits(self, hash_ids: Sequence[int]) -> np.ndarray:
         """Longest cached prefix (in blocks) of `hash_ids` for every slot (read-only: memoised)."""
@@ -100,12 +71,62 @@ class BlockIndex:
     def _bits(self, mask: int) -> np.ndarray:
         arr = self._memo.get(mask)
         if arr is None:
-            raw = np.frombuffer(mask.to_bytes(self._nbytes, "little"), dtype=np.uint8)
+            raw = np.frombuffer(int(mask).to_bytes(self._nbytes, "little"), dtype=np.uint8)
             arr = np.unpackbits(raw, bitorder="little")[: self.n].astype(np.int64)
             if len(self._memo) >= 4096:
                 self._memo.clear()
             self._memo[mask] = arr
         return arr
+
+
+class BlockIndex(SlotMasks):
+    """hash_id -> bitmask of instance slots holding it; answers prefix hits for all slots at once."""
+
+    def __init__(self, n_slots: int):
+        self._init_masks(n_slots)
+        self.holders: dict[int, int] = {}
+        self._full = (1 << n_slots) - 1
+
+    def add(self, slot: int, block: int) -> None:
+        self.holders[block] = self.holders.get(block, 0) | (1 << slot)
+
+    def remove(self, slot: int, block: int) -> None:
+        m = self.holders.get(block)
+        if m is not None:
+            m &= ~(1 << slot)
+            if m:
+                self.holders[block] = m
+            else:
+                del self.holders[block]
+
+    def clear_slot(self, slot: int, blocks) -> None:
+        for b in blocks:
+            self.remove(slot, b)
+
+    def mask_of(self, block: int) -> int:
+        """Bitmask of the slots holding one block."""
+        return self.holders.get(block, 0)
+
+    def prefix_drops(self, hash_ids: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """The longest cached prefix of `hash_ids` per slot, as (hit blocks, bitmask of the slots with
+        that many) pairs for the hit counts > 0 (empty: no slot holds the first block).
+
+        Walks the blocks with a Python int bitmask of the slots still matching; a slot's hit count is
+        the position where it drops out."""
+        alive = self._full
+        get = self.holders.get
+        drops = []
+        for j, b in enumerate(hash_ids):
+            nxt = alive & get(b, 0)
+            if nxt != alive:
+                if j:
+                    drops.append((j, alive & ~nxt))
+                alive = nxt
+                if not alive:
+                    break
+        if alive and hash_ids:
+            drops.append((len(hash_ids), alive))
+        return tuple(drops)
 
 
 class PrefixCache:

@@ -7,8 +7,6 @@ its float operations in the same order over C++ containers, so that a simulation
 results with either (tests/test_compiled_core.py). Built by scripts/build_ext.py; chosen by
 simulator/compiled.py.
 """
-import math
-
 import numpy as np
 
 from libcpp.vector cimport vector
@@ -40,9 +38,11 @@ cdef class Flow:
             self.cpath.push_back(x)
 
 
-cdef class FlowNetwork:
-    """Max-min fair flows with link byte counters (simulator.network.FlowNetwork's interface)."""
+cdef class FlowNetworkCore:
+    """Max-min fair flows with link byte counters (simulator.network.FlowNetwork's own part; the rest
+    comes from network.FlowOps, joined in simulator/compiled.py as CompiledFlowNetwork)."""
     cdef public object capacity, counters, link_rate, link_flows
+    cdef public list _cap
     cdef public dict flows, _tracked, finite
     cdef public double t
     cdef public long _next_id, version, recomputes
@@ -57,7 +57,8 @@ cdef class FlowNetwork:
     def __init__(self, capacity_bps):
         self.capacity = np.asarray(capacity_bps, dtype=float)
         n = len(self.capacity)
-        for c in self.capacity.tolist():
+        self._cap = self.capacity.tolist()
+        for c in self._cap:
             self.cap.push_back(c)
         self.on.resize(n)
         self.mark.resize(n, 0)
@@ -125,22 +126,6 @@ cdef class FlowNetwork:
             self.version += 1
         else:
             self._recompute(self._component([f.id]))
-        return f
-
-    def remove(self, double t, fid):
-        self.advance(t)
-        f = self.flows.get(fid)
-        if f is not None:
-            self.remove_many([fid])
-        return f
-
-    def reroute(self, double t, fid, links):
-        self.advance(t)
-        old = self.flows[fid]
-        track = fid in self._tracked
-        self.remove_many([fid])
-        f = self.add(t, links, old.remaining, old.demand, tag=old.tag, track=track)
-        f.sent = old.sent
         return f
 
     def remove_many(self, fids):
@@ -241,15 +226,6 @@ cdef class FlowNetwork:
                         delta[lid] = delta[lid] + d
         for lid in dl:
             self.rate_v[lid] = self.rate_v[lid] + delta[lid]
-
-    def train_rate(self, links):
-        r = math.inf
-        for lid in links:
-            c = self.cap[int(lid)]
-            x = min(float(self.link_rate[int(lid)]), c)
-            if r + x > c:
-                r = c if math.isinf(r) else c * r / (r + x)
-        return r
 
     def next_completion(self):
         cdef Flow f, bf = None

@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import os
 
-from netkv.kvcache import BlockIndex, PrefixCache
-from netkv.simulator.network import FlowNetwork
+from netkv.kvcache import BlockIndex, PrefixCache, SlotMasks
+from netkv.simulator.network import FlowNetwork, FlowOps
 
 try:
     from netkv import _fastcache
     from netkv.simulator import _fastnet
 except ImportError:  # not built (an install without scripts/setup.sh): the reference runs
     _fastcache = _fastnet = None  # type: ignore[assignment]
+
+if _fastcache is not None and _fastnet is not None:
+
+    class CompiledFlowNetwork(_fastnet.FlowNetworkCore, FlowOps):
+        """The compiled flow network, with the methods it shares with the reference."""
+
+    class CompiledBlockIndex(_fastcache.BlockIndexCore, SlotMasks):
+        """The compiled slot index, with the per-slot arrays it shares with the reference."""
+
+        def __init__(self, n_slots: int):
+            _fastcache.BlockIndexCore.__init__(self, n_slots)
+            self._init_masks(n_slots)
+
+    CompiledPrefixCache = _fastcache.PrefixCache
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -37,7 +51,7 @@ def wanted() -> bool:
 
 def flow_network() -> type:
     """The FlowNetwork class to simulate with."""
-    return _fastnet.FlowNetwork if wanted() else FlowNetwork
+    return CompiledFlowNetwork if wanted() else FlowNetwork
 
 
 def kv_caches(n_slots: int, requests) -> tuple[type, type]:
@@ -48,7 +62,7 @@ def kv_caches(n_slots: int, requests) -> tuple[type, type]:
     ids = [r.hash_ids for r in requests if r.hash_ids]
     if ids and (min(map(min, ids)) < INT64[0] or max(map(max, ids)) > INT64[1]):
         return PrefixCache, BlockIndex
-    return _fastcache.PrefixCache, _fastcache.BlockIndex
+    return CompiledPrefixCache, CompiledBlockIndex
 
 
 def label(net_cls: type, cache_cls: type) -> str:

@@ -22,7 +22,46 @@ class Flow:
     sent: float = 0.0  # bytes delivered so far (kept for tracked flows only)
 
 
-class FlowNetwork:
+class FlowOps:
+    """What the flow network and its compiled twin (simulator/_fastnet.pyx, joined in
+    simulator/compiled.py) share, built on their `add`, `remove_many`, `advance`, `flows`,
+    `_tracked`, `_cap` (capacity per link, a list) and `link_rate`."""
+
+    def remove(self, t: float, fid: int) -> Flow | None:
+        self.advance(t)
+        f = self.flows.get(fid)
+        if f is not None:
+            self.remove_many([fid])
+        return f
+
+    def reroute(self, t: float, fid: int, links) -> Flow:
+        """Move a flow onto other links (a link failed or came back): its remaining bytes, demand,
+        tag and delivered count carry over to the returned flow (a new id)."""
+        self.advance(t)
+        old = self.flows[fid]
+        track = fid in self._tracked
+        self.remove_many([fid])
+        f = self.add(t, links, old.remaining, old.demand, tag=old.tag, track=track)
+        f.sent = old.sent
+        return f
+
+    def train_rate(self, links) -> float:
+        """The rate at which a packet train sent back to back along `links` comes out (its
+        dispersion), by the fluid model of FIFO links: where the train (rate r in) and the link's
+        other traffic (X) exceed its capacity C, the two interleave and the train leaves at
+        C r / (r + X); elsewhere it passes unchanged (Melander, Bjorkman, Gunningberg, "A new end-to-end
+        probing and analysis method for estimating bandwidth bottlenecks", GLOBECOM 2000; Dovrolis et
+        al., IEEE/ACM ToN 2004). Sent at an unbounded rate, it leaves its first link back to back."""
+        r = math.inf
+        for lid in links:
+            c = self._cap[int(lid)]
+            x = min(float(self.link_rate[int(lid)]), c)
+            if r + x > c:
+                r = c if math.isinf(r) else c * r / (r + x)
+        return r
+
+
+class FlowNetwork(FlowOps):
     """Flows share link capacity max-min fairly; rates are recomputed at every start and end.
 
     Link byte counters integrate the piecewise-constant link rates, like switch port counters.
@@ -79,24 +118,6 @@ class FlowNetwork:
             self.version += 1
         else:
             self._recompute(self._component([f.id]))
-        return f
-
-    def remove(self, t: float, fid: int) -> Flow | None:
-        self.advance(t)
-        f = self.flows.get(fid)
-        if f is not None:
-            self.remove_many([fid])
-        return f
-
-    def reroute(self, t: float, fid: int, links) -> Flow:
-        """Move a flow onto other links (a link failed or came back): its remaining bytes, demand,
-        tag and delivered count carry over to the returned flow (a new id)."""
-        self.advance(t)
-        old = self.flows[fid]
-        track = fid in self._tracked
-        self.remove_many([fid])
-        f = self.add(t, links, old.remaining, old.demand, tag=old.tag, track=track)
-        f.sent = old.sent
         return f
 
     def remove_many(self, fids) -> None:
@@ -165,21 +186,6 @@ class FlowNetwork:
                     delta[lid] = delta.get(lid, 0.0) + d
         if delta:
             self.link_rate[list(delta)] += list(delta.values())
-
-    def train_rate(self, links) -> float:
-        """The rate at which a packet train sent back to back along `links` comes out (its
-        dispersion), by the fluid model of FIFO links: where the train (rate r in) and the link's
-        other traffic (X) exceed its capacity C, the two interleave and the train leaves at
-        C r / (r + X); elsewhere it passes unchanged (Melander, Bjorkman, Gunningberg, "A new end-to-end
-        probing and analysis method for estimating bandwidth bottlenecks", GLOBECOM 2000; Dovrolis et
-        al., IEEE/ACM ToN 2004). Sent at an unbounded rate, it leaves its first link back to back."""
-        r = math.inf
-        for lid in links:
-            c = self._cap[int(lid)]
-            x = min(float(self.link_rate[int(lid)]), c)
-            if r + x > c:
-                r = c if math.isinf(r) else c * r / (r + x)
-        return r
 
     def next_completion(self) -> tuple[float, Flow] | None:
         """Time and flow of the earliest finishing finite flow at current rates."""

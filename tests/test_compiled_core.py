@@ -22,8 +22,8 @@ def test_the_compiled_core_is_built_and_chosen_unless_turned_off(monkeypatch):
     assert compiled.built(), "the compiled core is not built: run scripts/setup.sh (scripts/build_ext.py)"
     monkeypatch.delenv("NETKV_PURE_PYTHON", raising=False)
     reqs = [Request(0, 0.0, 512, 8, (1, 2))]
-    assert compiled.flow_network() is compiled._fastnet.FlowNetwork
-    assert compiled.kv_caches(64, reqs) == (compiled._fastcache.PrefixCache, compiled._fastcache.BlockIndex)
+    assert compiled.flow_network() is compiled.CompiledFlowNetwork
+    assert compiled.kv_caches(64, reqs) == (compiled.CompiledPrefixCache, compiled.CompiledBlockIndex)
     monkeypatch.setenv("NETKV_PURE_PYTHON", "1")
     assert compiled.flow_network() is FlowNetwork
     assert compiled.kv_caches(64, reqs) == (PrefixCache, BlockIndex)
@@ -33,14 +33,14 @@ def test_the_compiled_core_is_built_and_chosen_unless_turned_off(monkeypatch):
 def test_the_caches_fall_back_to_python_where_the_compiled_ones_cannot_key(monkeypatch):
     monkeypatch.delenv("NETKV_PURE_PYTHON", raising=False)
     ok = [Request(0, 0.0, 1024, 8, (-(2**63), 2**63 - 1)), Request(1, 0.0, 1, 8, ())]
-    assert compiled.kv_caches(64, ok)[0] is compiled._fastcache.PrefixCache
+    assert compiled.kv_caches(64, ok)[0] is compiled.CompiledPrefixCache
     assert compiled.kv_caches(65, ok)[0] is PrefixCache  # more slots than a 64-bit mask holds
     for big in (2**63, -(2**63) - 1):  # a block id the trace accepts (within 64 bits) but not int64
         assert compiled.kv_caches(64, ok + [Request(2, 0.0, 512, 8, (big,))])[0] is PrefixCache
     with pytest.raises(ValueError, match="1 to 64 slots"):
-        compiled._fastcache.BlockIndex(65)
+        compiled.CompiledBlockIndex(65)
     with pytest.raises(TypeError, match="compiled BlockIndex"):
-        compiled._fastcache.PrefixCache(4, 0, BlockIndex(2))
+        compiled.CompiledPrefixCache(4, 0, BlockIndex(2))
 
 
 def _net_state(net):
@@ -64,7 +64,7 @@ def test_the_flow_networks_agree_bit_for_bit_operation_by_operation(seed):
     n_links = 14
     cap = np.array([rng.choice([1e9, 2.5e9, 4e9, 1e10, 3.3e9]) for _ in range(n_links)])
     paths = [tuple(rng.sample(range(n_links), rng.randint(1, 5))) for _ in range(12)] + [()]
-    nets = [FlowNetwork(cap), compiled._fastnet.FlowNetwork(cap)]
+    nets = [FlowNetwork(cap), compiled.CompiledFlowNetwork(cap)]
     t = 0.0
     for step in range(400):
         op = rng.random()
@@ -111,7 +111,7 @@ def test_the_prefix_caches_agree_operation_by_operation(seed):
     sides = []
     for cache_cls, index_cls in (
         (PrefixCache, BlockIndex),
-        (compiled._fastcache.PrefixCache, compiled._fastcache.BlockIndex),
+        (compiled.CompiledPrefixCache, compiled.CompiledBlockIndex),
     ):
         idx = index_cls(n_slots)
         caches = [cache_cls(caps[s], s, idx) for s in range(n_slots)]
